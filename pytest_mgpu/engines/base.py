@@ -1,0 +1,292 @@
+"""The engine protocol and the subprocess lifecycle every engine shares.
+
+An engine is an OpenAI-compatible HTTP server started as a subprocess in its own process group
+(``start_new_session``), bound to 127.0.0.1 on a free port. The pytest process never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
+from ..layout import Layout
+from ..models import Model
+
+#: Environment variables always handed on to an engine (when set), in addition to its own.
+#: NCCL's safety switches (NVLink multicast off, etc.) must survive into every subprocess.
+PASSTHROUGH_ENV_PREFIXES = ("NCCL_", "CUDA_", "NVIDIA_", "LD_", "HF_", "TORCH", "VLLM_", "TLLM_", "OMPI_", "PMIX_", "UCX_")
+PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "XDG_CACHE_HOME", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TERM")
+
+
+class EngineError(RuntimeError):
+    """An engine failed to start, died, or could not be stopped cleanly.
+
+    The message ends with the last lines of the engine's log.
+    """
+
+    def __init__(self, message: str, log_path: Path | None = None, tail_lines: int = 30) -> None:
+        self.log_path = log_path
+        self.tail = log_tail(log_path, tail_lines) if log_path else ""
+        text = message
+        if log_path is not None:
+            text += f"\n--- last {tail_lines} lines of {log_path} ---\n{self.tail}"
+        super().__init__(text)
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine is not installed for the chosen interpreter (tests are skipped, not failed)."""
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file ('' if it does not exist)."""
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        try:
+            fh.seek(-256 * 1024, os.SEEK_END)
+        except OSError:
+            fh.seek(0)
+        tail = deque(fh.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+    return "\n".join(tail)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything that defines one engine instance; its :attr:`key` decides reuse."""
+
+    engine: str
+    model: Model
+    layout: Layout
+    options: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    python: str = "python"
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Engine, model, layout, options, env and interpreter: tests sharing it share an engine."""
+        return (self.engine, str(self.model.path), self.layout, self.options, self.env, self.python)
+
+    @property
+    def options_dict(self) -> dict[str, str]:
+        """Engine options as a dict."""
+        return dict(self.options)
+
+
+@dataclass
+class RunningEngine:
+    """A started engine as the ``mgpu_engine`` fixture exposes it."""
+
+    name: str
+    version: str
+    base_url: str
+    layout: Layout
+    model: Model
+    log_path: Path
+    gpu_ids: list[int] = field(default_factory=list)
+    pid: int = 0
+    command: list[str] = field(default_factory=list)
+    spec: EngineSpec | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    memory_before_mb: dict[int, int] = field(default_factory=dict)
+    started_s: float = 0.0  # seconds from launch to ready
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs (or CPU workers) the layout occupies: tp x pp."""
+        return self.layout.num_gpus
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def describe(self) -> str:
+        """One line for headers and errors."""
+        gpus = ",".join(map(str, self.gpu_ids)) or "none"
+        return f"{self.name} {self.version} {self.layout.id} model={self.model.name} gpus={gpus} url={self.base_url}"
+
+
+class SubprocessEngine:
+    """Base class: launch a server command, poll readiness, stop the whole process group.
+
+    Subclasses provide :meth:`command`, :meth:`version` and may extend :meth:`environment`,
+    :meth:`preflight` and :meth:`check_supported`.
+    """
+
+    name = "base"
+    health_path = "/health"
+    start_timeout_s = 600.0
+    stop_timeout_s = 30.0
+    memory_timeout_s = 120.0
+
+    # --- to override -------------------------------------------------------------------------
+    def version(self, python: str) -> str:
+        """The engine's version as installed for ``python``; raise EngineUnavailable if absent."""
+        raise NotImplementedError
+
+    def command(self, spec: EngineSpec, port: int, inventory: GpuInventory, gpu_ids: Sequence[int]) -> list[str]:
+        """The argv that starts the server."""
+        raise NotImplementedError
+
+    def check_supported(self, spec: EngineSpec, inventory: GpuInventory, version: str) -> None:
+        """Fail fast (EngineError) when this engine version cannot run on these cards."""
+
+    def preflight(self, spec: EngineSpec, gpu_ids: Sequence[int], env: Mapping[str, str], log_dir: Path) -> None:
+        """Checks to run before a start (e.g. an NCCL all-reduce); raise EngineError on failure."""
+
+    def environment(self, spec: EngineSpec, gpu_ids: Sequence[int], inventory: GpuInventory) -> dict[str, str]:
+        """The explicit environment for the engine process."""
+        env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH_ENV or k.startswith(PASSTHROUGH_ENV_PREFIXES)}
+        env["PYTHONUNBUFFERED"] = "1"
+        if inventory.count:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        env.update(dict(spec.env))
+        return env
+
+    # --- shared lifecycle --------------------------------------------------------------------
+    def start(
+        self,
+        spec: EngineSpec,
+        inventory: GpuInventory,
+        gpu_ids: Sequence[int],
+        log_dir: Path,
+        start_timeout_s: float | None = None,
+    ) -> RunningEngine:
+        """Start the server and wait until it answers ``health_path``; clean up on any failure."""
+        version = self.version(spec.python)
+        self.check_supported(spec, inventory, version)
+        env = self.environment(spec, gpu_ids, inventory)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.preflight(spec, gpu_ids, env, log_dir)
+        port = free_port()
+        argv = self.command(spec, port, inventory, gpu_ids)
+        log_path = log_dir / f"{spec.engine}-{spec.layout.id}-{port}.log"
+        before = memory_used_mb(gpu_ids) if inventory.count else {}
+        with open(log_path, "wb") as log:
+            log.write(("$ " + " ".join(argv) + "\n").encode())
+            log.flush()
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+        running = RunningEngine(
+            name=spec.engine, version=version, base_url=f"http://127.0.0.1:{port}", layout=spec.layout,
+            model=spec.model, log_path=log_path, gpu_ids=list(gpu_ids), pid=proc.pid, command=argv,
+            spec=spec, process=proc, memory_before_mb=before,
+        )
+        t0 = time.monotonic()
+        try:
+            self.wait_ready(running, start_timeout_s or self.start_timeout_s)
+        except BaseException:
+            self.stop(running, check_memory=False)
+            raise
+        running.started_s = time.monotonic() - t0
+        return running
+
+    def wait_ready(self, running: RunningEngine, timeout_s: float) -> None:
+        """Poll the health endpoint until 200; raise EngineError if the process dies or time runs out."""
+        url = running.base_url + self.health_path
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            assert running.process is not None
+            rc = running.process.poll()
+            if rc is not None:
+                raise EngineError(
+                    f"{running.name} exited with code {rc} before it became ready ({running.layout.id})",
+                    running.log_path,
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                raise EngineError(
+                    f"{running.name} did not become ready within {timeout_s:.0f}s ({running.layout.id}); "
+                    f"raise --mgpu-start-timeout if it is only slow",
+                    running.log_path,
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def stop(self, running: RunningEngine, check_memory: bool = True) -> None:
+        """Stop the process group (TERM, then KILL), reap it, then wait for GPU memory to return."""
+        proc = running.process
+        if proc is not None:
+            kill_group(proc, self.stop_timeout_s)
+        if check_memory and running.memory_before_mb:
+            wait_memory_back(running.memory_before_mb, timeout_s=self.memory_timeout_s)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM the whole process group, SIGKILL what is left after ``grace_s``, and reap."""
+    pgid = proc.pid  # start_new_session makes the leader's pid the group id
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
+        pass
+
+
+def python_dist_version(python: str, dists: Sequence[str]) -> str | None:
+    """Version of the first installed distribution in ``dists`` for interpreter ``python``.
+
+    Runs in a subprocess so that the engine is never imported here.
+    """
+    code = (
+        "import json,sys\nfrom importlib import metadata\n"
+        "for d in json.loads(sys.argv[1]):\n"
+        "    try:\n        print(metadata.version(d)); break\n"
+        "    except metadata.PackageNotFoundError: pass\n"
+    )
+    try:
+        out = subprocess.run(
+            [python, "-c", code, json.dumps(list(dists))], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    v = out.stdout.strip()
+    return v or None

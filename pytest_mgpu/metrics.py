@@ -117,6 +117,7 @@ def summarize(
         dispatch_start = min((r.start for r in recs), default=0.0)
     end = max((r.end for r in ok), default=dispatch_start)
     duration = max(end - dispatch_start, 1e-9)
+    first_dispatch = min((r.start for r in recs), default=dispatch_start)
     last_dispatch = max((r.start for r in recs), default=dispatch_start)
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_len for r in ok)
@@ -132,8 +133,8 @@ def summarize(
         "output_throughput_per_gpu": out_tokens / duration / max(num_gpus, 1),
         # Requests sent per second over the dispatch window (n-1 gaps between n dispatches).
         "achieved_request_rate": (
-            (len(recs) - 1) / (last_dispatch - dispatch_start)
-            if len(recs) > 1 and last_dispatch > dispatch_start
+            (len(recs) - 1) / (last_dispatch - first_dispatch)
+            if len(recs) > 1 and last_dispatch > first_dispatch
             else float("inf")
         ),
     }

@@ -80,18 +80,21 @@ class Workload:
     def arrival_offsets(self) -> list[float]:
         """Send time of each measured request, seconds from the start, as vLLM computes them.
 
-        Gaps are ``gamma(shape=burstiness, scale=1/(rate*burstiness))``, and the cumulative
-        delays are rescaled so that the last request lands at ``num_requests / rate``.
+        Gaps are ``gamma(shape=burstiness, scale=1/(rate*burstiness))`` (constant ``1/rate`` when
+        ``burstiness`` is inf). As in vLLM's ``get_request`` (vLLM >= 0.10), request ``i`` is sent
+        after the sum of the first ``i + 1`` gaps, and these cumulative delays are rescaled so
+        that the last request lands at ``num_requests / rate``.
         """
         n = self.num_requests
         if math.isinf(self.request_rate):
             return [0.0] * n
-        rng = np.random.default_rng(self.seed)
-        theta = 1.0 / (self.request_rate * self.burstiness)
-        gaps = rng.gamma(shape=self.burstiness, scale=theta, size=n)
-        # vLLM yields the first request immediately and sleeps a gap after each request.
-        delays = np.concatenate([[0.0], np.cumsum(gaps[:-1])])
-        if n > 1 and delays[-1] > 0:
-            target = n / self.request_rate
-            delays = delays * (target / delays[-1])
+        if math.isinf(self.burstiness):
+            gaps = np.full(n, 1.0 / self.request_rate)
+        else:
+            rng = np.random.default_rng(self.seed)
+            theta = 1.0 / (self.request_rate * self.burstiness)
+            gaps = rng.gamma(shape=self.burstiness, scale=theta, size=n)
+        delays = np.cumsum(gaps)
+        if delays[-1] > 0:
+            delays = delays * ((n / self.request_rate) / delays[-1])
         return delays.tolist()

@@ -1,0 +1,721 @@
+"""The regression gate: tolerances, noise-aware verdicts, confirmation, and reports.
+
+The decision for one metric works on the ratio ``q = now / base`` of the medians over repeats:
+
+* ``worse`` when ``q`` moves in the bad direction (``metrics.HIGHER_IS_BETTER`` decides which);
+* it is *beyond tolerance* when ``|q - 1| > tol`` (a linear percentage, as the table shows it);
+* it is *beyond noise* when ``|log q| > k * c(n) * sqrt(s_base**2 / n_base + s_now**2 / n_now)``,
+  where ``s`` is the sample std of the log values of the repeats (floored), and ``c(n)`` the
+  inflation of the standard error of a median over a mean.
+
+FAIL needs a worse change beyond both (for a gated metric; a warn-only metric gets WARN).
+Beyond tolerance but within noise is WARN. IMPROVED is the mirror image of FAIL. See
+``docs/gate.md`` for the calibration of ``k`` and the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import math
+import platform
+import re
+import statistics
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
+
+from .metrics import HIGHER_IS_BETTER, THROUGHPUT_METRICS, latency_keys
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import BenchResult
+
+#: Metrics that can FAIL a test by default.
+DEFAULT_GATED: tuple[str, ...] = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
+#: Metrics compared and reported, but only ever WARN unless a test opts in.
+DEFAULT_WARN_ONLY: tuple[str, ...] = ("ttft_p99", "tpot_p99")
+#: Default tolerance of a gated metric, and of a tail (p90/p99) metric.
+DEFAULT_TOLERANCE = 0.05
+DEFAULT_TAIL_TOLERANCE = 0.10
+#: Noise multiplier k and the floor on the per-run log std (see docs/gate.md for the calibration).
+DEFAULT_NOISE_K = 3.0
+DEFAULT_NOISE_FLOOR = 0.005
+
+#: Every metric name the gate accepts.
+KNOWN_METRICS: frozenset[str] = frozenset(latency_keys()) | frozenset(THROUGHPUT_METRICS)
+
+# Standard error of the median of n normal samples, divided by that of the mean (sigma/sqrt(n)).
+# Measured by Monte Carlo (2e6 draws); n >= 8 uses the asymptote sqrt(pi/2).
+_MEDIAN_SE_FACTOR = {1: 1.0, 2: 1.0, 3: 1.159, 4: 1.092, 5: 1.197, 6: 1.136, 7: 1.214}
+
+
+def median_se_factor(n: int) -> float:
+    """How much noisier the median of ``n`` repeats is than their mean."""
+    return _MEDIAN_SE_FACTOR.get(n, math.sqrt(math.pi / 2))
+
+
+class Verdict(str, enum.Enum):
+    """Outcome of one comparison; :attr:`severity` orders them (worst wins)."""
+
+    PASS = "PASS"
+    IMPROVED = "IMPROVED"
+    NEW = "NEW"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    INVALID = "INVALID"
+
+    @property
+    def severity(self) -> int:
+        """INVALID > FAIL > WARN > NEW > IMPROVED > PASS."""
+        return _SEVERITY[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SEVERITY = {
+    Verdict.PASS: 0,
+    Verdict.IMPROVED: 1,
+    Verdict.NEW: 2,
+    Verdict.WARN: 3,
+    Verdict.FAIL: 4,
+    Verdict.INVALID: 5,
+}
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict:
+    """The most severe verdict (PASS for none)."""
+    return max(verdicts, key=lambda v: v.severity, default=Verdict.PASS)
+
+
+# --- tolerances --------------------------------------------------------------------------------
+
+_TOL_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A relative tolerance, e.g. ``Tolerance.parse("5%")`` -> ``fraction=0.05``."""
+
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fraction) and 0 <= self.fraction < 1):
+            raise ValueError(f"tolerance {self.fraction!r} must be a fraction in [0, 1), e.g. 0.05 or 5%")
+
+    @classmethod
+    def parse(cls, text: "str | float | Tolerance") -> "Tolerance":
+        """Parse ``"5%"``, ``"0.05"`` or a float; bad input raises ``argparse.ArgumentTypeError``.
+
+        A bare number must be a fraction below 1 (``5`` is rejected: write ``5%``).
+        """
+        if isinstance(text, Tolerance):
+            return text
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            try:
+                return cls(float(text))
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"Could not parse tolerance: {text!r} ({exc})") from None
+        m = _TOL_RE.match(str(text))
+        if not m:
+            raise argparse.ArgumentTypeError(
+                f"Could not parse tolerance: {text!r}; write a percentage such as 5% or a fraction such as 0.05"
+            )
+        value = float(m.group(1))
+        if m.group(2):
+            value /= 100.0
+        elif value >= 1:
+            raise argparse.ArgumentTypeError(
+                f"Could not parse tolerance: {text!r}; a bare number is a fraction below 1, write {text}% for percent"
+            )
+        try:
+            return cls(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"Could not parse tolerance: {text!r} ({exc})") from None
+
+    @property
+    def pct(self) -> float:
+        """The tolerance in percent."""
+        return self.fraction * 100.0
+
+    def __str__(self) -> str:
+        return f"{self.pct:g}%"
+
+
+def check_metric(name: str) -> str:
+    """Return ``name`` if it is a known metric, else raise ``argparse.ArgumentTypeError``."""
+    if name not in KNOWN_METRICS:
+        raise argparse.ArgumentTypeError(
+            f"Unknown metric {name!r}; known metrics: {', '.join(sorted(KNOWN_METRICS))}"
+        )
+    return name
+
+
+def parse_metric_tolerance(text: str) -> tuple[str, Tolerance]:
+    """Parse ``METRIC=PCT`` (e.g. ``tpot_p50=8%``) for ``--mgpu-tolerance``."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"Could not parse {text!r}: expected METRIC=PCT, e.g. tpot_p50=8%")
+    name, _, value = text.partition("=")
+    return check_metric(name.strip()), Tolerance.parse(value)
+
+
+def parse_metric_list(text: str) -> list[str]:
+    """Parse a comma-separated list of metric names (for ``--mgpu-gate``)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"Could not parse metric list: {text!r}")
+    return [check_metric(n) for n in names]
+
+
+def default_tolerance(metric: str) -> Tolerance:
+    """5% for everything, 10% for tail percentiles (p90/p99), whose run-to-run noise is larger."""
+    if metric.endswith(("_p90", "_p99")):
+        return Tolerance(DEFAULT_TAIL_TOLERANCE)
+    return Tolerance(DEFAULT_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What to compare, what may fail, and the thresholds.
+
+    ``metrics`` is the reporting order; ``gated`` the subset that can FAIL. Naming a metric in a
+    per-test tolerance map or ``gate`` list (:meth:`with_overrides`) gates it.
+    """
+
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    gated: frozenset[str] = frozenset(DEFAULT_GATED)
+    metrics: tuple[str, ...] = DEFAULT_GATED + DEFAULT_WARN_ONLY
+    noise_k: float = DEFAULT_NOISE_K
+    noise_floor: float = DEFAULT_NOISE_FLOOR
+    strict: bool = False
+
+    def tolerance(self, metric: str) -> Tolerance:
+        """The tolerance of ``metric``: an explicit one, else the default."""
+        return self.tolerances.get(metric) or default_tolerance(metric)
+
+    def with_overrides(
+        self,
+        tolerances: Mapping[str, "str | float | Tolerance"] | None = None,
+        gate: Iterable[str] | None = None,
+        *,
+        gate_named: bool = True,
+    ) -> "GateConfig":
+        """A copy with per-test tolerances and extra gated metrics (``gate_named``: tolerances gate too)."""
+        tol = dict(self.tolerances)
+        extra: list[str] = []
+        for name, value in (tolerances or {}).items():
+            tol[check_metric(name)] = Tolerance.parse(value)
+            if gate_named:
+                extra.append(name)
+        extra.extend(check_metric(n) for n in (gate or ()))
+        metrics = self.metrics + tuple(n for n in dict.fromkeys(extra) if n not in self.metrics)
+        return replace(self, tolerances=tol, gated=self.gated | frozenset(extra), metrics=metrics)
+
+    def is_failure(self, verdict: Verdict) -> bool:
+        """Whether a result with this verdict fails the test (``strict``: WARN fails too)."""
+        return verdict is Verdict.FAIL or (self.strict and verdict is Verdict.WARN)
+
+
+DEFAULT_CONFIG = GateConfig()
+
+
+def gate_config_from_options(
+    get: "Any", prefix: str = "mgpu_", ini_tolerance: Sequence[str] = ()
+) -> GateConfig:
+    """Build a :class:`GateConfig` from the options of :func:`options.add_gate_options`.
+
+    ``get(name)`` returns an option's value (``config.getoption`` or ``lambda n: getattr(ns, n)``);
+    ``ini_tolerance`` are ``METRIC=PCT`` lines from the ini file, which the command line overrides.
+    """
+    tol: dict[str, Tolerance] = {}
+    for line in ini_tolerance:
+        for part in str(line).replace(",", " ").split():
+            name, t = parse_metric_tolerance(part)
+            tol[name] = t
+    for name, t in get(prefix + "tolerance") or []:
+        tol[name] = t
+    gate = [m for group in (get(prefix + "gate") or []) for m in group]
+    base = GateConfig(
+        noise_k=float(get(prefix + "noise_k")),
+        noise_floor=float(get(prefix + "noise_floor")),
+        strict=bool(get(prefix + "strict")),
+    )
+    return base.with_overrides(tol, gate)
+
+
+# --- comparing ---------------------------------------------------------------------------------
+
+
+class Measured(Protocol):
+    """What the gate needs of a baseline entry or a fresh result (both provide it)."""
+
+    @property
+    def entry_id(self) -> str: ...  # noqa: D102
+
+    @property
+    def engine_version(self) -> str: ...  # noqa: D102
+
+    @property
+    def invalid(self) -> str | None: ...  # noqa: D102
+
+    def samples(self, metric: str) -> list[float]: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One metric: baseline vs now, and what the gate made of it.
+
+    ``delta_pct`` is ``(now/base - 1) * 100``; ``noise_pct`` is the band a change must leave to
+    count (k x the noise of the difference, in the direction of the change); ``tolerance_pct`` the
+    tolerance. Values are medians over repeats; None where a side has no data.
+    """
+
+    metric: str
+    base: float | None
+    now: float | None
+    delta_pct: float | None
+    noise_pct: float | None
+    tolerance_pct: float
+    verdict: Verdict
+    gated: bool
+    log_ratio: float | None = None  # log(now/base), signed so that positive = worse
+    noise_log: float | None = None  # k * c(n) * sqrt(s_b^2/n_b + s_n^2/n_n)
+    n_base: int = 0
+    n_now: int = 0
+
+    @property
+    def worse(self) -> bool:
+        """Whether the value moved in the bad direction."""
+        return self.log_ratio is not None and self.log_ratio > 0
+
+    def describe(self) -> str:
+        """One line, e.g. ``output_throughput_per_gpu -20.0% (tolerance 5%, noise 2.1%): FAIL``."""
+        if self.delta_pct is None:
+            return f"{self.metric}: {self.verdict} (no data on one side)"
+        return (
+            f"{self.metric} {self.delta_pct:+.1f}% "
+            f"(tolerance {self.tolerance_pct:g}%, noise {self.noise_pct or 0:.1f}%): {self.verdict}"
+        )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One result against its baseline entry; ``verdict`` is the worst over ``metrics``."""
+
+    entry_id: str
+    verdict: Verdict
+    metrics: tuple[MetricComparison, ...] = ()
+    note: str = ""
+    base_engine_version: str | None = None
+    now_engine_version: str | None = None
+    engine: str | None = None
+
+    @property
+    def failed_metrics(self) -> list[MetricComparison]:
+        """Metrics whose verdict is FAIL."""
+        return [m for m in self.metrics if m.verdict is Verdict.FAIL]
+
+    @property
+    def regressions(self) -> list[MetricComparison]:
+        """Metrics that FAIL or WARN because they got worse."""
+        return [m for m in self.metrics if m.verdict in (Verdict.FAIL, Verdict.WARN)]
+
+    def metric(self, name: str) -> MetricComparison | None:
+        """The comparison of one metric, or None."""
+        return next((m for m in self.metrics if m.metric == name), None)
+
+
+def log_std(values: Sequence[float]) -> float:
+    """Sample std of the log values (0 for fewer than two), computed on ratios to the first value.
+
+    Working on ratios makes it exactly invariant to scaling every value by a power of two.
+    """
+    vals = [v for v in values if v > 0 and math.isfinite(v)]
+    if len(vals) < 2:
+        return 0.0
+    ref = vals[0]
+    return float(statistics.stdev(math.log(v / ref) for v in vals))
+
+
+def _clean(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def compare_metric(
+    metric: str,
+    base_samples: Sequence[float],
+    now_samples: Sequence[float],
+    config: GateConfig = DEFAULT_CONFIG,
+) -> MetricComparison:
+    """Compare one metric's repeats against the baseline's repeats."""
+    gated = metric in config.gated
+    tol = config.tolerance(metric)
+    b, n = _clean(base_samples), _clean(now_samples)
+    bm = float(statistics.median(b)) if b else None
+    nm = float(statistics.median(n)) if n else None
+    common = dict(metric=metric, base=bm, now=nm, tolerance_pct=tol.pct, gated=gated, n_base=len(b), n_now=len(n))
+    if bm is None:
+        return MetricComparison(delta_pct=None, noise_pct=None, verdict=Verdict.NEW, **common)  # type: ignore[arg-type]
+    if nm is None:
+        return MetricComparison(delta_pct=None, noise_pct=None, verdict=Verdict.INVALID, **common)  # type: ignore[arg-type]
+    if bm <= 0 or nm <= 0:
+        # A ratio of non-positive values means nothing; a valid run never produces one.
+        return MetricComparison(delta_pct=None, noise_pct=None, verdict=Verdict.INVALID, **common)  # type: ignore[arg-type]
+    q = nm / bm
+    log_q = math.log(q)
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    r = sign * log_q  # positive = worse
+    sb = max(log_std(b), config.noise_floor)
+    sn = max(log_std(n), config.noise_floor)
+    se = math.sqrt(median_se_factor(len(b)) ** 2 * sb**2 / len(b) + median_se_factor(len(n)) ** 2 * sn**2 / len(n))
+    band = config.noise_k * se
+    beyond_tol = abs(q - 1.0) > tol.fraction
+    beyond_noise = abs(log_q) > band
+    if r > 0 and beyond_tol:
+        verdict = (Verdict.FAIL if gated else Verdict.WARN) if beyond_noise else Verdict.WARN
+    elif r < 0 and beyond_tol and beyond_noise:
+        verdict = Verdict.IMPROVED
+    else:
+        verdict = Verdict.PASS
+    noise_pct = abs(math.exp(math.copysign(band, log_q)) - 1.0) * 100.0
+    return MetricComparison(
+        delta_pct=(q - 1.0) * 100.0, noise_pct=noise_pct, verdict=verdict, log_ratio=r, noise_log=band, **common  # type: ignore[arg-type]
+    )
+
+
+def compare(
+    now: Measured,
+    base: Measured | None,
+    config: GateConfig = DEFAULT_CONFIG,
+    *,
+    fingerprint: str | None = None,
+    have: Sequence[str] = (),
+    engine: str | None = None,
+) -> Comparison:
+    """Compare a result against its baseline entry (None: no baseline, NEW).
+
+    ``fingerprint``/``have`` only shape the NEW note: ``no baseline for X; have: Y, Z``.
+    """
+    eid = now.entry_id
+    engine = engine or getattr(now, "engine", None)
+    base_v = base.engine_version if base is not None else None
+    if now.invalid:
+        return Comparison(eid, Verdict.INVALID, (), f"not compared: {now.invalid}", base_v, now.engine_version, engine)
+    if base is None:
+        where = f" for {fingerprint}" if fingerprint else ""
+        note = f"no baseline{where}"
+        if have:
+            note += f"; have: {', '.join(have)}"
+        note += "; record one with --mgpu-update"
+        return Comparison(eid, Verdict.NEW, (), note, None, now.engine_version, engine)
+    mcs = tuple(compare_metric(m, base.samples(m), now.samples(m), config) for m in config.metrics)
+    compared = [m for m in mcs if m.verdict is not Verdict.NEW]
+    notes: list[str] = []
+    missing = [m.metric for m in mcs if m.verdict is Verdict.NEW]
+    if missing:
+        notes.append(f"baseline lacks {', '.join(missing)}; record it with --mgpu-update")
+    if not compared:
+        verdict = Verdict.NEW
+    else:
+        verdict = worst(m.verdict for m in compared)
+    fails = [m for m in mcs if m.verdict is Verdict.FAIL]
+    if fails:
+        notes.insert(0, "regression: " + "; ".join(m.describe() for m in fails))
+    else:
+        within = [m for m in mcs if m.verdict is Verdict.WARN and m.gated]
+        if within:
+            notes.insert(0, "beyond tolerance but within noise: " + "; ".join(m.describe() for m in within))
+    return Comparison(eid, verdict, mcs, "; ".join(notes), base_v, now.engine_version, engine)
+
+
+def confirm(first: Comparison, second: Comparison) -> Comparison:
+    """Combine a FAIL with its re-measurement: FAIL only if the same metric fails again.
+
+    A FAIL that does not reproduce becomes WARN ("did not reproduce"). A non-FAIL ``first`` is
+    returned as is. The metrics shown are the re-measurement's.
+    """
+    if first.verdict is not Verdict.FAIL:
+        return first
+    if second.verdict is Verdict.INVALID:
+        return replace(second, note=f"first measurement: {first.note}; re-measurement {second.note}")
+    first_failed = {m.metric for m in first.failed_metrics}
+    metrics = []
+    for m in second.metrics:
+        if m.verdict is Verdict.FAIL and m.metric not in first_failed:
+            m = replace(m, verdict=Verdict.WARN)
+        metrics.append(m)
+    if any(m.verdict is Verdict.FAIL for m in metrics):
+        verdict = Verdict.FAIL
+        note = "confirmed by a re-measurement; " + "; ".join(m.describe() for m in metrics if m.verdict is Verdict.FAIL)
+    else:
+        verdict = worst([Verdict.WARN, *(m.verdict for m in metrics)])
+        gone = ", ".join(sorted(first_failed))
+        note = f"did not reproduce: {gone} failed, then not on a re-measurement ({first.note})"
+    return replace(second, verdict=verdict, metrics=tuple(metrics), note=note)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def fmt_value(v: float | None) -> str:
+    """A metric value with sensible precision ('-' for none)."""
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.4g}"
+
+
+def _pct(v: float | None, signed: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.1f}%" if signed else f"{v:.1f}%"
+
+
+def _versions(c: Comparison) -> str:
+    eng = f"{c.engine} " if c.engine else ""
+    if c.base_engine_version and c.now_engine_version and c.base_engine_version != c.now_engine_version:
+        return f"{eng}{c.base_engine_version} -> {c.now_engine_version}"
+    return f"{eng}{c.now_engine_version or c.base_engine_version or ''}".strip()
+
+
+def _rows(c: Comparison) -> list[list[str]]:
+    return [
+        [
+            m.metric + ("*" if m.gated else ""),
+            fmt_value(m.base),
+            fmt_value(m.now),
+            _pct(m.delta_pct),
+            _pct(m.noise_pct, signed=False),
+            f"{m.tolerance_pct:g}%",
+            str(m.verdict),
+        ]
+        for m in c.metrics
+    ]
+
+
+_HEADER = ["metric", "baseline", "now", "delta %", "noise %", "tol %", "verdict"]
+
+
+def _align(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:-1])] + [r[-1]]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out
+
+
+def render_table(comparisons: Sequence[Comparison]) -> str:
+    """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict."""
+    lines: list[str] = []
+    for c in comparisons:
+        title = f"{c.entry_id}  {c.verdict}"
+        v = _versions(c)
+        if v:
+            title += f"  ({v})"
+        lines.append(title)
+        if c.metrics:
+            lines.extend(_align([_HEADER, *_rows(c)]))
+        if c.note:
+            lines.append(f"  note: {c.note}")
+    if any(c.metrics for c in comparisons):
+        lines.append("* gated metric; the others only warn. noise % = k x noise of the difference")
+    return "\n".join(lines)
+
+
+def side_by_side(comparison: Comparison) -> str:
+    """A FAIL message: baseline vs now per metric, then the failing metrics with delta and tolerance."""
+    c = comparison
+    lines = [f"{c.verdict}: {c.entry_id}" + (f" ({_versions(c)})" if _versions(c) else "")]
+    if c.metrics:
+        rows = [["", "baseline", "now", "delta", ""]]
+        for m in c.metrics:
+            mark = "<-- " + str(m.verdict) if m.verdict in (Verdict.FAIL, Verdict.WARN) else ""
+            rows.append([m.metric, fmt_value(m.base), fmt_value(m.now), _pct(m.delta_pct), mark])
+        lines.extend(_align(rows))
+    for m in c.metrics:
+        if m.verdict is Verdict.FAIL:
+            word = "lower" if m.metric in HIGHER_IS_BETTER else "higher"
+            lines.append(
+                f"{m.metric} is {abs(m.delta_pct or 0):.1f}% {word} (worse) than the baseline: "
+                f"{fmt_value(m.base)} -> {fmt_value(m.now)}, beyond the tolerance of {m.tolerance_pct:g}% "
+                f"and the noise band of {m.noise_pct or 0:.1f}%"
+            )
+    if c.note:
+        lines.append(f"note: {c.note}")
+    return "\n".join(lines)
+
+
+def verdict_counts(comparisons: Iterable[Comparison]) -> dict[Verdict, int]:
+    """How many results got each verdict (only verdicts that occur)."""
+    counts: dict[Verdict, int] = {}
+    for c in comparisons:
+        counts[c.verdict] = counts.get(c.verdict, 0) + 1
+    return counts
+
+
+def summary_line(comparisons: Sequence[Comparison]) -> str:
+    """E.g. ``1 failed, 2 passed, 1 new``, worst first, pluralised where it reads better."""
+    words = {
+        Verdict.INVALID: "invalid", Verdict.FAIL: "failed", Verdict.WARN: "warned",
+        Verdict.NEW: "new", Verdict.IMPROVED: "improved", Verdict.PASS: "passed",
+    }
+    counts = verdict_counts(comparisons)
+    parts = [f"{counts[v]} {words[v]}" for v in sorted(counts, key=lambda v: -v.severity)]
+    return ", ".join(parts) or "no results"
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_markdown(comparisons: Sequence[Comparison], title: str = "Performance comparison") -> str:
+    """A PR comment: counts per verdict, engine versions, regressions first, then the full table."""
+    out = [f"## {title}", "", f"**{summary_line(comparisons)}**", ""]
+    versions = sorted({_versions(c) for c in comparisons if _versions(c)})
+    if versions:
+        out.append("Engine: " + "; ".join(f"`{v.replace(' -> ', ' → ')}`" for v in versions))
+        out.append("")
+    head = "| result | metric | baseline | now | delta % | noise % | tol % | verdict |"
+    sep = "|---|---|---:|---:|---:|---:|---:|---|"
+
+    def row(c: Comparison, m: MetricComparison) -> str:
+        name = m.metric + (" (gated)" if m.gated else "")
+        return (
+            f"| `{_md(c.entry_id)}` | {name} | {fmt_value(m.base)} | {fmt_value(m.now)} | "
+            f"{_pct(m.delta_pct)} | {_pct(m.noise_pct, False)} | {m.tolerance_pct:g}% | **{m.verdict}** |"
+        )
+
+    regs = [(c, m) for c in comparisons for m in c.metrics if m.verdict in (Verdict.FAIL, Verdict.WARN)]
+    regs.sort(key=lambda cm: -cm[1].verdict.severity)
+    if regs:
+        out += ["### Regressions", "", head, sep, *(row(c, m) for c, m in regs), ""]
+    others = [c for c in comparisons if not c.metrics]
+    if others:
+        out += ["### Not compared", ""]
+        out += [f"- `{_md(c.entry_id)}`: **{c.verdict}** {c.note}" for c in others]
+        out.append("")
+    compared = sorted((c for c in comparisons if c.metrics), key=lambda c: -c.verdict.severity)
+    if compared:
+        out += ["<details><summary>All results</summary>", "", head, sep]
+        out += [row(c, m) for c in compared for m in c.metrics]
+        out += ["", "</details>", ""]
+        notes = [f"- `{_md(c.entry_id)}`: {c.note}" for c in compared if c.note]
+        if notes:
+            out += ["Notes:", "", *notes, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- pytest-benchmark export -------------------------------------------------------------------
+
+
+def _bench_stats(data: Sequence[float]) -> dict[str, Any]:
+    import numpy as np  # lazy: only the export needs it
+
+    arr = np.sort(np.asarray(data, dtype=float))
+    n = int(arr.size)
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if n > 1 else 0.0
+    # pytest-benchmark's quartiles: medians of the lower and upper halves.
+    if n > 1:
+        half = n // 2
+        q1 = float(np.median(arr[:half])) if n % 2 == 0 else float(np.median(arr[: half + 1]))
+        q3 = float(np.median(arr[half:]))
+    else:
+        q1 = q3 = float(arr[0])
+    iqr = q3 - q1
+    lo, hi = q1 - 1.5 * iqr, q3 + 1.5 * iqr
+    ld = float(arr[arr >= lo][0]) if n else 0.0
+    hd = float(arr[arr <= hi][-1]) if n else 0.0
+    return {
+        "min": float(arr[0]), "max": float(arr[-1]), "mean": mean, "stddev": std, "rounds": n,
+        "median": float(np.median(arr)), "iqr": iqr, "q1": q1, "q3": q3,
+        "iqr_outliers": int(((arr < lo) | (arr > hi)).sum()),
+        "stddev_outliers": int(((arr < mean - std) | (arr > mean + std)).sum()),
+        "outliers": f"{int(((arr < mean - std) | (arr > mean + std)).sum())};{int(((arr < lo) | (arr > hi)).sum())}",
+        "ld15iqr": ld, "hd15iqr": hd, "ops": (1.0 / mean) if mean else 0.0, "total": float(arr.sum()),
+        "iterations": 1,
+    }
+
+
+def to_benchmark_json(results: Sequence["BenchResult"], include_data: bool = True) -> dict[str, Any]:
+    """Results in pytest-benchmark 5.x's saved-JSON format, for ``pytest-benchmark compare``.
+
+    The timed statistic is the end-to-end request latency in seconds: per request when the raw
+    records were kept, else one value per repeat (its ``e2el_mean``). All median metrics, the
+    engine and the validity go into ``extra_info``.
+    """
+    from . import __version__
+
+    benches = []
+    env: dict[str, Any] = {}
+    for r in results:
+        if not r.repeats:
+            continue
+        env = env or dict(r.env)
+        data = [rec.latency for rep in r.repeats for rec in rep.records if rec.success]
+        if not data:
+            data = [rep.summary["e2el_mean"] / 1000.0 for rep in r.repeats if "e2el_mean" in rep.summary]
+        if not data:
+            continue
+        stats = _bench_stats(data)
+        if include_data:
+            stats["data"] = list(data)
+        params = {"tp": r.layout.tp, "pp": r.layout.pp}
+        benches.append(
+            {
+                "group": r.label or r.workload.name,
+                "name": r.entry_id,
+                "fullname": f"{r.nodeid}::{r.label or r.workload.name}",
+                "params": params,
+                "param": r.layout.id,
+                "extra_info": {
+                    "engine": r.engine, "engine_version": r.engine_version, "model": r.model,
+                    "num_gpus": r.num_gpus, "repeats": len(r.repeats), "invalid": r.invalid,
+                    "timed": "e2el per request (s)" if len(data) > len(r.repeats) else "e2el_mean per repeat (s)",
+                    **{k: v for k, v in r.median.items()},
+                },
+                "options": {"timer": "client-side e2el", "rounds": len(data), "min_rounds": len(r.repeats)},
+                "stats": stats,
+            }
+        )
+    return {
+        "machine_info": {
+            "node": env.get("hostname", platform.node()),
+            "processor": platform.processor(),
+            "machine": platform.machine(),
+            "python_implementation": platform.python_implementation(),
+            "python_version": platform.python_version(),
+            "release": platform.release(),
+            "system": platform.system(),
+            "cpu": {},
+            "mgpu_fingerprint": env.get("fingerprint"),
+            "driver": env.get("driver"),
+            "cuda": env.get("cuda"),
+            "pytest_mgpu": __version__,
+        },
+        "commit_info": {
+            "id": env.get("commit") or "unknown",
+            "time": None,
+            "author_time": None,
+            "dirty": bool(env.get("dirty", False)),
+            "project": "pytest-mgpu",
+            "branch": "(unknown)",
+        },
+        "benchmarks": benches,
+        "datetime": env.get("date") or datetime.now(timezone.utc).isoformat(),
+        "version": _benchmark_version(),
+    }
+
+
+def _benchmark_version() -> str:
+    try:
+        from pytest_benchmark import __version__ as v  # lazy, optional
+
+        return str(v)
+    except ImportError:
+        return "5.2.3"  # the format version this export follows

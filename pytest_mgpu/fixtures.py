@@ -1,0 +1,68 @@
+"""The plugin's fixtures: ``mgpu_layout``, ``mgpu_engine``, ``mgpu_bench``."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from .bench import Bench
+from .engines import EngineError, EngineUnavailable, RunningEngine
+from .layout import Layout
+from .results import BenchResult
+from .session import ITEM_RESULTS_KEY, SPEC_KEY, STATE_KEY
+
+
+@pytest.fixture
+def mgpu_layout(request: pytest.FixtureRequest) -> Layout:
+    """This item's layout, from its ``layout`` mark (``tp1-pp1`` without one)."""
+    return getattr(request, "param", Layout())
+
+
+@pytest.fixture
+def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator[RunningEngine]:
+    """The started engine for this item's layout, shared by every test with the same engine key.
+
+    Exposes ``base_url``, ``layout``, ``num_gpus``, ``name``, ``version``, ``log_path``, ``model``.
+    An engine that is not installed skips the test, with the install hint; one that fails to
+    start errors the test with the last lines of its log.
+    """
+    state = request.config.stash[STATE_KEY]
+    spec = request.node.stash.get(SPEC_KEY, None)
+    if spec is None:  # pragma: no cover - every fixture user gets a spec at collection
+        pytest.fail(f"{request.node.nodeid}: no engine spec (was the plugin disabled?)", pytrace=False)
+    try:
+        engine = state.manager.acquire(spec)
+    except EngineUnavailable as exc:
+        pytest.skip(str(exc))
+    except EngineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield engine
+    if not engine.alive:
+        # Died during the test: stop what is left now, so the next test starts clean.
+        state.manager.stop_current()
+
+
+@pytest.fixture
+def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Bench:
+    """Runs workloads against ``mgpu_engine``: ``mgpu_bench.run(input_len=128, output_len=128,
+    num_requests=256, request_rate=32.0)`` returns a :class:`~pytest_mgpu.results.BenchResult`
+    and records it for the gate, the reports and ``--mgpu-update-baselines``."""
+    state = request.config.stash[STATE_KEY]
+    item = request.node
+    item.stash[ITEM_RESULTS_KEY] = []
+
+    def record(result: BenchResult) -> None:
+        state.results.append(result)
+        item.stash[ITEM_RESULTS_KEY].append(result)
+
+    return Bench(
+        mgpu_engine,
+        nodeid=item.nodeid,
+        test_name=item.name,
+        module=item.nodeid.split("::", 1)[0],
+        repeats=state.settings.repeats,
+        request_timeout_s=state.settings.request_timeout_s,
+        env=state.env_info,
+        record=record,
+    )

@@ -1,0 +1,86 @@
+"""Marker registration and parsing: ``gpu``, ``layout``, ``model``, ``perf_tolerance``, ``engine_opts``."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pytest
+
+from .layout import Layout, LayoutError, parse_layout
+
+#: Signature-first marker docs, so that ``pytest --markers`` is the documentation.
+MARKERS = (
+    "gpu: performance test that drives an inference engine (select with -m gpu)",
+    "layout(tp=1, pp=1, gpu_mem_gb=None): run the test on an engine with tensor parallelism tp and "
+    "pipeline parallelism pp (tp*pp GPUs), optionally capped at gpu_mem_gb GB per GPU; several "
+    "layout marks make one test item per layout, with ids like tp2-pp1",
+    "model(name): config-only model to serve: a built-in name (llama-2-7b, tiny-llama) or a "
+    "directory holding config.json; overrides --mgpu-model",
+    "perf_tolerance(**metric_tolerance): per-test gate tolerances, e.g. "
+    "perf_tolerance(output_throughput_per_gpu='3%', tpot_p50='8%'); naming a p99 metric gates it",
+    "engine_opts(**options): extra engine options for this test (merged over --mgpu-engine-opt); "
+    "tests with different options get different engines",
+)
+
+
+class MarkerError(ValueError):
+    """A marker on a test is malformed; the message names the test."""
+
+
+def layouts_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> list[Layout]:
+    """One :class:`Layout` per ``layout`` mark (default: ``tp1-pp1``), validated."""
+    layouts: list[Layout] = []
+    for mark in marks:
+        if mark.args:
+            raise MarkerError(
+                f"{nodeid}: layout() takes keywords only, got positional {mark.args!r}; "
+                f"write @pytest.mark.layout(tp=2, pp=1)"
+            )
+        try:
+            layouts.append(parse_layout(mark.kwargs, where=nodeid))
+        except LayoutError as exc:
+            raise MarkerError(str(exc)) from None
+    if not layouts:
+        layouts.append(Layout())
+    ids = [lay.id for lay in layouts]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise MarkerError(f"{nodeid}: layout {', '.join(dup)} is declared more than once")
+    return layouts
+
+
+def model_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> str | None:
+    """The model named by the closest ``model`` mark, or None."""
+    for mark in marks:
+        if len(mark.args) != 1 or mark.kwargs or not isinstance(mark.args[0], str):
+            raise MarkerError(f"{nodeid}: model() takes one model name or path, e.g. @pytest.mark.model('llama-2-7b')")
+        return mark.args[0]
+    return None
+
+
+def engine_opts_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, str]:
+    """Engine options from ``engine_opts`` marks (closest mark wins per key)."""
+    opts: dict[str, str] = {}
+    for mark in reversed(list(marks)):
+        if mark.args:
+            raise MarkerError(f"{nodeid}: engine_opts() takes keywords only, e.g. engine_opts(speed=0.8)")
+        opts.update({k: _opt_str(v) for k, v in mark.kwargs.items()})
+    return opts
+
+
+def tolerance_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, Any]:
+    """Raw ``perf_tolerance`` keywords (closest mark wins per metric); parsed by the gate."""
+    tol: dict[str, Any] = {}
+    for mark in reversed(list(marks)):
+        if mark.args:
+            raise MarkerError(
+                f"{nodeid}: perf_tolerance() takes metric=tolerance keywords, e.g. perf_tolerance(tpot_p50='8%')"
+            )
+        tol.update(mark.kwargs)
+    return tol
+
+
+def _opt_str(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)

@@ -423,6 +423,7 @@ async def run_requests(
             *_, warm_timed_out = await _run_batch(
                 session, url, warm_bodies, warm_recs, [0.0] * w, sem, deadline, timeout_s
             )
+        cpu0 = time.process_time()
         t0, t_last, t_end, timed_out = await _run_batch(
             session, url, bodies, recs, offsets, sem, deadline, timeout_s
         )
@@ -437,6 +438,8 @@ async def run_requests(
             "url": url,
             "request_rate": "inf" if math.isinf(workload.request_rate) else workload.request_rate,
             "max_concurrency": workload.max_concurrency,
+            # This process's CPU time over the measured phase: a client-bottleneck diagnostic.
+            "client_cpu_s": time.process_time() - cpu0,
         },
     )
 

@@ -26,6 +26,9 @@ def make_state(config: pytest.Config) -> MgpuState:
     """Read the GPUs, validate the options and store the session state in ``config.stash``."""
     inventory = query_inventory()
     settings = build_settings(config, inventory.count, inventory.error)
+    from .gate import gate_config
+
+    gate_config(config)  # validate tolerances now: a bad one is a usage error, not a test failure
     if settings.engine == "sim":
         fingerprint = f"sim-{settings.sim_gpu}-x{settings.sim_gpus}"
         visible, word = settings.sim_gpus, "sim GPUs"

@@ -4,9 +4,11 @@ The decision for one metric works on the ratio ``q = now / base`` of the medians
 
 * ``worse`` when ``q`` moves in the bad direction (``metrics.HIGHER_IS_BETTER`` decides which);
 * it is *beyond tolerance* when ``|q - 1| > tol`` (a linear percentage, as the table shows it);
-* it is *beyond noise* when ``|log q| > k * c(n) * sqrt(s_base**2 / n_base + s_now**2 / n_now)``,
-  where ``s`` is the sample std of the log values of the repeats (floored), and ``c(n)`` the
-  inflation of the standard error of a median over a mean.
+* it is *beyond noise* when
+  ``|log q| > k * sqrt(c(n_b)**2 s_b**2 / n_b + c(n_n)**2 s_n**2 / n_n + 2 drift**2)``,
+  where ``s`` is the sample std of the log values of the repeats (floored), ``c(n)`` the
+  inflation of the standard error of a median over a mean, and ``drift`` an optional allowance
+  for day-to-day drift (default 0).
 
 FAIL needs a worse change beyond both (for a gated metric; a warn-only metric gets WARN).
 Beyond tolerance but within noise is WARN. IMPROVED is the mirror image of FAIL. See
@@ -38,8 +40,10 @@ DEFAULT_WARN_ONLY: tuple[str, ...] = ("ttft_p99", "tpot_p99")
 DEFAULT_TOLERANCE = 0.05
 DEFAULT_TAIL_TOLERANCE = 0.10
 #: Noise multiplier k and the floor on the per-run log std (see docs/gate.md for the calibration).
-DEFAULT_NOISE_K = 3.0
+DEFAULT_NOISE_K = 2.5
 DEFAULT_NOISE_FLOOR = 0.005
+#: Expected day-to-day drift (log sigma) between the baseline's run and this one; 0 trusts the repeats.
+DEFAULT_DRIFT = 0.0
 
 #: Every metric name the gate accepts.
 KNOWN_METRICS: frozenset[str] = frozenset(latency_keys()) | frozenset(THROUGHPUT_METRICS)
@@ -188,6 +192,7 @@ class GateConfig:
     noise_k: float = DEFAULT_NOISE_K
     noise_floor: float = DEFAULT_NOISE_FLOOR
     strict: bool = False
+    drift: float = DEFAULT_DRIFT
 
     def tolerance(self, metric: str) -> Tolerance:
         """The tolerance of ``metric``: an explicit one, else the default."""
@@ -230,7 +235,10 @@ def gate_config_from_options(
     tol: dict[str, Tolerance] = {}
     for line in ini_tolerance:
         for part in str(line).replace(",", " ").split():
-            name, t = parse_metric_tolerance(part)
+            try:
+                name, t = parse_metric_tolerance(part)
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"ini mgpu_tolerance: {exc}") from None
             tol[name] = t
     for name, t in get(prefix + "tolerance") or []:
         tol[name] = t
@@ -239,6 +247,7 @@ def gate_config_from_options(
         noise_k=float(get(prefix + "noise_k")),
         noise_floor=float(get(prefix + "noise_floor")),
         strict=bool(get(prefix + "strict")),
+        drift=float(get(prefix + "drift") or 0.0),
     )
     return base.with_overrides(tol, gate)
 
@@ -367,7 +376,12 @@ def compare_metric(
     r = sign * log_q  # positive = worse
     sb = max(log_std(b), config.noise_floor)
     sn = max(log_std(n), config.noise_floor)
-    se = math.sqrt(median_se_factor(len(b)) ** 2 * sb**2 / len(b) + median_se_factor(len(n)) ** 2 * sn**2 / len(n))
+    # Standard error of log(median_now / median_base); drift hits both sides once, not per repeat.
+    se = math.sqrt(
+        median_se_factor(len(b)) ** 2 * sb**2 / len(b)
+        + median_se_factor(len(n)) ** 2 * sn**2 / len(n)
+        + 2 * config.drift**2
+    )
     band = config.noise_k * se
     beyond_tol = abs(q - 1.0) > tol.fraction
     beyond_noise = abs(log_q) > band
@@ -406,14 +420,14 @@ def compare(
         note = f"no baseline{where}"
         if have:
             note += f"; have: {', '.join(have)}"
-        note += "; record one with --mgpu-update"
+        note += "; record one with --mgpu-update-baselines"
         return Comparison(eid, Verdict.NEW, (), note, None, now.engine_version, engine)
     mcs = tuple(compare_metric(m, base.samples(m), now.samples(m), config) for m in config.metrics)
     compared = [m for m in mcs if m.verdict is not Verdict.NEW]
     notes: list[str] = []
     missing = [m.metric for m in mcs if m.verdict is Verdict.NEW]
     if missing:
-        notes.append(f"baseline lacks {', '.join(missing)}; record it with --mgpu-update")
+        notes.append(f"baseline lacks {', '.join(missing)}; record it with --mgpu-update-baselines")
     if not compared:
         verdict = Verdict.NEW
     else:

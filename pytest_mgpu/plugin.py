@@ -12,7 +12,10 @@ from .settings import add_options, build_settings
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the ``--mgpu-*`` options and ``mgpu_*`` ini keys."""
-    add_options(parser)
+    from .options import add_gate_options
+
+    group = add_options(parser)
+    add_gate_options(group.addoption)
 
 
 @pytest.hookimpl(trylast=True)

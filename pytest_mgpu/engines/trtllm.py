@@ -1,0 +1,634 @@
+"""TensorRT-LLM adapter: ``trtllm-serve`` (PyTorch backend) as an OpenAI-compatible server.
+
+Written against TensorRT-LLM 1.x sources and docs (see docs/trtllm.md); not run in this
+project's CI or GPU checks. The pytest process never imports ``tensorrt_llm``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..gpus import GpuInventory, wait_memory_back
+from ..layout import Layout
+from ..models import Model
+from .base import (
+    EngineError,
+    EngineSpec,
+    EngineUnavailable,
+    RunningEngine,
+    SubprocessEngine,
+    kill_group,
+    python_dist_version,
+)
+
+#: Distribution names tried, in order, for the engine's version.
+DISTS = ("tensorrt_llm", "tensorrt-llm")
+
+INSTALL_HINT = (
+    "install it into the engine's interpreter with "
+    "`pip install tensorrt-llm --extra-index-url https://pypi.nvidia.com` "
+    "(the wheel comes from NVIDIA's index, not PyPI), or point --mgpu-engine-python "
+    "at a venv that already has it"
+)
+
+#: Oldest compute capability TensorRT-LLM 1.x supports. Volta (sm70) was removed in
+#: TensorRT 10.5, which every 1.x release builds on; the supported-hardware page lists
+#: Ampere (A100, sm80) as the oldest architecture.
+MIN_COMPUTE_CAPABILITY = (8, 0)
+
+#: Defaults passed explicitly, so results do not shift with TensorRT-LLM's own defaults.
+DEFAULT_MAX_BATCH_SIZE = 256
+DEFAULT_MAX_NUM_TOKENS = 8192
+DEFAULT_MAX_SEQ_LEN_CAP = 8192  # max_seq_len = min(model max_position_embeddings, this)
+
+#: KV-cache fraction of free memory when the layout has no ``gpu_mem_gb`` cap (trtllm-serve's
+#: own default, passed explicitly).
+DEFAULT_KV_FRACTION = 0.9
+#: Per-GPU memory kept out of the KV budget besides weights: CUDA context, activations and
+#: workspaces, CUDA graphs, NCCL buffers. An estimate; override with ``--mgpu-engine-opt
+#: mgpu.reserve_gb=X``.
+DEFAULT_RESERVE_GIB = 2.0
+KV_FRACTION_MIN = 0.01
+KV_FRACTION_MAX = 0.95
+
+GIB = 2**30
+
+#: ``trtllm-serve`` flags that engine options may set (option name -> flag). Every other
+#: option goes into the ``--extra_llm_api_options`` YAML.
+CLI_OPTIONS: dict[str, str] = {
+    "max_batch_size": "--max_batch_size",
+    "max_num_tokens": "--max_num_tokens",
+    "max_seq_len": "--max_seq_len",
+    "max_beam_width": "--max_beam_width",
+    "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
+    "free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
+    "num_postprocess_workers": "--num_postprocess_workers",
+    "log_level": "--log_level",
+    "backend": "--backend",
+    "tokenizer": "--tokenizer",
+}
+#: Boolean ``trtllm-serve`` flags (present = true).
+CLI_FLAGS: dict[str, str] = {
+    "trust_remote_code": "--trust_remote_code",
+    "enable_chunked_prefill": "--enable_chunked_prefill",
+}
+#: Options owned by the layout or the adapter; setting them is an error that names the fix.
+RESERVED_OPTIONS: dict[str, str] = {
+    "tp_size": "use @pytest.mark.layout(tp=N)",
+    "tensor_parallel_size": "use @pytest.mark.layout(tp=N)",
+    "pp_size": "use @pytest.mark.layout(pp=N)",
+    "pipeline_parallel_size": "use @pytest.mark.layout(pp=N)",
+    "host": "the plugin binds 127.0.0.1",
+    "port": "the plugin picks a free port",
+    "model": "use --mgpu-model",
+}
+#: Adapter-only options (prefix ``mgpu.``), never passed to TensorRT-LLM.
+ADAPTER_OPTIONS = ("mgpu.reserve_gb",)
+
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+DTYPE_BYTES = {
+    "float32": 4, "fp32": 4, "float": 4,
+    "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2,
+    "float8": 1, "fp8": 1, "int8": 1,
+}
+
+
+# --- options --------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """An option value as a YAML scalar: ``8`` -> 8, ``false`` -> False, ``fp8`` -> 'fp8'."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c=value`` in a nested dict, creating levels; a scalar in the way is an error."""
+    keys = dotted.split(".")
+    node = target
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise EngineError(f"engine option {dotted!r}: {k!r} is already set to the scalar {nxt!r}")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, merging nested dicts instead of replacing them."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass
+class SplitOptions:
+    """Engine options sorted into CLI flags, YAML keys and adapter settings."""
+
+    cli: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    yaml: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
+
+
+def split_options(options: Mapping[str, str]) -> SplitOptions:
+    """Sort ``--mgpu-engine-opt KEY=VALUE`` pairs: known flags, ``mgpu.*``, nested YAML."""
+    out = SplitOptions()
+    for key, raw in options.items():
+        if key in RESERVED_OPTIONS:
+            raise EngineError(f"engine option {key!r} cannot be set for trtllm: {RESERVED_OPTIONS[key]}")
+        value = parse_value(raw)
+        if key.startswith("mgpu."):
+            if key not in ADAPTER_OPTIONS:
+                raise EngineError(f"unknown adapter option {key!r}; known: {', '.join(ADAPTER_OPTIONS)}")
+            out.adapter[key] = value
+        elif key in CLI_OPTIONS:
+            out.cli[CLI_OPTIONS[key]] = value
+        elif key in CLI_FLAGS:
+            if value is True:
+                out.flags.append(CLI_FLAGS[key])
+            elif value is not False:
+                raise EngineError(f"engine option {key}={raw!r} must be true or false")
+        else:
+            set_nested(out.yaml, key, value)
+    return out
+
+
+# --- memory arithmetic ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts of a decoder-only transformer, from ``config.json``."""
+
+    embedding: int
+    per_layer: int
+    num_layers: int
+    final_norm: int
+    lm_head: int  # 0 when tied to the embedding
+
+    @property
+    def total(self) -> int:
+        """All parameters."""
+        return self.embedding + self.per_layer * self.num_layers + self.final_norm + self.lm_head
+
+
+def param_counts(config: Mapping[str, Any]) -> ParamCounts:
+    """Parameter counts of a Llama-style model (GQA attention, gated MLP, RMSNorm).
+
+    Exact for Llama/Mistral-style configs; other architectures get an estimate of the same
+    shape (good enough for a memory budget).
+    """
+    h = int(config["hidden_size"])
+    layers = int(config["num_hidden_layers"])
+    vocab = int(config["vocab_size"])
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or h // heads)
+    inter = int(config.get("intermediate_size") or 4 * h)
+    attn = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
+    gated = str(config.get("hidden_act", "silu")) in ("silu", "swiglu", "gelu_pytorch_tanh")
+    mlp = (3 if gated else 2) * h * inter
+    norms = 2 * h
+    tied = bool(config.get("tie_word_embeddings", False))
+    return ParamCounts(
+        embedding=vocab * h, per_layer=attn + mlp + norms, num_layers=layers, final_norm=h,
+        lm_head=0 if tied else vocab * h,
+    )
+
+
+def dtype_bytes(config: Mapping[str, Any], override: Any = None) -> int:
+    """Bytes per weight from an explicit ``dtype`` option or the config's ``torch_dtype``."""
+    name = str(override or config.get("torch_dtype") or config.get("dtype") or "float16").lower()
+    if name == "auto":
+        name = str(config.get("torch_dtype") or "float16").lower()
+    try:
+        return DTYPE_BYTES[name.replace("torch.", "")]
+    except KeyError:
+        raise EngineError(f"unknown weight dtype {name!r}; known: {', '.join(sorted(DTYPE_BYTES))}") from None
+
+
+def weight_bytes_per_gpu(config: Mapping[str, Any], tp: int, pp: int, nbytes: int) -> int:
+    """Weight bytes on the most loaded GPU of a ``tp`` x ``pp`` layout.
+
+    Layers split evenly over pipeline stages (the first ``L mod pp`` stages take one more);
+    each stage's share splits over ``tp``. The embedding sits on the first stage, the LM head
+    and final norm on the last, both sharded over ``tp`` (with pp=1 one stage holds all).
+    """
+    c = param_counts(config)
+    layers_max = math.ceil(c.num_layers / pp)
+    first = c.embedding + (c.lm_head + c.final_norm if pp == 1 else 0)
+    last = c.lm_head + c.final_norm if pp > 1 else 0
+    stage = layers_max * c.per_layer + max(first, last)
+    return math.ceil(stage / tp) * nbytes
+
+
+@dataclass(frozen=True)
+class KvBudget:
+    """How ``--kv_cache_free_gpu_memory_fraction`` was derived (all sizes in GiB per GPU)."""
+
+    fraction: float
+    card_gib: float | None = None
+    cap_gib: float | None = None
+    weights_gib: float | None = None
+    reserve_gib: float | None = None
+    kv_gib: float | None = None
+    free_after_load_gib: float | None = None
+    clamped: bool = False
+
+    def describe(self) -> str:
+        """One line for logs and errors."""
+        if self.cap_gib is None:
+            return f"kv fraction {self.fraction:g} (no gpu_mem_gb cap: default)"
+        return (
+            f"kv fraction {self.fraction:.4f} = kv {self.kv_gib:.2f} GiB / free-after-load "
+            f"{self.free_after_load_gib:.2f} GiB (card {self.card_gib:.2f}, cap {self.cap_gib:g}, "
+            f"weights {self.weights_gib:.2f}, reserve {self.reserve_gib:g})"
+            + (" [clamped]" if self.clamped else "")
+        )
+
+
+def kv_cache_fraction(
+    layout: Layout,
+    model_config: Mapping[str, Any],
+    card_memory_mb: int | None,
+    reserve_gib: float = DEFAULT_RESERVE_GIB,
+    dtype: Any = None,
+) -> KvBudget:
+    """The KV-cache fraction that keeps each GPU's total use near ``layout.gpu_mem_gb``.
+
+    TensorRT-LLM sizes the KV cache as a fraction of the memory *free after* weights and
+    runtime buffers are allocated (vLLM's fraction is of the whole card). With card memory
+    ``T``, cap ``C``, weights ``W`` and reserve ``R`` (all GiB per GPU)::
+
+        free_after_load = T - W - R
+        kv              = C - W - R
+        fraction        = kv / free_after_load, clamped to [0.01, 0.95]
+
+    ``gpu_mem_gb`` is read as GiB, the unit of the card's ``memory_total_mb / 1024``.
+    """
+    if layout.gpu_mem_gb is None:
+        return KvBudget(fraction=DEFAULT_KV_FRACTION)
+    if not card_memory_mb:
+        raise EngineError(
+            f"layout {layout.id} caps GPU memory at {layout.gpu_mem_gb:g} GB but the card's memory "
+            f"is unknown (no NVML inventory); drop gpu_mem_gb or run where NVML sees the GPUs"
+        )
+    card = card_memory_mb / 1024.0
+    cap = float(layout.gpu_mem_gb)
+    if cap > card:
+        raise EngineError(
+            f"layout {layout.id} caps GPU memory at {cap:g} GiB but the card has only {card:.2f} GiB; "
+            f"lower gpu_mem_gb to at most {math.floor(card)}"
+        )
+    weights = weight_bytes_per_gpu(model_config, layout.tp, layout.pp, dtype_bytes(model_config, dtype)) / GIB
+    kv = cap - weights - reserve_gib
+    if kv <= 0:
+        raise EngineError(
+            f"layout {layout.id}: cap {cap:g} GiB leaves no KV cache after {weights:.2f} GiB of weights "
+            f"per GPU and a {reserve_gib:g} GiB runtime reserve; raise gpu_mem_gb above "
+            f"{weights + reserve_gib:.1f}, use more GPUs, or lower mgpu.reserve_gb"
+        )
+    free = card - weights - reserve_gib
+    raw = kv / free
+    frac = min(max(raw, KV_FRACTION_MIN), KV_FRACTION_MAX)
+    return KvBudget(
+        fraction=round(frac, 4), card_gib=card, cap_gib=cap, weights_gib=weights, reserve_gib=reserve_gib,
+        kv_gib=kv, free_after_load_gib=free, clamped=frac != raw,
+    )
+
+
+# --- model directory ------------------------------------------------------------------------
+def has_weights(model_dir: Path) -> bool:
+    """Whether the directory holds weight files (else it is config-only: dummy weights)."""
+    return any(any(model_dir.glob(g)) for g in WEIGHT_GLOBS)
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    """Whether the directory holds a Hugging Face tokenizer."""
+    return any((model_dir / f).is_file() for f in TOKENIZER_FILES)
+
+
+def write_synthetic_tokenizer(directory: Path, vocab_size: int) -> Path:
+    """Write a word-level tokenizer with ids ``0..vocab_size-1`` (tokens ``t0``, ``t1``, ...).
+
+    Config-only models have no tokenizer, and ``trtllm-serve``'s ``/v1/completions`` reads
+    the tokenizer's vocabulary size on every request, so one must exist. Prompts are sent as
+    token ids and never tokenized; this only lets the server start and detokenize outputs.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    tok = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": f"t{i}", "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+            for i in range(min(3, vocab_size))
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+    }
+    (directory / "tokenizer.json").write_text(json.dumps(tok))
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "t0", "bos_token": "t1", "eos_token": "t2",
+        "model_max_length": 1_000_000,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return directory
+
+
+# --- launch ---------------------------------------------------------------------------------
+@dataclass
+class TrtllmLaunch:
+    """The argv and the extra-options YAML for one ``trtllm-serve`` start."""
+
+    argv: list[str]
+    yaml_options: dict[str, Any]
+    yaml_path: Path
+    kv: KvBudget
+    tokenizer_dir: Path | None = None
+
+
+def serve_argv_prefix(python: str) -> list[str]:
+    """How to run ``trtllm-serve`` with ``python``.
+
+    The console script ``trtllm-serve`` maps to ``tensorrt_llm.commands.serve:main``, and that
+    module ends in ``if __name__ == "__main__": main()``, so ``python -m`` runs the same click
+    group with the chosen interpreter, independent of PATH and of where the script lives.
+    """
+    return [python, "-m", "tensorrt_llm.commands.serve"]
+
+
+def card_memory_mb(inventory: GpuInventory, gpu_ids: Sequence[int]) -> int | None:
+    """Smallest total memory among the allocated GPUs (MiB), or None without an inventory."""
+    sizes = [g.memory_total_mb for g in inventory.gpus if not gpu_ids or g.index in gpu_ids]
+    return min(sizes) if sizes else None
+
+
+def build_launch(
+    spec: EngineSpec,
+    port: int,
+    inventory: GpuInventory,
+    gpu_ids: Sequence[int],
+    work_dir: Path,
+) -> TrtllmLaunch:
+    """Build the ``trtllm-serve`` command line and its YAML (pure apart from naming files)."""
+    model: Model = spec.model
+    config = model.config
+    opts = split_options(spec.options_dict)
+    reserve = float(opts.adapter.get("mgpu.reserve_gb", DEFAULT_RESERVE_GIB))
+    kv = kv_cache_fraction(
+        spec.layout, config, card_memory_mb(inventory, gpu_ids), reserve_gib=reserve,
+        dtype=opts.yaml.get("dtype"),
+    )
+    max_pos = int(config.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN_CAP)
+    cli: dict[str, Any] = {
+        "--backend": "pytorch",
+        "--tp_size": spec.layout.tp,
+        "--pp_size": spec.layout.pp,
+        "--host": "127.0.0.1",
+        "--port": port,
+        "--max_batch_size": DEFAULT_MAX_BATCH_SIZE,
+        "--max_num_tokens": DEFAULT_MAX_NUM_TOKENS,
+        "--max_seq_len": min(max_pos, DEFAULT_MAX_SEQ_LEN_CAP),
+        "--kv_cache_free_gpu_memory_fraction": kv.fraction,
+    }
+    cli.update(opts.cli)
+    fraction = cli["--kv_cache_free_gpu_memory_fraction"]
+
+    tokenizer_dir: Path | None = None
+    if "--tokenizer" not in cli and not has_tokenizer(model.path) and not opts.yaml.get("skip_tokenizer_init"):
+        tokenizer_dir = write_synthetic_tokenizer(work_dir / f"tokenizer-{model.name}", model.vocab_size)
+        cli["--tokenizer"] = str(tokenizer_dir)
+
+    # trtllm-serve merges this YAML over its CLI-built arguments with a *shallow* dict union,
+    # so a kv_cache_config here replaces the one built from the CLI fraction: repeat it.
+    base_yaml: dict[str, Any] = {
+        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": fraction},
+    }
+    if not has_weights(model.path):
+        base_yaml["load_format"] = "dummy"
+    yaml_options = deep_merge(base_yaml, opts.yaml)
+    yaml_path = work_dir / f"trtllm-{spec.layout.id}-{port}.yaml"
+
+    argv = serve_argv_prefix(spec.python) + [str(model.path)]
+    for flag, value in cli.items():
+        argv += [flag, str(value)]
+    argv += opts.flags
+    argv += ["--extra_llm_api_options", str(yaml_path)]
+    return TrtllmLaunch(argv=argv, yaml_options=yaml_options, yaml_path=yaml_path, kv=kv, tokenizer_dir=tokenizer_dir)
+
+
+def write_yaml(launch: TrtllmLaunch) -> None:
+    """Write the extra-options YAML next to the engine log."""
+    import yaml
+
+    launch.yaml_path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# written by pytest-mgpu for trtllm-serve --extra_llm_api_options\n# {launch.kv.describe()}\n"
+    launch.yaml_path.write_text(header + yaml.safe_dump(launch.yaml_options, sort_keys=True))
+
+
+# --- processes outside our process group ----------------------------------------------------
+#: Environment variable that marks every process of one engine start, MPI workers included.
+TAG_ENV = "PYTEST_MGPU_ENGINE_TAG"
+
+
+def _proc_start_time(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of ``pid``, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat.rsplit(b")", 1)[1].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def tagged_processes(tag: str) -> dict[int, int]:
+    """Processes of this user whose environment carries ``TAG_ENV=tag``: pid -> start time."""
+    needle = f"{TAG_ENV}={tag}".encode()
+    found: dict[int, int] = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            st = _proc_start_time(int(entry.name))
+            if st is not None and st[0] != "Z":
+                found[int(entry.name)] = st[1]
+    return found
+
+
+def descendants(root: int) -> dict[int, int]:
+    """All live descendants of ``root`` (by parent pid, across sessions): pid -> start time."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        starts[pid] = int(fields[19])
+    out: dict[int, int] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out[pid] = starts[pid]
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def kill_stragglers(procs: Mapping[int, int], grace_s: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL, processes still alive with the same start time; returns those hit."""
+    def alive() -> list[int]:
+        out = []
+        for pid, start in procs.items():
+            st = _proc_start_time(pid)
+            if st is not None and st[1] == start and st[0] != "Z":
+                out.append(pid)
+        return out
+
+    hit = alive()
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        left = alive()
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.05)
+    return hit
+
+
+# --- the adapter ----------------------------------------------------------------------------
+class TrtllmEngine(SubprocessEngine):
+    """``trtllm-serve`` with the PyTorch backend, one process tree per layout.
+
+    Multi-GPU: without ``mpirun``, ``trtllm-serve`` spawns its ranks with mpi4py's
+    ``MPIPoolExecutor`` (``MpiPoolSession``). Open MPI's singleton start launches its helper
+    daemon with ``--set-sid``, so the daemon and the ranks it spawns leave our process group
+    and ``killpg`` cannot reach them. :meth:`stop` snapshots the leader's descendants and every
+    process carrying :data:`TAG_ENV` (inherited through fork/exec), kills the group, then kills
+    whatever of that snapshot is still alive.
+    """
+
+    name = "trtllm"
+    health_path = "/health"
+    start_timeout_s = 900.0  # model load plus MPI worker bootstrap (tens of seconds per rank)
+    straggler_grace_s = 10.0
+    min_compute_capability = MIN_COMPUTE_CAPABILITY
+
+    def __init__(self) -> None:
+        self._work_dir: Path | None = None
+        self._tag: str = uuid.uuid4().hex
+        self._tags: dict[int, str] = {}
+        self.last_launch: TrtllmLaunch | None = None
+
+    def version(self, python: str) -> str:
+        """``tensorrt_llm``'s version for ``python``; EngineUnavailable with an install hint."""
+        v = python_dist_version(python, DISTS)
+        if v is None:
+            raise EngineUnavailable(f"TensorRT-LLM (tensorrt_llm) is not installed for {python}; {INSTALL_HINT}")
+        return v
+
+    def check_supported(self, spec: EngineSpec, inventory: GpuInventory, version: str) -> None:
+        """TensorRT-LLM needs NVIDIA GPUs of compute capability 8.0 or newer."""
+        if inventory.count == 0:
+            why = f" ({inventory.error})" if inventory.error else ""
+            raise EngineUnavailable(f"TensorRT-LLM {version} needs NVIDIA GPUs and none are visible{why}")
+        old = [g for g in inventory.gpus if g.compute_capability is not None and g.compute_capability < self.min_compute_capability]
+        if old:
+            g = old[0]
+            cc = ".".join(map(str, g.compute_capability or ()))
+            need = ".".join(map(str, self.min_compute_capability))
+            raise EngineError(
+                f"TensorRT-LLM {version} does not support GPU {g.index} ({g.name}, compute capability {cc}): "
+                f"it needs {need} or newer (Volta sm70 support was removed with TensorRT 10.5); "
+                f"run on Ampere or newer cards, or hide these with CUDA_VISIBLE_DEVICES"
+            )
+
+    def environment(self, spec: EngineSpec, gpu_ids: Sequence[int], inventory: GpuInventory) -> dict[str, str]:
+        """Base environment plus the process tag and Open MPI's run-as-root consent when root."""
+        env = super().environment(spec, gpu_ids, inventory)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Open MPI refuses to run as root without both (TensorRT-LLM's containers set them).
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        env[TAG_ENV] = self._tag
+        return env
+
+    def preflight(self, spec: EngineSpec, gpu_ids: Sequence[int], env: Mapping[str, str], log_dir: Path) -> None:
+        """Remember the log directory: the YAML and any synthetic tokenizer are written there."""
+        self._work_dir = log_dir
+
+    def command(self, spec: EngineSpec, port: int, inventory: GpuInventory, gpu_ids: Sequence[int]) -> list[str]:
+        """Build the argv, and write the YAML it names."""
+        work_dir = self._work_dir or Path.cwd() / ".mgpu"
+        launch = build_launch(spec, port, inventory, gpu_ids, work_dir)
+        write_yaml(launch)
+        self.last_launch = launch
+        return launch.argv
+
+    def start(
+        self,
+        spec: EngineSpec,
+        inventory: GpuInventory,
+        gpu_ids: Sequence[int],
+        log_dir: Path,
+        start_timeout_s: float | None = None,
+    ) -> RunningEngine:
+        """Start with a fresh process tag, so that :meth:`stop` can find every rank."""
+        self._tag = uuid.uuid4().hex
+        running = super().start(spec, inventory, gpu_ids, log_dir, start_timeout_s)
+        self._tags[running.pid] = self._tag
+        return running
+
+    def stop(self, running: RunningEngine, check_memory: bool = True) -> None:
+        """Kill the process group, then any tagged process outside it, then wait for memory."""
+        tag = self._tags.pop(running.pid, self._tag)
+        # Snapshot while the leader is alive: by tag (also finds orphans of a crashed leader) and
+        # by parent pid (in case a launcher does not pass the environment on).
+        before = tagged_processes(tag)
+        if running.alive:
+            before.update(descendants(running.pid))
+        if running.process is not None:
+            kill_group(running.process, self.stop_timeout_s)
+        before.update(tagged_processes(tag))
+        kill_stragglers(before, self.straggler_grace_s)
+        if check_memory and running.memory_before_mb:
+            wait_memory_back(running.memory_before_mb, timeout_s=self.memory_timeout_s)

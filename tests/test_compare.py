@@ -1,0 +1,306 @@
+"""The gate's decision: tolerances, verdicts, confirmation, rendering, pytest-benchmark export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_mgpu.compare import (
+    DEFAULT_CONFIG,
+    Comparison,
+    GateConfig,
+    Tolerance,
+    Verdict,
+    compare,
+    compare_metric,
+    confirm,
+    gate_config_from_options,
+    parse_metric_tolerance,
+    render_markdown,
+    render_table,
+    side_by_side,
+    to_benchmark_json,
+    worst,
+)
+from pytest_mgpu.layout import Layout
+from pytest_mgpu.metrics import RequestRecord
+from pytest_mgpu.options import add_gate_options
+from pytest_mgpu.results import BenchResult, RepeatResult
+from pytest_mgpu.workload import Workload
+
+BASE = {"output_throughput_per_gpu": 1000.0, "ttft_p50": 50.0, "tpot_p50": 10.0, "ttft_p99": 90.0, "tpot_p99": 14.0}
+JITTER = (1.0, 1.01, 0.99)
+
+
+def make_result(
+    factors: dict[str, float] | None = None,
+    jitter: tuple[float, ...] = JITTER,
+    invalid: str | None = None,
+    version: str = "0.1.0",
+) -> BenchResult:
+    """A sim result whose metrics are BASE x factor x jitter per repeat."""
+    factors = factors or {}
+    reps = [
+        RepeatResult({m: v * factors.get(m, 1.0) * j for m, v in BASE.items()} | {"e2el_mean": 1500.0 * j}, invalid=invalid)
+        for j in jitter
+    ]
+    return BenchResult(
+        nodeid="perf_tests/test_x.py::test_serve[tp2-pp1]", test_name="test_serve[tp2-pp1]",
+        module="perf_tests/test_x.py", workload=Workload(), layout=Layout(tp=2), engine="sim",
+        engine_version=version, model="tiny", repeats=reps, env={"fingerprint": "sim-v100-16gb-x4"},
+    )
+
+
+# --- tolerances --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "fraction"), [("5%", 0.05), ("0.05", 0.05), ("12.5%", 0.125), (" 8 % ", 0.08), (0.1, 0.1)])
+def test_tolerance_parse(text: str, fraction: float) -> None:
+    assert Tolerance.parse(text).fraction == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize("text", ["5 %x", "abc", "5", "-5%", "150%", "", "1.0"])
+def test_tolerance_parse_rejects(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="Could not parse tolerance"):
+        Tolerance.parse(text)
+
+
+def test_metric_tolerance_and_unknown_metric() -> None:
+    assert parse_metric_tolerance("tpot_p50=8%") == ("tpot_p50", Tolerance(0.08))
+    with pytest.raises(argparse.ArgumentTypeError, match="Unknown metric 'tpot_p5'"):
+        parse_metric_tolerance("tpot_p5=8%")
+    with pytest.raises(argparse.ArgumentTypeError, match="METRIC=PCT"):
+        parse_metric_tolerance("8%")
+
+
+def test_default_tolerances_and_gating() -> None:
+    assert DEFAULT_CONFIG.tolerance("tpot_p50").pct == pytest.approx(5)
+    assert DEFAULT_CONFIG.tolerance("ttft_p99").pct == pytest.approx(10)
+    assert DEFAULT_CONFIG.gated == {"output_throughput_per_gpu", "ttft_p50", "tpot_p50"}
+    opted = DEFAULT_CONFIG.with_overrides({"ttft_p99": "20%"}, gate=["itl_p50"])
+    assert {"ttft_p99", "itl_p50"} <= opted.gated and "itl_p50" in opted.metrics
+    assert opted.tolerance("ttft_p99") == Tolerance(0.2)
+
+
+def test_options_feed_argparse_and_config() -> None:
+    ap = argparse.ArgumentParser()
+    add_gate_options(ap.add_argument, prefix="--")
+    ns = ap.parse_args(["--tolerance", "tpot_p50=8%", "--gate", "ttft_p99,itl_p50", "--noise-k", "3", "--strict"])
+    cfg = gate_config_from_options(lambda n: getattr(ns, n), prefix="", ini_tolerance=["tpot_p50=2% ttft_p50=7%"])
+    assert cfg.tolerance("tpot_p50") == Tolerance(0.08)  # command line beats ini
+    assert cfg.tolerance("ttft_p50") == Tolerance(0.07)
+    assert {"ttft_p99", "itl_p50"} <= cfg.gated and cfg.noise_k == 3 and cfg.strict
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--tolerance", "tpot_p50=5 %x"])
+    with pytest.raises(argparse.ArgumentTypeError, match="ini mgpu_tolerance: Could not parse tolerance"):
+        gate_config_from_options(lambda n: getattr(ns, n), prefix="", ini_tolerance=["tpot_p50=5x"])
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+
+
+def test_same_values_pass() -> None:
+    c = compare(make_result(), make_result())
+    assert c.verdict is Verdict.PASS
+    assert [m.verdict for m in c.metrics] == [Verdict.PASS] * 5
+
+
+def test_throughput_drop_fails_naming_metric_delta_tolerance() -> None:
+    c = compare(make_result({"output_throughput_per_gpu": 0.8}), make_result())
+    assert c.verdict is Verdict.FAIL
+    m = c.metric("output_throughput_per_gpu")
+    assert m is not None and m.verdict is Verdict.FAIL and m.delta_pct == pytest.approx(-20)
+    assert [f.metric for f in c.failed_metrics] == ["output_throughput_per_gpu"]
+    text = side_by_side(c)
+    assert "output_throughput_per_gpu is 20.0% lower" in text and "tolerance of 5%" in text
+
+
+def test_latency_rise_fails_and_improvement_is_improved() -> None:
+    assert compare(make_result({"tpot_p50": 1.2}), make_result()).verdict is Verdict.FAIL
+    better = compare(make_result({"output_throughput_per_gpu": 1.25}, version="0.2.0"), make_result())
+    assert better.verdict is Verdict.IMPROVED
+    assert (better.base_engine_version, better.now_engine_version) == ("0.1.0", "0.2.0")
+
+
+def test_improved_needs_no_worse_metric() -> None:
+    c = compare(make_result({"output_throughput_per_gpu": 1.25, "ttft_p50": 1.2}), make_result())
+    assert c.verdict is Verdict.FAIL
+
+
+def test_invalid_and_new() -> None:
+    c = compare(make_result({"output_throughput_per_gpu": 0.5}, invalid="3 of 256 requests failed"), make_result())
+    assert c.verdict is Verdict.INVALID and c.metrics == () and "3 of 256" in c.note
+    n = compare(make_result(), None, fingerprint="nvidia-h100-80gb-hbm3-x2", have=["sim-v100-16gb-x4"])
+    assert n.verdict is Verdict.NEW
+    assert "no baseline for nvidia-h100-80gb-hbm3-x2; have: sim-v100-16gb-x4" in n.note
+
+
+def test_p99_warns_unless_opted_in() -> None:
+    now, base = make_result({"ttft_p99": 1.5}), make_result()
+    c = compare(now, base)
+    assert c.verdict is Verdict.WARN and c.metric("ttft_p99").verdict is Verdict.WARN  # type: ignore[union-attr]
+    assert compare(now, base, DEFAULT_CONFIG.with_overrides({"ttft_p99": "10%"})).verdict is Verdict.FAIL
+
+
+def test_beyond_tolerance_within_noise_warns() -> None:
+    noisy = (1.0, 1.15, 0.87)
+    c = compare(make_result({"tpot_p50": 1.07}, jitter=noisy), make_result(jitter=noisy))
+    m = c.metric("tpot_p50")
+    assert m is not None and m.verdict is Verdict.WARN and m.delta_pct > 5 and m.noise_pct > m.delta_pct  # type: ignore[operator]
+    assert c.verdict is Verdict.WARN and "within noise" in c.note
+    assert not DEFAULT_CONFIG.is_failure(c.verdict) and GateConfig(strict=True).is_failure(c.verdict)
+
+
+def test_missing_metric_in_baseline_is_new_per_metric() -> None:
+    cfg = DEFAULT_CONFIG.with_overrides(gate=["itl_p50"])
+    c = compare(make_result(), make_result(), cfg)
+    assert c.metric("itl_p50").verdict is Verdict.NEW  # type: ignore[union-attr]
+    assert c.verdict is Verdict.PASS and "baseline lacks itl_p50" in c.note
+
+
+def test_worst_order() -> None:
+    order = [Verdict.PASS, Verdict.IMPROVED, Verdict.NEW, Verdict.WARN, Verdict.FAIL, Verdict.INVALID]
+    for i, v in enumerate(order):
+        assert worst(order[: i + 1]) is v
+    assert worst([]) is Verdict.PASS
+
+
+def test_confirm() -> None:
+    base = make_result()
+    fail = compare(make_result({"output_throughput_per_gpu": 0.8}), base)
+    again = compare(make_result({"output_throughput_per_gpu": 0.79}), base)
+    assert confirm(fail, again).verdict is Verdict.FAIL
+    gone = confirm(fail, compare(make_result(), base))
+    assert gone.verdict is Verdict.WARN and "did not reproduce" in gone.note
+    other = confirm(fail, compare(make_result({"tpot_p50": 1.3}), base))  # a different metric fails
+    assert other.verdict is Verdict.WARN
+    ok = compare(make_result(), base)
+    assert confirm(ok, fail) is ok
+    inv = confirm(fail, compare(make_result(invalid="boom"), base))
+    assert inv.verdict is Verdict.INVALID
+
+
+# --- properties --------------------------------------------------------------------------------
+
+GOODNESS = {Verdict.IMPROVED: 3, Verdict.PASS: 2, Verdict.WARN: 1, Verdict.FAIL: 0}
+metric_names = st.sampled_from(["output_throughput_per_gpu", "ttft_p50", "tpot_p50", "ttft_p99"])
+logs = st.lists(st.floats(-0.3, 0.3), min_size=1, max_size=5)
+
+
+def _vals(center: float, ls: list[float]) -> list[float]:
+    return [center * math.exp(x) for x in ls]
+
+
+@given(metric_names, logs, logs, st.floats(0.5, 2.0), st.integers(-20, 20))
+def test_scale_invariant(metric: str, bl: list[float], nl: list[float], ratio: float, exp2: int) -> None:
+    base, now = _vals(100.0, bl), _vals(100.0 * ratio, nl)
+    c = 2.0**exp2
+    a = compare_metric(metric, base, now)
+    b = compare_metric(metric, [x * c for x in base], [x * c for x in now])
+    assert a.verdict is b.verdict
+
+
+@given(metric_names, logs, logs, st.floats(0.5, 2.0), st.floats(0.001, 1000))
+def test_scale_invariant_any_constant(metric: str, bl: list[float], nl: list[float], ratio: float, c: float) -> None:
+    base, now = _vals(100.0, bl), _vals(100.0 * ratio, nl)
+    a = compare_metric(metric, base, now)
+    b = compare_metric(metric, [x * c for x in base], [x * c for x in now])
+    if a.verdict is not b.verdict:  # only floating-point ties at a threshold may differ
+        assert a.delta_pct is not None and a.noise_log is not None and a.log_ratio is not None
+        near_tol = abs(abs(a.delta_pct) - a.tolerance_pct) < 1e-6
+        near_noise = abs(abs(a.log_ratio) - a.noise_log) < 1e-9
+        assert near_tol or near_noise
+
+
+@given(metric_names, logs, logs, st.floats(0.5, 2.0), st.floats(0.0, 0.5))
+def test_monotone_shift(metric: str, bl: list[float], nl: list[float], ratio: float, worse: float) -> None:
+    """Making every repeat of the run worse by the same factor never improves the verdict."""
+    base, now = _vals(100.0, bl), _vals(100.0 * ratio, nl)
+    f = math.exp(-worse) if metric == "output_throughput_per_gpu" else math.exp(worse)
+    a = compare_metric(metric, base, now)
+    b = compare_metric(metric, base, [x * f for x in now])
+    assert GOODNESS[b.verdict] <= GOODNESS[a.verdict]
+
+
+@given(metric_names, logs, st.lists(st.tuples(st.floats(-0.3, 0.3), st.floats(0.0, 0.3)), min_size=1, max_size=5))
+def test_monotone_elementwise(metric: str, bl: list[float], pairs: list[tuple[float, float]]) -> None:
+    """Making repeats worse one by one never takes a regression (FAIL/WARN) back to PASS/IMPROVED.
+
+    The spread changes too, so the noise band can move one step within a side of the tolerance
+    line (FAIL -> WARN for a worse but noisier run, PASS -> IMPROVED for a tighter one).
+    """
+    base = _vals(100.0, bl)
+    sign = -1 if metric == "output_throughput_per_gpu" else 1
+    now = [100.0 * math.exp(x) for x, _ in pairs]
+    worse_now = [100.0 * math.exp(x + sign * d) for x, d in pairs]
+    a, b = compare_metric(metric, base, now), compare_metric(metric, base, worse_now)
+    regressed = {Verdict.FAIL, Verdict.WARN}
+    if a.verdict in regressed:
+        assert b.verdict in regressed
+    if a.verdict is Verdict.PASS and a.worse:
+        assert b.verdict is not Verdict.IMPROVED
+
+
+# --- rendering and export ----------------------------------------------------------------------
+
+
+def _mixed() -> list[Comparison]:
+    base = make_result()
+    return [
+        compare(make_result(version="0.2.0"), base),
+        compare(make_result({"tpot_p50": 1.3}, version="0.2.0"), base),
+        compare(make_result(), None, fingerprint="cpu"),
+    ]
+
+
+def test_render_table_aligned() -> None:
+    text = render_table(_mixed())
+    lines = text.splitlines()
+    header = [ln for ln in lines if ln.strip().startswith("metric")]
+    assert len(header) == 2 and all(h.split() == ["metric", "baseline", "now", "delta", "%", "noise", "%", "tol", "%", "verdict"] for h in header)
+    block = lines[lines.index(header[1]) : lines.index(header[1]) + 6]
+    assert len({ln.index("%") for ln in block[1:]}) == 1  # the delta column is aligned
+    assert "tpot_p50*" in text and "+30.0%" in text and "sim 0.1.0 -> 0.2.0" in text
+
+
+def test_render_markdown_regressions_first() -> None:
+    md = render_markdown(_mixed(), title="Perf")
+    assert md.startswith("## Perf") and "**1 failed, 1 new, 1 passed**" in md
+    assert md.index("### Regressions") < md.index("All results")
+    assert "`sim 0.1.0 → 0.2.0`" in md and "| tpot_p50 (gated) |" in md
+
+
+def test_to_benchmark_json_shape() -> None:
+    r = make_result()
+    r.repeats[0].records = [RequestRecord(4, 3, start=0.0, chunk_times=[0.1, 0.2, 0.3], end=0.3, output_tokens=3)]
+    doc = to_benchmark_json([r, make_result({"tpot_p50": 2.0})])
+    assert set(doc) >= {"machine_info", "commit_info", "benchmarks", "datetime", "version"}
+    b0, b1 = doc["benchmarks"]
+    assert b0["stats"]["rounds"] == 1 and b0["stats"]["mean"] == pytest.approx(0.3)  # per-request e2el
+    assert b1["stats"]["rounds"] == 3 and b1["stats"]["median"] == pytest.approx(1.5)  # e2el_mean per repeat, s
+    for key in ("min", "max", "mean", "stddev", "rounds", "median", "iqr", "q1", "q3", "ops", "outliers"):
+        assert key in b1["stats"]
+    assert b1["extra_info"]["tpot_p50"] == pytest.approx(20.0) and b1["name"] == r.entry_id
+    json.dumps(doc)
+
+
+def test_pytest_benchmark_reads_export(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("pytest_benchmark")
+    from pytest_benchmark.storage.file import FileStorage
+
+    path = tmp_path / "0001_mgpu.json"
+    path.write_text(json.dumps(to_benchmark_json([make_result(), make_result({"tpot_p50": 2.0})])))
+
+    class Log:
+        def warning(self, text: str) -> None:
+            raise AssertionError(text)
+
+        info = debug = warning
+
+    benches = list(FileStorage(str(tmp_path), logger=Log(), default_machine_id="x").load_benchmarks(str(path)))
+    assert len(benches) == 2 and benches[0]["median"] == pytest.approx(1.5)

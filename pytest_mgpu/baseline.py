@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from .compare import DEFAULT_GATED, DEFAULT_WARN_ONLY, log_std
+from .compare import DEFAULT_CONFIG, DEFAULT_GATED, DEFAULT_WARN_ONLY, Comparison, GateConfig, compare, log_std
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gpus import GpuInventory
@@ -404,6 +404,15 @@ class BaselineStore:
             atomic_write_text(path, dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items()))))
         res.written = sorted(new)
         return res
+
+    def compare(self, fingerprint: str, result: "BenchResult", config: GateConfig = DEFAULT_CONFIG) -> Comparison:
+        """Gate one result against its entry for ``fingerprint`` (NEW names the fingerprints that have it).
+
+        Raises BaselineError when the module's baseline file is broken.
+        """
+        base = self.get(fingerprint, result.module, result.entry_id)
+        have = [] if base is not None else self.fingerprints_with(result.module, result.entry_id, exclude=fingerprint)
+        return compare(result, base, config, fingerprint=fingerprint, have=have)
 
     def iter_all(self) -> Iterator[BaselineFile]:
         """Every baseline file under the root, broken ones with ``error`` set."""

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from . import METRIC_DEFINITION_VERSION, __version__
 from .engines import EngineSpec
 from .gpus import GpuInventory, query_inventory
 from .layout import Layout
@@ -47,33 +43,15 @@ def make_state(config: pytest.Config) -> MgpuState:
     return state
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def collect_env(config: pytest.Config, state: MgpuState) -> dict[str, Any]:
     """Machine and commit info recorded with every result (pytest-benchmark style)."""
-    root = Path(config.rootpath)
-    commit = _git(root, "rev-parse", "HEAD")
-    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if commit else None
-    return {
-        "fingerprint": state.fingerprint,
-        "gpus": state.inventory.to_dict(),
-        "driver": state.inventory.driver,
-        "cuda": state.inventory.cuda,
-        "sim_gpu": state.settings.sim_gpu if state.settings.engine == "sim" else None,
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "plugin_version": __version__,
-        "metric_definition_version": METRIC_DEFINITION_VERSION,
-        "commit": commit,
-        "commit_dirty": dirty,
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-    }
+    from .baseline import collect_env as base_env
+
+    env = base_env(state.fingerprint, state.inventory, cwd=config.rootpath)
+    env["engine"] = state.settings.engine
+    env["sim_gpu"] = state.settings.sim_gpu if state.settings.engine == "sim" else None
+    env["gpu_memory_total_mb"] = [g.memory_total_mb for g in state.inventory.gpus]
+    return env
 
 
 def header_lines(config: pytest.Config) -> list[str]:
@@ -118,9 +96,16 @@ def generate_layouts(metafunc: pytest.Metafunc) -> None:
         layouts = layouts_from_marks(reversed(list(node.iter_markers("layout"))), nodeid)
         model_ref = model_from_marks(node.iter_markers("model"), nodeid) or state.settings.model
         engine_opts_from_marks(node.iter_markers("engine_opts"), nodeid)
-        tolerance_marks(node.iter_markers("perf_tolerance"), nodeid)
+        tolerances = tolerance_marks(node.iter_markers("perf_tolerance"), nodeid)
     except MarkerError as exc:
         pytest.fail(str(exc), pytrace=False)
+    if tolerances:
+        from .compare import DEFAULT_CONFIG
+
+        try:
+            DEFAULT_CONFIG.with_overrides(tolerances)
+        except Exception as exc:  # ArgumentTypeError / ValueError, with the bad value in the text
+            pytest.fail(f"{nodeid}: perf_tolerance: {exc}", pytrace=False)
     try:
         model = resolve_model(model_ref, _model_search_dirs(metafunc.config, Path(str(metafunc.definition.path))))
     except ModelError as exc:

@@ -53,9 +53,7 @@ def make_result(
 
 def gate(store: BaselineStore, result: BenchResult, fingerprint: str = FP) -> Verdict:
     """What the plugin does for one result."""
-    base = store.get(fingerprint, result.module, result.entry_id)
-    have = store.fingerprints_with(result.module, result.entry_id, exclude=fingerprint)
-    return compare(result, base, fingerprint=fingerprint, have=have).verdict
+    return store.compare(fingerprint, result).verdict
 
 
 def test_lifecycle(tmp_path: Path) -> None:
@@ -67,9 +65,10 @@ def test_lifecycle(tmp_path: Path) -> None:
     assert gate(store, make_result(factors={"output_throughput_per_gpu": 1.25})) is Verdict.IMPROVED
     assert gate(store, make_result(invalid="2 of 256 requests failed")) is Verdict.INVALID
     other = "nvidia-h100-80gb-hbm3-x2"
-    c = compare(make_result(), store.get(other, MOD, make_result().entry_id), fingerprint=other,
-                have=store.fingerprints_with(MOD, make_result().entry_id, exclude=other))
+    c = store.compare(other, make_result())
     assert c.verdict is Verdict.NEW and f"no baseline for {other}; have: {FP}" in c.note
+    c = compare(make_result(factors={"tpot_p50": 1.3}), store.get(FP, MOD, make_result().entry_id))
+    assert c.verdict is Verdict.FAIL and "tpot_p50 +30.0% (tolerance 5%" in c.note
 
 
 def test_layout_and_format(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,7 +34,7 @@ from pytest_mgpu.engines.base import EngineSpec  # noqa: E402
 from pytest_mgpu.engines.vllm import VllmEngine  # noqa: E402
 from pytest_mgpu.gpus import query_inventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
-from pytest_mgpu.metrics import summarize  # noqa: E402
+from pytest_mgpu.metrics import RequestRecord, summarize  # noqa: E402
 from pytest_mgpu.models import Model, resolve_model  # noqa: E402
 from pytest_mgpu.workload import Workload  # noqa: E402
 
@@ -70,16 +71,42 @@ def run_vllm_bench(python: str, base_url: str, model: str, tokenizer: Path, a: a
         "--num-prompts", str(a.num_prompts), "--request-rate", rate, "--ignore-eos",
         "--num-warmups", str(a.warmups), "--seed", str(seed), "--disable-tqdm",
         "--temperature", "0",  # greedy, as our client sends; the server default would sample
-        "--save-result", "--result-dir", str(out_dir), "--result-filename", name,
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+        "--save-result", "--save-detailed", "--result-dir", str(out_dir), "--result-filename", name,
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=env)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=env,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, a.client_cpus)) if a.client_cpus else None)
     if proc.returncode != 0:
         raise SystemExit(f"vllm bench serve failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     data = json.loads((out_dir / name).read_text())
     if data.get("completed") != a.num_prompts:
         raise SystemExit(f"vllm bench serve completed {data.get('completed')} of {a.num_prompts} requests")
-    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
+    return data  # type: ignore[no-any-return]
+
+
+def recompute(detailed: dict[str, Any]) -> dict[str, float]:
+    """Our :func:`summarize` over the per-request times vLLM's benchmark recorded itself.
+
+    This isolates the metric definitions from measurement noise: the same requests, our formulas.
+    """
+    records = []
+    for st, ttft, itl, out in zip(detailed["start_times"], detailed["ttfts"], detailed["itls"], detailed["output_lens"]):
+        chunks = [st + ttft]
+        for gap in itl:
+            chunks.append(chunks[-1] + gap)
+        records.append(RequestRecord(prompt_len=0, expected_output_len=out, start=st, chunk_times=chunks,
+                                     end=chunks[-1], output_tokens=out))
+    return summarize(records, 1)
+
+
+DEFINITION_KEYS = tuple(f"{m}_{s}" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "p50", "p90", "p99"))
+
+
+def vllm_key(ours: str) -> str:
+    """``ttft_p50`` -> ``p50_ttft_ms``; ``ttft_mean`` -> ``mean_ttft_ms``."""
+    metric, stat = ours.split("_")
+    return f"{stat}_{metric}_ms"
 
 
 def run_ours(base_url: str, model: str, a: argparse.Namespace, seed: int, vocab: int) -> dict[str, float]:
@@ -117,6 +144,9 @@ def main() -> int:
                     help="Skip the discarded first run of the whole workload")
     ap.add_argument("--tolerance", type=float, default=3.0, help="Percent")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="Engine option")
+    ap.add_argument("--client-cpus", type=lambda v: {int(x) for x in v.split(",")}, default=None, metavar="LIST",
+                    help="Pin both clients to these cores, e.g. 1 (with --opt cpu-omp-threads-bind=0 the "
+                    "server's worker keeps core 0 to itself)")
     ap.add_argument("--json", type=Path, default=None, help="Write all runs and the comparison here")
     a = ap.parse_args()
 
@@ -135,9 +165,11 @@ def main() -> int:
     gpu_ids = [g.index for g in inventory.gpus][: a.tp * a.pp]
     t0 = time.monotonic()
     running = engine.start(spec, inventory, gpu_ids, work / "logs")
+    if a.client_cpus:
+        os.sched_setaffinity(0, a.client_cpus)  # after the start: the server keeps every core
     print(f"server ready in {running.started_s:.0f}s: {running.base_url} (log {running.log_path})", flush=True)
     ours: list[dict[str, float]] = []
-    theirs: list[dict[str, float]] = []
+    theirs: list[dict[str, Any]] = []
     loads: list[float] = []
 
     def one(side: str, i: int) -> None:
@@ -183,6 +215,17 @@ def main() -> int:
         per = " ; ".join(f"{x:.2f} / {y:.2f}" for x, y in zip(a_vals, b_vals))
         print(f"| {label} | {ma:.2f} | {mb:.2f} | {d:+.2f}%{flag} | {per} |")
         rows.append({"metric": key, "ours": a_vals, "vllm": b_vals, "delta_pct": d, "gated": key in GATED, "ok": ok})
+    worst = 0.0
+    for run in theirs:
+        mine = recompute(run)
+        for k in DEFINITION_KEYS:
+            ref = float(run[vllm_key(k)])
+            worst = max(worst, abs(pct(mine[k], ref)) if ref else abs(mine[k]))
+    print(f"\nDefinitions: our formulas over vLLM's own per-request times, {len(theirs)} runs x "
+          f"{len(DEFINITION_KEYS)} statistics (TTFT/TPOT/ITL/E2EL mean, p50, p90, p99): "
+          f"largest difference {worst:.2e}%")
+    if worst > 1e-4:  # float rounding only
+        failed.append("metric definitions")
     if a.json:
         a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "rows": rows,
                                       "ours": ours, "vllm": theirs}, indent=1, default=str))

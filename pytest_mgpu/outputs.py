@@ -27,3 +27,13 @@ def write_outputs(config: pytest.Config, state: MgpuState) -> None:
     s = state.settings
     if s.json_path is not None:
         atomic_write_text(s.json_path, json.dumps(results_document(state, s.json_records), indent=2, sort_keys=True) + "\n")
+    if s.report_md is not None:
+        from .compare import render_markdown
+
+        title = f"pytest-mgpu: {state.settings.engine} on {state.fingerprint}"
+        atomic_write_text(s.report_md, render_markdown(state.comparisons, title=title))
+    if s.benchmark_json is not None:
+        from .compare import to_benchmark_json
+
+        doc = to_benchmark_json(state.results)
+        atomic_write_text(s.benchmark_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")

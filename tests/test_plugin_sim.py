@@ -224,3 +224,21 @@ def test_junit_xml_gets_key_metrics(pytester: pytest.Pytester, pid_log: Path) ->
     text = xml.read_text()
     assert 'name="mgpu.in64-out16-n32-qpsinf.output_throughput_per_gpu"' in text
     assert 'name="mgpu.in64-out16-n32-qpsinf.tpot_p50"' in text
+
+
+def test_markdown_and_benchmark_exports(pytester: pytest.Pytester, pid_log: Path) -> None:
+    pytester.makepyfile(test_perf=PERF_TEST)
+    pytester.runpytest(*SIM, "-k", "tp1", "--mgpu-repeats", "1", "--mgpu-update-baselines").assert_outcomes(passed=1)
+    md, bj = pytester.path / "report.md", pytester.path / "bench.json"
+    r = pytester.runpytest(
+        *SIM, "--mgpu-repeats", "2", "--mgpu-engine-opt", "speed=0.5", "--mgpu-no-confirm",
+        f"--mgpu-report-md={md}", f"--mgpu-benchmark-json={bj}",
+    )
+    r.assert_outcomes(failed=1, passed=1)  # tp1 regressed 2x; tp2 has no baseline
+    text = md.read_text()
+    assert text.index("FAIL") < text.index("NEW")  # regressions first
+    assert "test_serve[tp1-pp1]::in64-out16-n32-qpsinf" in text
+    doc = json.loads(bj.read_text())
+    names = [b["name"] for b in doc["benchmarks"]]
+    assert len(names) == 2 and all("test_serve" in n for n in names)
+    assert {"machine_info", "commit_info", "datetime", "version"} <= set(doc)

@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
 from .base import EngineError, EngineSpec, EngineUnavailable, RunningEngine, SubprocessEngine, python_dist_version

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import pytest
 
+from .layout import Layout
 from .results import BenchResult
 from .session import STATE_KEY
 
@@ -57,31 +58,33 @@ ITEM_HEADERS = ("result", "engine", "version", "layout", "GPUs", "out tok/s", "t
 
 
 def scaling_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
-    """Group valid results by engine, model, workload and layout; per-GPU gain over tp1-pp1."""
-    groups: dict[tuple[str, str, str, str], list[BenchResult]] = {}
+    """Group valid results by engine, model, workload and layout; per-GPU gain over TP=1.
+
+    The reference is the ``tp=1, pp=1`` layout with the same memory cap, as in the seed's Table 4.
+    """
+    groups: dict[tuple[str, str, str, Layout], list[BenchResult]] = {}
     for r in results:
         if r.valid:
-            groups.setdefault((r.engine, r.model, r.label or r.workload.name, r.layout.id), []).append(r)
+            groups.setdefault((r.engine, r.model, r.label or r.workload.name, r.layout), []).append(r)
+
+    def per_gpu(rs: list[BenchResult]) -> float:
+        return statistics.median(x.median["output_throughput_per_gpu"] for x in rs)
+
     rows: list[list[Any]] = []
-    for (engine, model, wl, lay), rs in sorted(groups.items(), key=lambda kv: (kv[0][:3], rs_gpus(kv[1]), kv[0][3])):
-        tput = statistics.median(x.median["output_throughput"] for x in rs)
-        per_gpu = statistics.median(x.median["output_throughput_per_gpu"] for x in rs)
-        single_key = (engine, model, wl, "tp1-pp1")
-        base = groups.get(single_key)
+    order = sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3].gpu_mem_gb or 0.0, k[3].num_gpus, k[3].id))
+    for key in order:
+        engine, model, wl, lay = key
+        rs = groups[key]
+        ref = groups.get((engine, model, wl, Layout(1, 1, lay.gpu_mem_gb)))
         gain: str | None = None
-        if base and lay != "tp1-pp1":
-            b = statistics.median(x.median["output_throughput_per_gpu"] for x in base)
-            gain = f"{(per_gpu / b - 1) * 100:+.0f}%" if b > 0 else None
-        elif lay == "tp1-pp1":
+        if lay.num_gpus == 1:
             gain = "(ref)"
+        elif ref and per_gpu(ref) > 0:
+            gain = f"{(per_gpu(rs) / per_gpu(ref) - 1) * 100:+.0f}%"
+        tput = statistics.median(x.median["output_throughput"] for x in rs)
         tpot = statistics.median(x.median["tpot_p50"] for x in rs)
-        rows.append([engine, model, wl, lay, rs[0].num_gpus, tput, per_gpu, gain, tpot])
+        rows.append([engine, model, wl, lay.id, lay.num_gpus, tput, per_gpu(rs), gain, tpot])
     return rows
-
-
-def rs_gpus(rs: list[BenchResult]) -> int:
-    """GPUs of a group (for sorting)."""
-    return rs[0].num_gpus
 
 
 SCALING_HEADERS = ("engine", "model", "workload", "layout", "GPUs", "out tok/s", "tok/s/GPU",

@@ -69,8 +69,9 @@ def test_client_medians_match_ground_truth(llama_v100_tp2: RunningEngine, rate: 
     measured requests then reuse: otherwise up to 32 TCP connects per burst, timed by the client
     (vLLM's definition) but invisible to the server, would count against the client.
 
-    Observed on a shared, loaded 2-core machine (5 consecutive runs): TTFT error +0.1% to +1.0%,
-    TPOT error within ±0.3%, so the 5% bound has a margin of about 5x.
+    Observed on a 2-core machine shared with other jobs, and with 2 extra busy-loop processes
+    (13 runs, docs/sim.md): TTFT error +0.3% to +1.03%, TPOT error within ±0.2%, so the 5%
+    bound has a margin of about 5x.
     """
     eng = llama_v100_tp2
     n = 32

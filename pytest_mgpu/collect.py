@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ from .layout import Layout
 from .markers import MarkerError, engine_opts_from_marks, layouts_from_marks, model_from_marks, tolerance_marks
 from .models import ModelError, check_layout, resolve_model
 from .settings import build_settings
-from .session import SPEC_KEY, STATE_KEY, TOLERANCE_KEY, EngineManager, MgpuState, cpu_workers
+from .session import (
+    SPEC_KEY,
+    STATE_KEY,
+    TOLERANCE_KEY,
+    EngineManager,
+    MgpuState,
+    cpu_workers,
+    install_sigterm_handler,
+)
 
 MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
 
@@ -39,6 +48,8 @@ def make_state(config: pytest.Config) -> MgpuState:
         device_word=word, manager=EngineManager(settings, inventory),
     )
     state.env_info = collect_env(config, state)
+    state.prev_sigterm = install_sigterm_handler()
+    atexit.register(state.manager.close)  # last resort: never leave an engine running
     config.stash[STATE_KEY] = state
     return state
 

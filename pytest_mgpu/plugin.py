@@ -78,9 +78,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Last resort: never leave an engine running."""
-    from .session import STATE_KEY
+    from .session import STATE_KEY, restore_sigterm_handler
 
     state = config.stash.get(STATE_KEY, None)
     if state is not None:
         state.manager.close()
+        restore_sigterm_handler(state.prev_sigterm)
 

@@ -89,7 +89,39 @@ class MgpuState:
     results: list[BenchResult] = field(default_factory=list)
     comparisons: list[Any] = field(default_factory=list)  # compare.Comparison
     errors: list[str] = field(default_factory=list)
+    prev_sigterm: Any = None
     updated: list[str] = field(default_factory=list)  # baseline entries written this session
+
+
+def install_sigterm_handler() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt, so pytest still runs session teardown and stops engines.
+
+    Engines live in their own process groups, so a CI runner's SIGTERM to pytest never reaches
+    them. Returns the previous handler (for :func:`restore_sigterm_handler`), or None when another
+    handler is already installed or this is not the main thread.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    prev = signal.getsignal(signal.SIGTERM)
+    if prev is not signal.SIG_DFL:
+        return None
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM received: stopping engines")
+
+    signal.signal(signal.SIGTERM, on_term)
+    return prev
+
+
+def restore_sigterm_handler(prev: Any) -> None:
+    """Undo :func:`install_sigterm_handler`."""
+    import signal
+
+    if prev is not None:
+        signal.signal(signal.SIGTERM, prev)
 
 
 STATE_KEY = pytest.StashKey[MgpuState]()

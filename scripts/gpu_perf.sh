@@ -2,7 +2,8 @@
 # On a lent GPU machine, after ../shared/gpu's wheelset is installed into /tmp/site (docs/vllm.md):
 # run the perf suite with real vLLM through the plugin, recording baselines, and copy what it
 # wrote to $OUT (flat: the device tool returns at most 8 files, 2 folders deep).
-# usage: bash scripts/gpu_perf.sh TAG [pytest args, e.g. -k "tp1-pp1 or tp2-pp1"]
+# usage: bash scripts/gpu_perf.sh TAG TARGET... [pytest args], e.g.
+#   bash scripts/gpu_perf.sh a perf_tests/test_llama2_7b.py -k "tp1-pp1 or tp2-pp1"
 set -uo pipefail
 tag=$1; shift
 out=${OUT:-/tmp/mgpu-out}; mkdir -p "$out"
@@ -10,7 +11,7 @@ export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv > "$out/gpus-$tag.csv" 2>&1
 start=$(date +%s)
-timeout "${MGPU_GPU_TIMEOUT:-540}" python3 -m pytest -p pytest_mgpu.plugin -p no:cacheprovider -m gpu perf_tests/ \
+timeout "${MGPU_GPU_TIMEOUT:-540}" python3 -m pytest -p pytest_mgpu.plugin -p no:cacheprovider -m gpu \
   --mgpu-engine vllm --mgpu-start-timeout 300 --mgpu-update-baselines \
   --mgpu-json "$out/results-$tag.json" -rs "$@" 2>&1 | tee "$out/log-$tag.txt"
 echo "gpu_perf $tag: $(( $(date +%s) - start ))s" | tee -a "$out/log-$tag.txt"
@@ -19,4 +20,5 @@ for f in $(find baselines -name '*.json' -newer "$out/gpus-$tag.csv"); do
 done
 tail -n 40 .mgpu/logs/*.log > "$out/enginelogs-$tag.txt" 2>/dev/null || true
 nvidia-smi --query-gpu=index,memory.used --format=csv >> "$out/gpus-$tag.csv" 2>&1
-ps -eo pid,pgid,cmd | grep -c "[v]llm" | sed 's/^/vllm processes left: /' | tee -a "$out/log-$tag.txt"
+echo "engine processes left (expect none):" | tee -a "$out/log-$tag.txt"
+ps -eo pid,pgid,etimes,cmd | grep -E "[v]llm.entrypoints|[V]LLM::" | cut -c1-160 | tee -a "$out/log-$tag.txt"

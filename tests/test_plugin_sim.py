@@ -242,3 +242,40 @@ def test_markdown_and_benchmark_exports(pytester: pytest.Pytester, pid_log: Path
     names = [b["name"] for b in doc["benchmarks"]]
     assert len(names) == 2 and all("test_serve" in n for n in names)
     assert {"machine_info", "commit_info", "datetime", "version"} <= set(doc)
+
+
+def test_sigterm_to_pytest_still_stops_the_engine(pytester: pytest.Pytester, pid_log: Path) -> None:
+    """A CI runner's SIGTERM (or `timeout`) reaches pytest, not the engine's own process group."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytester.makepyfile(
+        test_hang="""
+import os, time, pytest
+
+@pytest.mark.model("llama-2-7b")
+def test_slow(mgpu_engine):
+    with open(os.environ["PID_LOG"], "a") as fh:
+        fh.write(f"{mgpu_engine.layout.id} {mgpu_engine.pid}\\n")
+    time.sleep(120)
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--mgpu-engine", "sim", str(pytester.path)],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not pid_log.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_log.exists(), "the inner test never started its engine"
+    (_, engine_pid), = _pids(pid_log)
+    assert _alive(engine_pid)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()
+    deadline = time.monotonic() + 10
+    while _alive(engine_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(engine_pid)

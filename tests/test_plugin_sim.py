@@ -279,3 +279,11 @@ def test_slow(mgpu_engine):
     while _alive(engine_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(engine_pid)
+
+
+def test_missing_engine_skips_with_install_hint(pytester: pytest.Pytester, pid_log: Path) -> None:
+    """TensorRT-LLM is not installed here: its tests are skipped, never faked as passing."""
+    pytester.makepyfile(test_perf=PERF_TEST)
+    r = pytester.runpytest("--mgpu-engine", "trtllm", "-p", "no:cacheprovider", "-rs", "-k", "tp1")
+    r.assert_outcomes(skipped=1)
+    r.stdout.fnmatch_lines(["*SKIPPED*pip install tensorrt-llm*--mgpu-engine-python*"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 from .engines import EngineError, RunningEngine
@@ -100,8 +99,3 @@ class Bench:
             reason = invalid_reason(outcome.records, workload.num_requests, workload.output_len)
             out.append(RepeatResult(summary=summary, invalid=reason, records=outcome.records))
         return out
-
-
-def is_all_at_once(rate: float) -> bool:
-    """True for ``request_rate=inf``."""
-    return math.isinf(rate)

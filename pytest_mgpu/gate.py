@@ -12,7 +12,7 @@ from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, STATE_KEY, TOLERANCE_KEY, MgpuState
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compare import Comparison, GateConfig
+    from .compare import GateConfig
 
 #: Key metrics written to the JUnit XML through ``record_property``.
 JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")

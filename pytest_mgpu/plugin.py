@@ -7,7 +7,7 @@ from typing import Generator
 import pytest
 
 from . import markers as _markers
-from .settings import add_options, build_settings
+from .settings import add_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -135,8 +135,6 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
     python = opt("mgpu_engine_python") or sys.executable
     if opt("mgpu_engine_python") and not os.access(python, os.X_OK):
         raise pytest.UsageError(f"--mgpu-engine-python {python!r} is not an executable interpreter")
-    if opt("mgpu_update_baselines") and not opt("mgpu_confirm"):
-        pass  # updating never fails on a regression, so confirm is moot; allowed.
 
     def _path(v: str | None) -> Path | None:
         return None if v is None else (Path(v) if Path(v).is_absolute() else root / v)

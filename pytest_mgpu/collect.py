@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .engines import EngineSpec
+from .engines import EngineError, EngineSpec
 from .gpus import GpuInventory, query_inventory
 from .layout import Layout
 from .markers import MarkerError, engine_opts_from_marks, layouts_from_marks, model_from_marks, tolerance_marks
@@ -174,12 +174,16 @@ def prepare_items(config: pytest.Config, items: list[pytest.Item]) -> None:
     items[:] = [it for _, _, it in keyed]
 
 
-def finish_session(config: pytest.Config) -> None:
-    """Stop engines and write the session's outputs."""
-    state = config.stash.get(STATE_KEY, None)
+def finish_session(session: pytest.Session) -> None:
+    """Stop engines and write the session's outputs; a failed teardown fails the session."""
+    state = session.config.stash.get(STATE_KEY, None)
     if state is None:
         return
-    state.manager.close()
+    try:
+        state.manager.close()
+    except EngineError as exc:
+        state.errors.append(f"ERROR at engine teardown: {exc}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     from .outputs import write_outputs
 
-    write_outputs(config, state)
+    write_outputs(session.config, state)

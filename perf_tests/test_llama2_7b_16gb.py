@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b")]
+# TTFT p50 moved by up to 11% between engine restarts on 4x H200 with nothing changed (A/A in
+# docs/vllm.md), more than the 5% default, so it is gated at 12% here; throughput and TPOT stay at 5%.
+pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b"), pytest.mark.perf_tolerance(ttft_p50="12%")]
 
 
 @pytest.mark.layout(tp=1, pp=1, gpu_mem_gb=16)

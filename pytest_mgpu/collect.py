@@ -33,7 +33,7 @@ def make_state(config: pytest.Config) -> MgpuState:
     settings = build_settings(config, inventory.count, inventory.error)
     from .gate import gate_config
 
-    gate_config(config)  # validate tolerances now: a bad one is a usage error, not a test failure
+    gate = gate_config(config)  # built now: a bad tolerance is a usage error, not a test failure
     if settings.engine == "sim":
         fingerprint = f"sim-{settings.sim_gpu}-x{settings.sim_gpus}"
         visible, word = settings.sim_gpus, "sim GPUs"
@@ -45,7 +45,7 @@ def make_state(config: pytest.Config) -> MgpuState:
         fingerprint, visible, word = "cpu", cpu_workers(), "CPU workers"
     state = MgpuState(
         settings=settings, inventory=inventory, fingerprint=fingerprint, visible_devices=visible,
-        device_word=word, manager=EngineManager(settings, inventory),
+        device_word=word, manager=EngineManager(settings, inventory), gate=gate,
     )
     state.env_info = collect_env(config, state)
     state.prev_sigterm = install_sigterm_handler()

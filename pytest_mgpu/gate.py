@@ -55,7 +55,7 @@ def gate_item(item: pytest.Item) -> None:
             if r.repeats and r.valid:
                 item.user_properties.append((f"mgpu.{r.label or r.workload.name}.{m}", round(r.median.get(m, 0.0), 3)))
     # Marker tolerances were validated at collection.
-    cfg = gate_config(item.config).with_overrides(item.stash.get(TOLERANCE_KEY, {}))
+    cfg = state.gate.with_overrides(item.stash.get(TOLERANCE_KEY, {}))
     store = BaselineStore(s.baseline_dir)
     failures: list[str] = []
     for r in results:

@@ -30,7 +30,6 @@ class EngineManager:
         # (TensorRT-LLM's process tag, vLLM's /dev/shm snapshot).
         self.current_adapter: SubprocessEngine | None = None
         self.failed: dict[tuple[Any, ...], BaseException] = {}
-        self.started: list[RunningEngine] = []  # every engine started this session, for reports/tests
 
     def acquire(self, spec: EngineSpec) -> RunningEngine:
         """The running engine for ``spec``, starting it (and stopping another) if needed."""
@@ -60,7 +59,6 @@ class EngineManager:
                 self.failed[spec.key] = exc
             raise
         self.current, self.current_adapter = running, engine
-        self.started.append(running)
         return running
 
     def stop_current(self) -> None:
@@ -92,6 +90,7 @@ class MgpuState:
     device_word: str  # "GPUs" or "CPU workers" or "sim GPUs"
     manager: EngineManager
     env_info: dict[str, Any] = field(default_factory=dict)
+    gate: Any = None  # compare.GateConfig from the options, built once per session
     results: list[BenchResult] = field(default_factory=list)
     comparisons: list[Any] = field(default_factory=list)  # compare.Comparison
     errors: list[str] = field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ class Model:
     name: str
     path: Path
 
-    @property
+    @cached_property
     def config(self) -> dict[str, Any]:
-        """The parsed ``config.json``."""
+        """The parsed ``config.json`` (read once per Model)."""
         return json.loads((self.path / "config.json").read_text())
 
     @property

@@ -190,7 +190,7 @@ class Server:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         if kind == "sim":
-            cmd = [sys.executable, "-m", "pytest_mgpu.engines.sim_server", "--model", str(SIM_MODEL),
+            cmd = [sys.executable, "-m", "pytest_mgpu.sim", "--model", str(SIM_MODEL),
                    "--tp", "1", "--pp", "1", "--gpu", args.sim_gpu, "--port", str(self.port)]
             if not paced:
                 cmd += ["--opt", "zero=1"]
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the three measurements and print them."""
     p = argparse.ArgumentParser(description="Streaming client capacity and timing error")
     p.add_argument("--server", choices=["sim", "builtin"], default=None,
-                   help="Server to measure against (default: sim when pytest_mgpu.engines.sim_server exists)")
+                   help="Server to measure against (default: sim when pytest_mgpu.sim exists)")
     p.add_argument("--requests", type=int, default=256, help="Requests in the capacity run")
     p.add_argument("--output-len", type=int, default=1024, help="Output tokens per request in the capacity run")
     p.add_argument("--input-len", type=int, default=128, help="Prompt tokens per request")
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_builtin:
         serve_builtin(args.port, args.builtin_ttft_ms, args.builtin_itl_ms, args.builtin_batch)
         return 0
-    kind = args.server or ("sim" if (ROOT / "pytest_mgpu" / "engines" / "sim_server.py").exists() else "builtin")
+    kind = args.server or ("sim" if (ROOT / "pytest_mgpu" / "sim" / "server.py").exists() else "builtin")
     cores = _cpus()
     results: dict[str, Any] = {"server": kind, "client_cpu": cores[0], "server_cpu": cores[1],
                                "python": sys.version.split()[0]}

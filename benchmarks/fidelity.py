@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pytest_mgpu.client import run_workload  # noqa: E402
 from pytest_mgpu.engines.base import EngineSpec  # noqa: E402
-from pytest_mgpu.engines.vllm import VllmEngine  # noqa: E402
+from pytest_mgpu.engines.vllm import VllmAdapter  # noqa: E402
 from pytest_mgpu.gpus import query_inventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
 from pytest_mgpu.metrics import RequestRecord, summarize  # noqa: E402
@@ -150,7 +150,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="Write all runs and the comparison here")
     a = ap.parse_args()
 
-    engine = VllmEngine()
+    engine = VllmAdapter()
     print(f"vLLM {engine.version(a.python)} ({a.python})", flush=True)
     src = resolve_model(a.model)
     work = Path(tempfile.mkdtemp(prefix="mgpu-fidelity-"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pytest_mgpu.client import run_workload
 from pytest_mgpu.engines import EngineSpec
-from pytest_mgpu.engines.vllm import VllmEngine
+from pytest_mgpu.engines.vllm import VllmAdapter
 from pytest_mgpu.gpus import query_inventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.metrics import summarize
@@ -45,7 +45,7 @@ def main() -> None:
     model = Model(name=src.name, path=work / src.name)
     opts = tuple(tuple(o.split("=", 1)) for o in a.opt)
     spec = EngineSpec("vllm", model, Layout(), options=opts, python=a.python)  # type: ignore[arg-type]
-    engine = VllmEngine()
+    engine = VllmAdapter()
     running = engine.start(spec, query_inventory(), [], work / "logs")
     if a.client_cpus:
         os.sched_setaffinity(0, a.client_cpus)

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from pytest_mgpu.client import run_workload  # noqa: E402
 from pytest_mgpu.engines.base import EngineSpec  # noqa: E402
-from pytest_mgpu.engines.sim import SimEngine  # noqa: E402
+from pytest_mgpu.engines.sim import SimAdapter  # noqa: E402
 from pytest_mgpu.gpus import GpuInventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
 from pytest_mgpu.metrics import invalid_reason, summarize  # noqa: E402
@@ -72,7 +72,7 @@ def measure(noise: float, args: argparse.Namespace, workload: Workload) -> tuple
     opts = {**dict(kv.split("=", 1) for kv in args.opt), "gpu": args.gpu, "noise": f"{noise:g}",
             "seed": str(args.seed)}
     spec = EngineSpec("sim", model, layout, options=tuple(sorted(opts.items())), python=sys.executable)
-    engine = SimEngine()
+    engine = SimAdapter()
     with tempfile.TemporaryDirectory() as tmp:
         eng = engine.start(spec, GpuInventory(), [], Path(tmp), start_timeout_s=60)
         try:

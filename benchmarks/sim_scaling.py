@@ -4,7 +4,7 @@
     python benchmarks/sim_scaling.py --gpu h100-80gb --requests 2000
     python benchmarks/sim_scaling.py --capacity           # zero-delay server: tokens/s it can stream
 
-The table is the offline scheduler (:func:`pytest_mgpu.engines.simmodel.throughput`): the same
+The table is the offline scheduler (:func:`pytest_mgpu.sim.scheduler.throughput`): the same
 model and scheduler the server runs, without HTTP. Numbers are predictions, not measurements.
 """
 
@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.engines.simmodel import ModelSpec, PerfModel, SimError, SimOptions, throughput  # noqa: E402
+from pytest_mgpu.errors import SimError  # noqa: E402
+from pytest_mgpu.sim.model import PerfModel, SimOptions, load_shape  # noqa: E402
+from pytest_mgpu.sim.scheduler import throughput  # noqa: E402
 from pytest_mgpu.models import resolve_model  # noqa: E402
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4)]
@@ -28,7 +30,7 @@ LAYOUTS = [(1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4)]
 
 def scaling_table(model: str, gpu: str, requests: int, input_len: int, output_len: int) -> str:
     """A markdown table of predicted throughput per layout."""
-    spec = ModelSpec.from_dir(resolve_model(model).path)
+    spec = load_shape(resolve_model(model).path)
     opts = SimOptions(gpu=gpu)
     rows = ["| layout | GPUs | KV tokens | output tok/s | tok/s per GPU | per GPU vs TP=1 | mean TTFT ms | mean TPOT ms |",
             "|---|---|---|---|---|---|---|---|"]
@@ -97,13 +99,13 @@ async def _capacity(port: int, streams: int, max_tokens: int, client: str) -> tu
 def capacity(streams: int, max_tokens: int) -> str:
     """Start a zero-delay sim and measure how many tokens/s it streams to raw and aiohttp clients."""
     from pytest_mgpu.engines.base import EngineSpec
-    from pytest_mgpu.engines.sim import SimEngine
+    from pytest_mgpu.engines.sim import SimAdapter
     from pytest_mgpu.gpus import GpuInventory
     from pytest_mgpu.layout import Layout
 
     model = resolve_model("tiny-llama")
     spec = EngineSpec("sim", model, Layout(), options=(("zero", "1"),), python=sys.executable)
-    eng = SimEngine()
+    eng = SimAdapter()
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         running = eng.start(spec, GpuInventory(), [], Path(tmp))

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from .errors import BaselineError
 from .compare import DEFAULT_CONFIG, DEFAULT_GATED, DEFAULT_WARN_ONLY, Comparison, GateConfig, compare, log_std
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,10 +49,6 @@ STORED_METRICS: tuple[str, ...] = DEFAULT_GATED + DEFAULT_WARN_ONLY + (
 
 _ENTRY_KEYS = ("engine", "engine_version", "model", "layout", "workload", "metrics", "env")
 _FINGERPRINT_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]*$")
-
-
-class BaselineError(RuntimeError):
-    """A baseline file is missing keys, truncated or of another schema; the message names the fix."""
 
 
 def _sig(x: float, digits: int = 6) -> float:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .engines import EngineError, RunningEngine
+from .engines import RunningEngine
+from .errors import EngineError
 from .metrics import invalid_reason, summarize
 from .results import BenchResult, RepeatResult
 from .workload import Workload

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .baseline import DEFAULT_ROOT, BaselineError, BaselineStore, parse_baseline_data
+from .baseline import DEFAULT_ROOT, BaselineStore, parse_baseline_data
 from .compare import (
     DEFAULT_GATED,
     Comparison,
@@ -26,11 +26,8 @@ from .compare import (
     summary_line,
     to_benchmark_json,
 )
+from .errors import BaselineError, CliError
 from .options import add_gate_options
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
 
 
 @dataclass

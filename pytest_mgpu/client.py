@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .errors import SSEParseError
 from .metrics import RequestRecord
 from .workload import Workload
 
@@ -41,10 +42,6 @@ __all__ = [
 ]
 
 _perf = time.perf_counter
-
-
-class SSEParseError(ValueError):
-    """A server-sent event's ``data`` is not valid JSON (or ``[DONE]``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from .engines import EngineError, EngineSpec
+from .engines import EngineSpec
+from .errors import EngineError, MarkerError, ModelError
 from .gpus import GpuInventory, query_inventory
 from .layout import Layout
-from .markers import MarkerError, engine_opts_from_marks, layouts_from_marks, model_from_marks, tolerance_marks
-from .models import ModelError, check_layout, resolve_model
+from .markers import engine_opts_from_marks, layouts_from_marks, model_from_marks, tolerance_marks
+from .models import check_layout, resolve_model
 from .settings import build_settings
 from .session import (
     SPEC_KEY,

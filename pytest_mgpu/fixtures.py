@@ -7,7 +7,8 @@ from typing import Iterator
 import pytest
 
 from .bench import Bench
-from .engines import EngineError, EngineUnavailable, RunningEngine
+from .engines import RunningEngine
+from .errors import EngineError, EngineUnavailable
 from .layout import Layout
 from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, SPEC_KEY, STATE_KEY

@@ -11,9 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-
-class GpuMemoryError(RuntimeError):
-    """GPU memory did not return to its level from before an engine started."""
+from .errors import GpuMemoryError
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import LayoutError
+
 LAYOUT_KEYS = ("tp", "pp", "gpu_mem_gb")
-
-
-class LayoutError(ValueError):
-    """A layout declaration is malformed."""
 
 
 @dataclass(frozen=True, order=True)

@@ -6,7 +6,8 @@ from typing import Any, Iterable
 
 import pytest
 
-from .layout import Layout, LayoutError, parse_layout
+from .errors import LayoutError, MarkerError
+from .layout import Layout, parse_layout
 
 #: Signature-first marker docs, so that ``pytest --markers`` is the documentation.
 MARKERS = (
@@ -21,10 +22,6 @@ MARKERS = (
     "engine_opts(**options): extra engine options for this test (merged over --mgpu-engine-opt); "
     "tests with different options get different engines",
 )
-
-
-class MarkerError(ValueError):
-    """A marker on a test is malformed; the message names the test."""
 
 
 def layouts_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> list[Layout]:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .engines.base import EngineError, free_port, kill_group
+from .engines.base import free_port, kill_group
+from .errors import EngineError
 
 DEFAULT_TIMEOUT_S = 120.0
 

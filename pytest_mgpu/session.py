@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from .engines import EngineError, EngineSpec, EngineUnavailable, RunningEngine, SubprocessEngine, get_engine
-from .gpus import GpuAllocator, GpuInventory, GpuMemoryError
+from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
+from .errors import EngineError, EngineUnavailable, GpuMemoryError
+from .gpus import GpuAllocator, GpuInventory
 from .results import BenchResult
 from .settings import Settings
 
@@ -28,7 +29,7 @@ class EngineManager:
         self.current: RunningEngine | None = None
         # The adapter that started ``current`` stops it: adapters may keep per-start state
         # (TensorRT-LLM's process tag, vLLM's /dev/shm snapshot).
-        self.current_adapter: SubprocessEngine | None = None
+        self.current_adapter: EngineAdapter | None = None
         self.failed: dict[tuple[Any, ...], BaseException] = {}
 
     def acquire(self, spec: EngineSpec) -> RunningEngine:
@@ -47,7 +48,7 @@ class EngineManager:
             self.failed[spec.key] = err
             raise err
         self.stop_current()
-        engine = get_engine(spec.engine)
+        engine = get_adapter(spec.engine)
         gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if self.inventory.count else []
         try:
             running = engine.start(
@@ -68,7 +69,7 @@ class EngineManager:
         if cur is None:
             return
         try:
-            (adapter or get_engine(cur.name)).stop(cur)
+            (adapter or get_adapter(cur.name)).stop(cur)
         except GpuMemoryError as exc:
             raise EngineError(f"stopping {cur.describe()}: {exc}", cur.log_path) from None
         finally:

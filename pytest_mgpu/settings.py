@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .engines import ENGINES
+from .engines import ADAPTERS
 
 DEFAULT_ENGINE = "vllm"
 SIM_PROFILES_HINT = "v100-16gb, a100-80gb, h100-80gb, h200-141gb"
@@ -29,8 +29,8 @@ def add_options(parser: pytest.Parser) -> pytest.OptionGroup:
     """Register every non-gate option in the ``mgpu`` group and return the group."""
     group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
     add = group.addoption
-    add("--mgpu-engine", metavar="NAME", default=None, choices=sorted(ENGINES),
-        help=f"Engine to measure: {', '.join(sorted(ENGINES))} (default: {DEFAULT_ENGINE}; "
+    add("--mgpu-engine", metavar="NAME", default=None, choices=sorted(ADAPTERS),
+        help=f"Engine to measure: {', '.join(sorted(ADAPTERS))} (default: {DEFAULT_ENGINE}; "
              "sim when NVML finds no GPU and no engine is named)")
     add("--mgpu-engine-opt", metavar="KEY=VALUE", action="append", default=[],
         help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=)")

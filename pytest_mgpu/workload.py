@@ -8,9 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-
-class WorkloadError(ValueError):
-    """A workload parameter is out of range."""
+from .errors import WorkloadError
 
 
 @dataclass(frozen=True)

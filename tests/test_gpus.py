@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_mgpu.engines.base import SubprocessEngine, EngineSpec
+from pytest_mgpu.engines.base import EngineAdapter, EngineSpec
 from pytest_mgpu.gpus import GpuAllocator, GpuInfo, GpuInventory, normalise_name, query_inventory, wait_memory_back
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
@@ -45,7 +45,7 @@ def test_engine_environment_pins_its_gpus_and_keeps_nccl_safety(monkeypatch: pyt
     monkeypatch.setenv("SECRET_TOKEN", "x")
     inv = GpuInventory(gpus=[GpuInfo(i, "NVIDIA H100 80GB HBM3", 81559) for i in range(4)])
     spec = EngineSpec("sim", resolve_model("tiny-llama"), Layout(tp=2), env=(("NCCL_P2P_DISABLE", "1"),))
-    env = SubprocessEngine().environment(spec, [2, 3], inv)
+    env = EngineAdapter().environment(spec, [2, 3], inv)
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert env["NCCL_NVLS_ENABLE"] == "0" and env["NCCL_P2P_DISABLE"] == "1"
     assert "SECRET_TOKEN" not in env
@@ -56,12 +56,12 @@ def test_wait_memory_back_without_gpus_returns_at_once() -> None:
 
 
 def test_memory_not_coming_back_is_an_engine_error_and_frees_the_slot(tmp_path) -> None:
-    from pytest_mgpu.engines import EngineError, RunningEngine
-    from pytest_mgpu.gpus import GpuMemoryError
+    from pytest_mgpu.engines import RunningEngine
+    from pytest_mgpu.errors import EngineError, GpuMemoryError
     from pytest_mgpu.session import EngineManager
     from pytest_mgpu.settings import Settings
 
-    class LeakyAdapter(SubprocessEngine):
+    class LeakyAdapter(EngineAdapter):
         def stop(self, running, check_memory=True):  # type: ignore[no-untyped-def]
             raise GpuMemoryError("GPU memory did not come back within 120s after the engine stopped (GPU 0: +2048 MiB)")
 

@@ -19,7 +19,7 @@ import pytest
 
 from pytest_mgpu.client import run_workload
 from pytest_mgpu.engines.base import EngineSpec, RunningEngine
-from pytest_mgpu.engines.sim import SimEngine
+from pytest_mgpu.engines.sim import SimAdapter
 from pytest_mgpu.gpus import GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
@@ -31,10 +31,10 @@ TOLERANCE = 0.05
 
 
 def start(tmp: Path, model: str, layout: Layout, **options: str) -> RunningEngine:
-    """A sim server for ``model`` started by :class:`SimEngine`."""
+    """A sim server for ``model`` started by :class:`SimAdapter`."""
     spec = EngineSpec("sim", resolve_model(model), layout, options=tuple(sorted(options.items())),
                       python=sys.executable)
-    return SimEngine().start(spec, GpuInventory(), [], tmp, start_timeout_s=30)
+    return SimAdapter().start(spec, GpuInventory(), [], tmp, start_timeout_s=30)
 
 
 def get_truth(base_url: str) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def reset(base_url: str) -> None:
 def llama_v100_tp2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     eng = start(tmp_path_factory.mktemp("sim-gt"), "llama-2-7b", Layout(tp=2), gpu="v100-16gb")
     yield eng
-    SimEngine().stop(eng)
+    SimAdapter().stop(eng)
 
 
 @pytest.mark.parametrize("rate", [32.0, math.inf], ids=["qps32", "qpsinf"])
@@ -107,7 +107,7 @@ def test_client_medians_match_ground_truth(llama_v100_tp2: RunningEngine, rate: 
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     eng = start(tmp_path_factory.mktemp("sim-tiny"), "tiny-llama", Layout(tp=1), overhead_ms="1")
     yield eng
-    SimEngine().stop(eng)
+    SimAdapter().stop(eng)
 
 
 def test_truth_is_wire_time_not_model_time(tiny: RunningEngine) -> None:
@@ -143,4 +143,4 @@ def test_zero_delay_truth_has_no_model_times(tmp_path: Path) -> None:
             assert r["output_tokens"] == 100
             assert r["arrival_s"] <= r["first_token_s"] <= r["finish_s"]
     finally:
-        SimEngine().stop(eng)
+        SimAdapter().stop(eng)

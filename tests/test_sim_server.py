@@ -1,4 +1,4 @@
-"""The sim server end to end: started by SimEngine, spoken to with aiohttp."""
+"""The sim server end to end: started by SimAdapter, spoken to with aiohttp."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from pytest_mgpu.engines.base import EngineError, EngineSpec, RunningEngine
-from pytest_mgpu.engines.sim import SimEngine
+from pytest_mgpu.engines.base import EngineSpec, RunningEngine
+from pytest_mgpu.engines.sim import SimAdapter
+from pytest_mgpu.errors import EngineError
 from pytest_mgpu.gpus import GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
@@ -30,14 +31,14 @@ TOKEN_RE = re.compile(
 
 def start(tmp: Path, layout: Layout = Layout(), **options: str) -> RunningEngine:
     spec = EngineSpec("sim", TINY, layout, options=tuple(sorted(options.items())), python=sys.executable)
-    return SimEngine().start(spec, GpuInventory(), [], tmp, start_timeout_s=20)
+    return SimAdapter().start(spec, GpuInventory(), [], tmp, start_timeout_s=20)
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     eng = start(tmp_path_factory.mktemp("sim"), Layout(tp=2), overhead_ms="1")
     yield eng
-    SimEngine().stop(eng)
+    SimAdapter().stop(eng)
 
 
 async def _request(method: str, url: str, payload: Any = None, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -150,13 +151,13 @@ def test_ground_truth_and_concurrency(sim: RunningEngine) -> None:
 
 def test_command_carries_layout_and_options() -> None:
     spec = EngineSpec("sim", TINY, Layout(tp=2, pp=2, gpu_mem_gb=8.5), options=(("gpu", "h100-80gb"), ("speed", "0.8")))
-    argv = SimEngine().command(spec, 1234, GpuInventory(), [])
-    assert argv[:3] == ["python", "-m", "pytest_mgpu.engines.sim_server"]
+    argv = SimAdapter().command(spec, 1234, GpuInventory(), [])
+    assert argv[:3] == ["python", "-m", "pytest_mgpu.sim"]
     joined = " ".join(argv)
     for part in ("--tp 2", "--pp 2", "--gpu h100-80gb", "--gpu-mem-gb 8.5", "--port 1234", "--opt speed=0.8",
                  "--host 127.0.0.1", f"--model {TINY.path}"):
         assert part in joined
-    assert "--gpu v100-16gb" in " ".join(SimEngine().command(EngineSpec("sim", TINY, Layout()), 1, GpuInventory(), []))
+    assert "--gpu v100-16gb" in " ".join(SimAdapter().command(EngineSpec("sim", TINY, Layout()), 1, GpuInventory(), []))
 
 
 def _gone(pid: int) -> bool:
@@ -175,7 +176,7 @@ def test_stop_leaves_nothing_and_short_tokens(tmp_path: Path) -> None:
         assert status == 200 and len(evs) == 5  # 3 tokens, usage, [DONE]
         assert json.loads(evs[-2][6:])["usage"]["completion_tokens"] == 3
     finally:
-        SimEngine().stop(eng)
+        SimAdapter().stop(eng)
     assert eng.process is not None and eng.process.returncode is not None
     assert _gone(eng.pid)
 
@@ -193,7 +194,7 @@ def test_unknown_option_exits_2_listing_valid_ones(tmp_path: Path) -> None:
 def test_model_too_large_fails_start(tmp_path: Path) -> None:
     spec = EngineSpec("sim", resolve_model("llama-2-7b"), Layout(gpu_mem_gb=12), python=sys.executable)
     with pytest.raises(EngineError, match=r"(?s)exited with code 1.*does not fit"):
-        SimEngine().start(spec, GpuInventory(), [], tmp_path, start_timeout_s=20)
+        SimAdapter().start(spec, GpuInventory(), [], tmp_path, start_timeout_s=20)
 
 
 def test_crash_after(tmp_path: Path) -> None:
@@ -205,7 +206,7 @@ def test_crash_after(tmp_path: Path) -> None:
         assert eng.process is not None and eng.process.wait(timeout=5) == 3
         assert "FAULT crash_after=1" in eng.log_path.read_text()
     finally:
-        SimEngine().stop(eng)
+        SimAdapter().stop(eng)
 
 
 def test_hang_after(tmp_path: Path) -> None:
@@ -219,5 +220,5 @@ def test_hang_after(tmp_path: Path) -> None:
         assert eng.alive
         assert "FAULT hang_after=1" in eng.log_path.read_text()
     finally:
-        SimEngine().stop(eng)
+        SimAdapter().stop(eng)
     assert _gone(eng.pid)

@@ -8,22 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_mgpu.engines.simmodel import (
-    GPU_PROFILES,
-    ModelSpec,
-    PerfModel,
-    Scheduler,
-    SimError,
-    SimOptionError,
-    SimOptions,
-    SimRequest,
-    simulate,
-    throughput,
-)
+from pytest_mgpu.errors import SimError, SimOptionError
 from pytest_mgpu.models import BUILTIN_DIR
+from pytest_mgpu.models.sizes import ModelShape
+from pytest_mgpu.sim.model import GPU_PROFILES, PerfModel, SimOptions
+from pytest_mgpu.sim.scheduler import Scheduler, SimRequest, simulate, throughput
 
-LLAMA7B = ModelSpec.from_dir(BUILTIN_DIR / "llama-2-7b")
-TINY = ModelSpec.from_dir(BUILTIN_DIR / "tiny-llama")
+LLAMA7B = ModelShape.from_dir(BUILTIN_DIR / "llama-2-7b")
+TINY = ModelShape.from_dir(BUILTIN_DIR / "tiny-llama")
 
 
 def perf(tp: int = 1, pp: int = 1, mem: float | None = None, **opts: object) -> PerfModel:
@@ -51,7 +43,7 @@ def test_tp_and_pp_split_weights_and_kv() -> None:
 def test_model_too_large_is_a_clear_error() -> None:
     with pytest.raises(SimError, match="does not fit.*use more tensor/pipeline parallelism"):
         perf(mem=12)
-    big = ModelSpec("llama-70b", 80, 8192, 28672, 64, 8, 32000)
+    big = ModelShape("llama-70b", 80, 8192, 28672, 64, 8, 32000)
     with pytest.raises(SimError, match="does not fit"):
         PerfModel(big, 1, 1)
     assert PerfModel(big, 4, 1, options=SimOptions(gpu="h100-80gb")).kv_tokens > 0

@@ -21,23 +21,23 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.engines.base import EngineError, EngineSpec, EngineUnavailable, kill_group
+from pytest_mgpu.engines.base import EngineSpec, kill_group
 from pytest_mgpu.engines.trtllm import (
     DEFAULT_KV_FRACTION,
     KV_FRACTION_MAX,
     KV_FRACTION_MIN,
-    TrtllmEngine,
+    TrtllmAdapter,
     build_launch,
     kv_cache_fraction,
-    param_counts,
     parse_value,
     split_options,
-    weight_bytes_per_gpu,
     write_synthetic_tokenizer,
 )
+from pytest_mgpu.errors import EngineError, EngineUnavailable
 from pytest_mgpu.gpus import GpuInfo, GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
+from pytest_mgpu.models.sizes import param_counts, weight_bytes_per_gpu
 
 DATA = Path(__file__).parent / "data"
 H100_MB = 81559  # what NVML reports for an H100 80GB HBM3
@@ -120,7 +120,7 @@ def test_cap_without_inventory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_yaml_written_by_command_is_loadable(tmp_path: Path) -> None:
-    eng = TrtllmEngine()
+    eng = TrtllmAdapter()
     eng.preflight(spec_for(Layout(tp=2)), [0, 1], {}, tmp_path)
     argv = eng.command(spec_for(Layout(tp=2, gpu_mem_gb=16)), 18001, h100s(), [0, 1])
     path = Path(argv[argv.index("--extra_llm_api_options") + 1])
@@ -289,7 +289,7 @@ def test_synthetic_tokenizer_loads_in_transformers(tmp_path: Path) -> None:
 # --- engine missing, unsupported cards -----------------------------------------------------
 def test_version_without_tensorrt_llm_says_how_to_install() -> None:
     with pytest.raises(EngineUnavailable) as info:
-        TrtllmEngine().version(sys.executable)
+        TrtllmAdapter().version(sys.executable)
     msg = str(info.value)
     assert "pip install tensorrt-llm --extra-index-url https://pypi.nvidia.com" in msg
     assert "NVIDIA's index" in msg and "--mgpu-engine-python" in msg
@@ -297,14 +297,14 @@ def test_version_without_tensorrt_llm_says_how_to_install() -> None:
 
 def test_no_gpu_is_unavailable_not_a_failure() -> None:
     with pytest.raises(EngineUnavailable, match="needs NVIDIA GPUs and none are visible .NVML unavailable"):
-        TrtllmEngine().check_supported(spec_for(Layout()), GpuInventory(error="NVML unavailable: no driver"), "1.0.0")
+        TrtllmAdapter().check_supported(spec_for(Layout()), GpuInventory(error="NVML unavailable: no driver"), "1.0.0")
 
 
 def test_volta_fails_fast_naming_card_and_version() -> None:
     inv = GpuInventory(gpus=[GpuInfo(0, "Tesla V100-SXM2-16GB", 16160, compute_capability=(7, 0))])
     with pytest.raises(EngineError, match=r"TensorRT-LLM 1.0.0 does not support GPU 0 \(Tesla V100-SXM2-16GB, compute capability 7.0\)"):
-        TrtllmEngine().check_supported(spec_for(Layout()), inv, "1.0.0")
-    TrtllmEngine().check_supported(spec_for(Layout()), h100s(1), "1.0.0")  # Hopper passes
+        TrtllmAdapter().check_supported(spec_for(Layout()), inv, "1.0.0")
+    TrtllmAdapter().check_supported(spec_for(Layout()), h100s(1), "1.0.0")  # Hopper passes
 
 
 # --- lifecycle with a fake trtllm-serve ----------------------------------------------------
@@ -392,7 +392,7 @@ def test_start_stop_leaves_no_process(tmp_path: Path, tp: int, pp: int) -> None:
         engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=tp, pp=pp),
         env=(("FAKE_PIDFILE", str(pidfile)),), python=str(py),
     )
-    eng = TrtllmEngine()
+    eng = TrtllmAdapter()
     eng.stop_timeout_s = 5.0
     running = eng.start(spec, h100s(4), list(range(tp * pp)), tmp_path / "logs", start_timeout_s=30)
     try:
@@ -410,14 +410,14 @@ def test_start_stop_leaves_no_process(tmp_path: Path, tp: int, pp: int) -> None:
 
 
 def test_killpg_alone_would_leak_the_mpi_daemon(tmp_path: Path) -> None:
-    """Why :meth:`TrtllmEngine.stop` scans for tagged processes: the group kill misses them."""
+    """Why :meth:`TrtllmAdapter.stop` scans for tagged processes: the group kill misses them."""
     py = make_fake_python(tmp_path)
     pidfile = tmp_path / "pids"
     spec = EngineSpec(
         engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=2),
         env=(("FAKE_PIDFILE", str(pidfile)),), python=str(py),
     )
-    eng = TrtllmEngine()
+    eng = TrtllmAdapter()
     running = eng.start(spec, h100s(2), [0, 1], tmp_path / "logs", start_timeout_s=30)
     pids = wait_pids(pidfile, 3)
     try:
@@ -443,7 +443,7 @@ def test_stop_finds_ranks_by_parentage_without_the_tag(tmp_path: Path, monkeypat
         engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=2),
         env=(("FAKE_PIDFILE", str(pidfile)),), python=str(py),
     )
-    eng = TrtllmEngine()
+    eng = TrtllmAdapter()
     running = eng.start(spec, h100s(2), [0, 1], tmp_path / "logs", start_timeout_s=30)
     pids = wait_pids(pidfile, 3)
     monkeypatch.setattr(mod, "tagged_processes", lambda tag: {})
@@ -458,7 +458,7 @@ def test_stop_finds_ranks_by_parentage_without_the_tag(tmp_path: Path, monkeypat
 def test_root_gets_open_mpi_consent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMPI_ALLOW_RUN_AS_ROOT", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    env = TrtllmEngine().environment(spec_for(Layout()), [0], h100s(1))
+    env = TrtllmAdapter().environment(spec_for(Layout()), [0], h100s(1))
     assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["PYTEST_MGPU_ENGINE_TAG"]
 

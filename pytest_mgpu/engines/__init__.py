@@ -1,26 +1,28 @@
-"""Engine registry: ``--mgpu-engine NAME`` picks one of these adapters."""
+"""Adapter registry: ``--mgpu-engine NAME`` picks the adapter that launches that kind of engine."""
 
 from __future__ import annotations
 
 import importlib
 
-from .base import EngineError, EngineSpec, EngineUnavailable, RunningEngine, SubprocessEngine
+from .base import EngineAdapter, EngineSpec, RunningEngine
 
-ENGINES: dict[str, str] = {
-    "sim": "pytest_mgpu.engines.sim:SimEngine",
-    "vllm": "pytest_mgpu.engines.vllm:VllmEngine",
-    "trtllm": "pytest_mgpu.engines.trtllm:TrtllmEngine",
+#: Engine name -> ``module:class`` of its adapter, imported only when that engine is chosen.
+ADAPTERS: dict[str, str] = {
+    "sim": "pytest_mgpu.engines.sim:SimAdapter",
+    "vllm": "pytest_mgpu.engines.vllm:VllmAdapter",
+    "trtllm": "pytest_mgpu.engines.trtllm:TrtllmAdapter",
 }
 
 
-def get_engine(name: str) -> SubprocessEngine:
-    """Instantiate the adapter for ``name``; adapters are imported lazily."""
+def get_adapter(name: str) -> EngineAdapter:
+    """Instantiate the adapter for engine ``name``; adapters are imported lazily."""
     try:
-        target = ENGINES[name]
+        target = ADAPTERS[name]
     except KeyError:
-        raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(sorted(ENGINES))}") from None
+        raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(sorted(ADAPTERS))}") from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)()  # type: ignore[no-any-return]
+    adapter: EngineAdapter = getattr(importlib.import_module(module), cls)()
+    return adapter
 
 
-__all__ = ["ENGINES", "EngineError", "EngineSpec", "EngineUnavailable", "RunningEngine", "SubprocessEngine", "get_engine"]
+__all__ = ["ADAPTERS", "EngineAdapter", "EngineSpec", "RunningEngine", "get_adapter"]

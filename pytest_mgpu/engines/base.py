@@ -1,7 +1,9 @@
-"""The engine protocol and the subprocess lifecycle every engine shares.
+"""The adapter protocol and the subprocess lifecycle every adapter shares.
 
-An engine is an OpenAI-compatible HTTP server started as a subprocess in its own process group
-(``start_new_session``), bound to 127.0.0.1 on a free port. The pytest process never imports it.
+An *adapter* (:class:`EngineAdapter`) knows how to launch one kind of engine; a *running engine*
+(:class:`RunningEngine`) is one started server: an OpenAI-compatible HTTP server run as a
+subprocess in its own process group (``start_new_session``), bound to 127.0.0.1 on a free port.
+The pytest process never imports an engine.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import EngineError, EngineUnavailable
 from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
 from ..layout import Layout
 from ..models import Model
@@ -27,38 +29,6 @@ from ..models import Model
 #: NCCL's safety switches (NVLink multicast off, etc.) must survive into every subprocess.
 PASSTHROUGH_ENV_PREFIXES = ("NCCL_", "CUDA_", "NVIDIA_", "LD_", "HF_", "TORCH", "VLLM_", "TLLM_", "OMPI_", "PMIX_", "UCX_")
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "XDG_CACHE_HOME", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TERM")
-
-
-class EngineError(RuntimeError):
-    """An engine failed to start, died, or could not be stopped cleanly.
-
-    The message ends with the last lines of the engine's log.
-    """
-
-    def __init__(self, message: str, log_path: Path | None = None, tail_lines: int = 30) -> None:
-        self.log_path = log_path
-        self.tail = log_tail(log_path, tail_lines) if log_path else ""
-        text = message
-        if log_path is not None:
-            text += f"\n--- last {tail_lines} lines of {log_path} ---\n{self.tail}"
-        super().__init__(text)
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine is not installed for the chosen interpreter (tests are skipped, not failed)."""
-
-
-def log_tail(path: Path | None, lines: int = 30) -> str:
-    """The last ``lines`` lines of a log file ('' if it does not exist)."""
-    if path is None or not path.exists():
-        return ""
-    with open(path, "rb") as fh:
-        try:
-            fh.seek(-256 * 1024, os.SEEK_END)
-        except OSError:
-            fh.seek(0)
-        tail = deque(fh.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
-    return "\n".join(tail)
 
 
 def free_port() -> int:
@@ -124,10 +94,10 @@ class RunningEngine:
         return f"{self.name} {self.version} {self.layout.id} model={self.model.name} gpus={gpus} url={self.base_url}"
 
 
-class SubprocessEngine:
-    """Base class: launch a server command, poll readiness, stop the whole process group.
+class EngineAdapter:
+    """Launches one kind of engine: run its server command, poll readiness, stop the whole process group.
 
-    Subclasses provide :meth:`command`, :meth:`version` and may extend :meth:`environment`,
+    Subclasses (one per engine) provide :meth:`command`, :meth:`version` and may extend :meth:`environment`,
     :meth:`preflight` and :meth:`check_supported`.
     """
 

@@ -8,12 +8,12 @@ from typing import Sequence
 
 from .. import __version__
 from ..gpus import GpuInventory
-from .base import EngineSpec, SubprocessEngine
-from .simmodel import DEFAULT_GPU
+from ..sim.model import DEFAULT_GPU
+from .base import EngineAdapter, EngineSpec
 
 
-class SimEngine(SubprocessEngine):
-    """Runs ``python -m pytest_mgpu.engines.sim_server`` timed by the roofline model.
+class SimAdapter(EngineAdapter):
+    """Runs ``python -m pytest_mgpu.sim`` timed by the roofline model.
 
     ``spec.options`` become ``--opt KEY=VALUE`` (see docs/sim.md); option ``gpu`` picks the GPU
     profile (default ``v100-16gb``). The sim occupies no real GPU, so ``gpu_ids`` is ignored.
@@ -35,11 +35,11 @@ class SimEngine(SubprocessEngine):
         return env
 
     def command(self, spec: EngineSpec, port: int, inventory: GpuInventory, gpu_ids: Sequence[int]) -> list[str]:
-        """``python -m pytest_mgpu.engines.sim_server --model DIR --tp N --pp N ... --opt k=v``."""
+        """``python -m pytest_mgpu.sim --model DIR --tp N --pp N ... --opt k=v``."""
         opts = dict(spec.options)
         gpu = opts.pop("gpu", DEFAULT_GPU)
         argv = [
-            spec.python, "-m", "pytest_mgpu.engines.sim_server",
+            spec.python, "-m", "pytest_mgpu.sim",
             "--model", str(spec.model.path),
             "--served-model-name", spec.model.name,
             "--tp", str(spec.layout.tp), "--pp", str(spec.layout.pp),

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import EngineError, EngineUnavailable, ModelError
 from ..gpus import GpuInventory, wait_memory_back
 from ..layout import Layout
 from ..models import Model
+from ..models.sizes import weight_bytes_per_gpu, weight_dtype_bytes
 from .base import (
-    EngineError,
+    EngineAdapter,
     EngineSpec,
-    EngineUnavailable,
     RunningEngine,
-    SubprocessEngine,
     kill_group,
     python_dist_version,
 )
@@ -96,12 +96,6 @@ ADAPTER_OPTIONS = ("mgpu.reserve_gb",)
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
-DTYPE_BYTES = {
-    "float32": 4, "fp32": 4, "float": 4,
-    "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2,
-    "float8": 1, "fp8": 1, "int8": 1,
-}
-
 
 # --- options --------------------------------------------------------------------------------
 def parse_value(text: str) -> Any:
@@ -172,72 +166,6 @@ def split_options(options: Mapping[str, str]) -> SplitOptions:
 
 # --- memory arithmetic ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class ParamCounts:
-    """Parameter counts of a decoder-only transformer, from ``config.json``."""
-
-    embedding: int
-    per_layer: int
-    num_layers: int
-    final_norm: int
-    lm_head: int  # 0 when tied to the embedding
-
-    @property
-    def total(self) -> int:
-        """All parameters."""
-        return self.embedding + self.per_layer * self.num_layers + self.final_norm + self.lm_head
-
-
-def param_counts(config: Mapping[str, Any]) -> ParamCounts:
-    """Parameter counts of a Llama-style model (GQA attention, gated MLP, RMSNorm).
-
-    Exact for Llama/Mistral-style configs; other architectures get an estimate of the same
-    shape (good enough for a memory budget).
-    """
-    h = int(config["hidden_size"])
-    layers = int(config["num_hidden_layers"])
-    vocab = int(config["vocab_size"])
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or h // heads)
-    inter = int(config.get("intermediate_size") or 4 * h)
-    attn = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
-    gated = str(config.get("hidden_act", "silu")) in ("silu", "swiglu", "gelu_pytorch_tanh")
-    mlp = (3 if gated else 2) * h * inter
-    norms = 2 * h
-    tied = bool(config.get("tie_word_embeddings", False))
-    return ParamCounts(
-        embedding=vocab * h, per_layer=attn + mlp + norms, num_layers=layers, final_norm=h,
-        lm_head=0 if tied else vocab * h,
-    )
-
-
-def dtype_bytes(config: Mapping[str, Any], override: Any = None) -> int:
-    """Bytes per weight from an explicit ``dtype`` option or the config's ``torch_dtype``."""
-    name = str(override or config.get("torch_dtype") or config.get("dtype") or "float16").lower()
-    if name == "auto":
-        name = str(config.get("torch_dtype") or "float16").lower()
-    try:
-        return DTYPE_BYTES[name.replace("torch.", "")]
-    except KeyError:
-        raise EngineError(f"unknown weight dtype {name!r}; known: {', '.join(sorted(DTYPE_BYTES))}") from None
-
-
-def weight_bytes_per_gpu(config: Mapping[str, Any], tp: int, pp: int, nbytes: int) -> int:
-    """Weight bytes on the most loaded GPU of a ``tp`` x ``pp`` layout.
-
-    Layers split evenly over pipeline stages (the first ``L mod pp`` stages take one more);
-    each stage's share splits over ``tp``. The embedding sits on the first stage, the LM head
-    and final norm on the last, both sharded over ``tp`` (with pp=1 one stage holds all).
-    """
-    c = param_counts(config)
-    layers_max = math.ceil(c.num_layers / pp)
-    first = c.embedding + (c.lm_head + c.final_norm if pp == 1 else 0)
-    last = c.lm_head + c.final_norm if pp > 1 else 0
-    stage = layers_max * c.per_layer + max(first, last)
-    return math.ceil(stage / tp) * nbytes
-
-
-@dataclass(frozen=True)
 class KvBudget:
     """How ``--kv_cache_free_gpu_memory_fraction`` was derived (all sizes in GiB per GPU)."""
 
@@ -295,7 +223,11 @@ def kv_cache_fraction(
             f"layout {layout.id} caps GPU memory at {cap:g} GiB but the card has only {card:.2f} GiB; "
             f"lower gpu_mem_gb to at most {math.floor(card)}"
         )
-    weights = weight_bytes_per_gpu(model_config, layout.tp, layout.pp, dtype_bytes(model_config, dtype)) / GIB
+    try:
+        nbytes = weight_dtype_bytes(model_config, dtype)
+    except ModelError as exc:
+        raise EngineError(str(exc)) from None
+    weights = weight_bytes_per_gpu(model_config, layout.tp, layout.pp, nbytes) / GIB
     kv = cap - weights - reserve_gib
     if kv <= 0:
         raise EngineError(
@@ -536,7 +468,7 @@ def kill_stragglers(procs: Mapping[int, int], grace_s: float = 10.0) -> list[int
 
 
 # --- the adapter ----------------------------------------------------------------------------
-class TrtllmEngine(SubprocessEngine):
+class TrtllmAdapter(EngineAdapter):
     """``trtllm-serve`` with the PyTorch backend, one process tree per layout.
 
     Multi-GPU: without ``mpirun``, ``trtllm-serve`` spawns its ranks with mpi4py's

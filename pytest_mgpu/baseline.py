@@ -13,23 +13,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
-import socket
-import subprocess
+import statistics
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+from . import METRIC_DEFINITION_VERSION, __version__
 from .errors import BaselineError
-from .compare import DEFAULT_CONFIG, DEFAULT_GATED, DEFAULT_WARN_ONLY, Comparison, GateConfig, compare, log_std
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .gpus import GpuInventory
-    from .results import BenchResult
+from .results import BenchResult
+from .verdicts import DEFAULT_CONFIG, DEFAULT_GATED, DEFAULT_WARN_ONLY, Comparison, GateConfig, compare, log_std
 
 #: Version of the baseline file format.
 SCHEMA_VERSION = 1
@@ -69,8 +64,6 @@ class MetricRecord:
     @classmethod
     def from_samples(cls, samples: Sequence[float]) -> "MetricRecord":
         """Round the samples and derive the median and noise from the rounded values."""
-        import statistics
-
         vals = tuple(_sig(float(v)) for v in samples)
         return cls(vals, _sig(float(statistics.median(vals))), _sig(log_std(vals)))
 
@@ -115,10 +108,8 @@ class BaselineEntry:
         return rec.median if rec else None
 
     @classmethod
-    def from_result(cls, result: "BenchResult", metrics: Sequence[str] = ()) -> "BaselineEntry":
+    def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> "BaselineEntry":
         """Build an entry from a valid result; ``metrics`` are recorded beside :data:`STORED_METRICS`."""
-        from . import METRIC_DEFINITION_VERSION, __version__
-
         if result.invalid:
             raise BaselineError(f"{result.entry_id}: an invalid result cannot become a baseline ({result.invalid})")
         names = list(dict.fromkeys([*STORED_METRICS, *metrics]))
@@ -367,7 +358,7 @@ class BaselineStore:
         self,
         fingerprint: str,
         module: str,
-        results: Sequence["BenchResult"],
+        results: Sequence[BenchResult],
         *,
         force: bool = False,
         metrics: Sequence[str] = (),
@@ -402,7 +393,7 @@ class BaselineStore:
         res.written = sorted(new)
         return res
 
-    def compare(self, fingerprint: str, result: "BenchResult", config: GateConfig = DEFAULT_CONFIG) -> Comparison:
+    def compare(self, fingerprint: str, result: BenchResult, config: GateConfig = DEFAULT_CONFIG) -> Comparison:
         """Gate one result against its entry for ``fingerprint`` (NEW names the fingerprints that have it).
 
         Raises BaselineError when the module's baseline file is broken.
@@ -422,46 +413,3 @@ class BaselineStore:
                     yield BaselineFile(fp, module, p, entries)
                 except BaselineError as exc:
                     yield BaselineFile(fp, module, p, error=str(exc))
-
-
-# --- environment -------------------------------------------------------------------------------
-
-
-def _git(args: Sequence[str], cwd: Path | None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_commit(cwd: str | Path | None = None) -> tuple[str | None, bool]:
-    """(HEAD commit, dirty flag) of the git repo at ``cwd``; (None, False) outside a repo."""
-    c = Path(cwd) if cwd is not None else None
-    commit = _git(["rev-parse", "HEAD"], c)
-    if commit is None:
-        return None, False
-    status = _git(["status", "--porcelain", "--untracked-files=no"], c)
-    return commit, bool(status)
-
-
-def collect_env(fingerprint: str, inventory: "GpuInventory | None" = None, cwd: str | Path | None = None) -> dict[str, Any]:
-    """The environment recorded with every result of a session (call once per session)."""
-    from . import METRIC_DEFINITION_VERSION, __version__
-
-    commit, dirty = git_commit(cwd)
-    return {
-        "fingerprint": fingerprint,
-        "gpus": [g.name for g in inventory.gpus] if inventory is not None else [],
-        "driver": inventory.driver if inventory is not None else None,
-        "cuda": inventory.cuda if inventory is not None else None,
-        "commit": commit,
-        "dirty": dirty,
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "hostname": socket.gethostname(),
-        "python": platform.python_version(),
-        "plugin_version": __version__,
-        "metric_definition_version": METRIC_DEFINITION_VERSION,
-    }

@@ -13,21 +13,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .baseline import DEFAULT_ROOT, BaselineStore, parse_baseline_data
-from .compare import (
-    DEFAULT_GATED,
-    Comparison,
-    GateConfig,
-    Measured,
-    compare,
-    fmt_value,
-    gate_config_from_options,
-    render_markdown,
-    render_table,
-    summary_line,
-    to_benchmark_json,
-)
+from .benchmark_export import to_benchmark_json
 from .errors import BaselineError, CliError
 from .options import add_gate_options
+from .render.markdown import render_markdown
+from .render.table import fmt_number
+from .render.text import render_table, summary_line
+from .results import BenchResult
+from .settings import gate_config_from_options
+from .verdicts import DEFAULT_GATED, Comparison, GateConfig, Measured, compare
 
 
 @dataclass
@@ -53,8 +47,6 @@ def _load_json(path: Path) -> Any:
 
 def load_side(path: str | Path) -> Side:
     """Read a baseline file (``entries``) or a ``--mgpu-json`` results file (``results``)."""
-    from .results import BenchResult
-
     p = Path(path)
     data = _load_json(p)
     if isinstance(data, dict) and "entries" in data:
@@ -149,7 +141,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             commit = str(e.env.get("commit") or "?")[:10]
             print(f"    {eid}  {e.engine} {e.engine_version}  {date}  commit {commit}  repeats {e.repeats}")
             key = "  ".join(
-                f"{m}={fmt_value(e.median(m))}" + (f"±{100 * e.metrics[m].noise:.1f}%" if e.metrics[m].noise else "")
+                f"{m}={fmt_number(e.median(m))}" + (f"±{100 * e.metrics[m].noise:.1f}%" if e.metrics[m].noise else "")
                 for m in DEFAULT_GATED
                 if m in e.metrics
             )
@@ -163,8 +155,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``pytest-mgpu export-benchmark RESULTS OUT``: write pytest-benchmark JSON."""
-    from .results import BenchResult
-
     data = _load_json(Path(args.results))
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise CliError(f"{args.results}: not a --mgpu-json results file (no 'results' list)")

@@ -11,7 +11,7 @@ from .engines import RunningEngine
 from .errors import EngineError, EngineUnavailable
 from .layout import Layout
 from .results import BenchResult
-from .session import ITEM_RESULTS_KEY, SPEC_KEY, STATE_KEY
+from .session import ITEM_RESULTS_KEY, SPEC_KEY, session_of
 
 
 @pytest.fixture
@@ -28,12 +28,12 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     An engine that is not installed skips the test, with the install hint; one that fails to
     start errors the test with the last lines of its log.
     """
-    state = request.config.stash[STATE_KEY]
+    sess = session_of(request.config)
     spec = request.node.stash.get(SPEC_KEY, None)
     if spec is None:  # pragma: no cover - every fixture user gets a spec at collection
         pytest.fail(f"{request.node.nodeid}: no engine spec (was the plugin disabled?)", pytrace=False)
     try:
-        engine = state.manager.acquire(spec)
+        engine = sess.manager.acquire(spec)
     except EngineUnavailable as exc:
         pytest.skip(str(exc))
     except EngineError as exc:
@@ -42,7 +42,7 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     if not engine.alive:
         # Died during the test: stop what is left now, so the next test starts clean.
         try:
-            state.manager.stop_current()
+            sess.manager.stop_current()
         except EngineError as exc:
             pytest.fail(str(exc), pytrace=False)
 
@@ -52,21 +52,20 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Be
     """Runs workloads against ``mgpu_engine``: ``mgpu_bench.run(input_len=128, output_len=128,
     num_requests=256, request_rate=32.0)`` returns a :class:`~pytest_mgpu.results.BenchResult`
     and records it for the gate, the reports and ``--mgpu-update-baselines``."""
-    state = request.config.stash[STATE_KEY]
+    sess = session_of(request.config)
     item = request.node
     item.stash[ITEM_RESULTS_KEY] = []
 
     def record(result: BenchResult) -> None:
-        state.results.append(result)
-        item.stash[ITEM_RESULTS_KEY].append(result)
+        sess.record(item, result)
 
     return Bench(
         mgpu_engine,
         nodeid=item.nodeid,
         test_name=item.name,
         module=item.nodeid.split("::", 1)[0],
-        repeats=state.settings.repeats,
-        request_timeout_s=state.settings.request_timeout_s,
-        env=state.env_info,
+        repeats=sess.settings.repeats,
+        request_timeout_s=sess.settings.request_timeout_s,
+        env=sess.env_info,
         record=record,
     )

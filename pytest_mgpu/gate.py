@@ -1,31 +1,21 @@
-"""Gate each item's results against the baselines after its test body runs."""
+"""The pytest wiring of the gate: after each test body, compare its results with the baselines."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import pytest
 
+from .baseline import BaselineStore
+from .errors import BaselineError
+from .markers import MARKS_KEY
+from .render.text import side_by_side
 from .results import BenchResult
-from .session import ITEM_RESULTS_KEY, STATE_KEY, TOLERANCE_KEY, MgpuState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .compare import GateConfig
+from .session import ITEM_RESULTS_KEY, MgpuSession
+from .verdicts import Verdict, compare, confirm
 
 #: Key metrics written to the JUnit XML through ``record_property``.
 JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")
-
-
-def gate_config(config: pytest.Config) -> "GateConfig":
-    """The session's gate settings from ``--mgpu-*`` options and the ``mgpu_tolerance`` ini key."""
-    from .compare import gate_config_from_options
-
-    try:
-        return gate_config_from_options(config.getoption, ini_tolerance=config.getini("mgpu_tolerance"))
-    except Exception as exc:  # argparse.ArgumentTypeError from the ini
-        raise pytest.UsageError(str(exc)) from None
 
 
 def _remeasure(item: pytest.Item, result: BenchResult) -> BenchResult:
@@ -35,7 +25,7 @@ def _remeasure(item: pytest.Item, result: BenchResult) -> BenchResult:
     return replace(result, repeats=repeats)
 
 
-def gate_item(item: pytest.Item) -> None:
+def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     """Compare this item's results with the baselines; fail the test on a confirmed regression.
 
     Also records each result's key metrics as JUnit properties and, with
@@ -45,34 +35,30 @@ def gate_item(item: pytest.Item) -> None:
     results = item.stash.get(ITEM_RESULTS_KEY, [])
     if not results:
         return
-    from .baseline import BaselineError, BaselineStore
-    from .compare import Verdict, compare, confirm, side_by_side
-
-    state = item.config.stash[STATE_KEY]
-    s = state.settings
+    s = sess.settings
     for r in results:
         for m in JUNIT_METRICS:
             if r.repeats and r.valid:
                 item.user_properties.append((f"mgpu.{r.label or r.workload.name}.{m}", round(r.median.get(m, 0.0), 3)))
-    # Marker tolerances were validated at collection.
-    cfg = state.gate.with_overrides(item.stash.get(TOLERANCE_KEY, {}))
+    marks = item.stash.get(MARKS_KEY, None)
+    cfg = sess.gate.with_overrides(marks.tolerances) if marks is not None else sess.gate
     store = BaselineStore(s.baseline_dir)
     failures: list[str] = []
     for r in results:
         try:
-            base = store.get(state.fingerprint, r.module, r.entry_id)
-            have = [] if base is not None else store.fingerprints_with(r.module, r.entry_id, exclude=state.fingerprint)
+            base = store.get(sess.fingerprint, r.module, r.entry_id)
+            have = [] if base is not None else store.fingerprints_with(r.module, r.entry_id, exclude=sess.fingerprint)
         except BaselineError as exc:
-            state.errors.append(str(exc))
+            sess.errors.append(str(exc))
             pytest.fail(str(exc), pytrace=False)
-        c = compare(r, base, cfg, fingerprint=state.fingerprint, have=have)
+        c = compare(r, base, cfg, fingerprint=sess.fingerprint, have=have)
         if c.verdict is Verdict.FAIL and s.confirm and not s.update_baselines:
             again = _remeasure(item, r)
-            c = confirm(c, compare(again, base, cfg, fingerprint=state.fingerprint))
+            c = confirm(c, compare(again, base, cfg, fingerprint=sess.fingerprint))
             if c.verdict is not Verdict.FAIL:
                 # Keep the measurement that the verdict describes.
                 r.repeats = again.repeats
-        state.comparisons.append(c)
+        sess.comparisons.append(c)
         if c.verdict is Verdict.INVALID:
             failures.append(f"INVALID {r.entry_id}: {r.invalid}")
         elif c.verdict is Verdict.FAIL and not s.update_baselines:
@@ -83,35 +69,10 @@ def gate_item(item: pytest.Item) -> None:
             failures.append(side_by_side(c) + "\n(--mgpu-strict fails on WARN too)")
     if s.update_baselines:
         try:
-            written = store.update(state.fingerprint, results[0].module, results)
+            written = store.update(sess.fingerprint, results[0].module, results)
         except BaselineError as exc:
-            state.errors.append(str(exc))
+            sess.errors.append(str(exc))
             pytest.fail(str(exc), pytrace=False)
-        state.updated.extend(written.written)
+        sess.updated.extend(written.written)
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
-
-
-def rerun_command(config: pytest.Config, extra: str) -> str:
-    """The exact command that re-runs this session with ``extra`` added."""
-    args = [a for a in config.invocation_params.args if a != extra]
-    return shlex.join(["pytest", *args, extra])
-
-
-def gate_summary_lines(config: pytest.Config, state: MgpuState) -> list[str]:
-    """Gate section of the terminal summary: table, counts, and the commands to act on it."""
-    if not state.comparisons:
-        return []
-    from .compare import Verdict, render_table, summary_line
-
-    lines = render_table(state.comparisons).splitlines()
-    lines.append("")
-    lines.append(f"mgpu gate: {summary_line(state.comparisons)}")
-    verdicts = {c.verdict for c in state.comparisons}
-    if state.settings.update_baselines:
-        n = len(state.updated)
-        lines.append(f"updated {n} baseline entr{'y' if n == 1 else 'ies'} under {state.settings.baseline_dir}/{state.fingerprint}")
-    elif verdicts & {Verdict.NEW, Verdict.IMPROVED}:
-        lines.append("to record new baselines and accept improvements, re-run with:")
-        lines.append("  " + rerun_command(config, "--mgpu-update-baselines"))
-    return lines

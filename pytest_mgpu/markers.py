@@ -1,13 +1,20 @@
-"""Marker registration and parsing: ``gpu``, ``layout``, ``model``, ``perf_tolerance``, ``engine_opts``."""
+"""Marker registration and parsing: ``gpu``, ``layout``, ``model``, ``perf_tolerance``, ``engine_opts``.
+
+A test's marks are parsed once, at collection, into one frozen :class:`TestMarks`, which the item
+carries in its stash (:data:`MARKS_KEY`) for the engine spec and the gate.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 import pytest
 
 from .errors import LayoutError, MarkerError
 from .layout import Layout, parse_layout
+from .verdicts import Tolerance, check_metric
 
 #: Signature-first marker docs, so that ``pytest --markers`` is the documentation.
 MARKERS = (
@@ -22,6 +29,39 @@ MARKERS = (
     "engine_opts(**options): extra engine options for this test (merged over --mgpu-engine-opt); "
     "tests with different options get different engines",
 )
+
+
+def register_markers(config: pytest.Config) -> None:
+    """Add the plugin's markers to ``pytest --markers``."""
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+@dataclass(frozen=True)
+class TestMarks:
+    """Everything a test's marks declare, parsed and validated once."""
+
+    __test__ = False  # not a test class, despite the name
+
+    layouts: tuple[Layout, ...] = (Layout(),)
+    model: str | None = None  # the closest ``model`` mark; None: --mgpu-model
+    engine_opts: tuple[tuple[str, str], ...] = ()
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    @classmethod
+    def from_node(cls, node: pytest.Item, nodeid: str | None = None) -> TestMarks:
+        """Parse the marks of ``node`` (a test function's definition or item); MarkerError names the test."""
+        nid = nodeid or node.nodeid
+        return cls(
+            layouts=tuple(layouts_from_marks(reversed(list(node.iter_markers("layout"))), nid)),
+            model=model_from_marks(node.iter_markers("model"), nid),
+            engine_opts=tuple(sorted(engine_opts_from_marks(node.iter_markers("engine_opts"), nid).items())),
+            tolerances=tolerances_from_marks(node.iter_markers("perf_tolerance"), nid),
+        )
+
+
+#: The parsed marks of an mgpu item, set at collection.
+MARKS_KEY = pytest.StashKey[TestMarks]()
 
 
 def layouts_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> list[Layout]:
@@ -65,16 +105,19 @@ def engine_opts_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[st
     return opts
 
 
-def tolerance_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, Any]:
-    """Raw ``perf_tolerance`` keywords (closest mark wins per metric); parsed by the gate."""
-    tol: dict[str, Any] = {}
+def tolerances_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, Tolerance]:
+    """Parsed ``perf_tolerance`` keywords (closest mark wins per metric); bad ones name the test."""
+    raw: dict[str, Any] = {}
     for mark in reversed(list(marks)):
         if mark.args:
             raise MarkerError(
                 f"{nodeid}: perf_tolerance() takes metric=tolerance keywords, e.g. perf_tolerance(tpot_p50='8%')"
             )
-        tol.update(mark.kwargs)
-    return tol
+        raw.update(mark.kwargs)
+    try:
+        return {check_metric(name): Tolerance.parse(value) for name, value in raw.items()}
+    except (argparse.ArgumentTypeError, ValueError) as exc:  # the bad value is in the text
+        raise MarkerError(f"{nodeid}: perf_tolerance: {exc}") from None
 
 
 def _opt_str(v: Any) -> str:

@@ -1,8 +1,9 @@
-"""Gate options shared by the pytest plugin (``--mgpu-...``) and the ``pytest-mgpu`` CLI (``--...``).
+"""Every ``--mgpu-*`` option and ``mgpu_*`` ini key, registered in one place.
 
-The keyword arguments are plain argparse ones, so the same function feeds pytest's
-``group.addoption`` and an ``argparse.ArgumentParser``; ``compare.gate_config_from_options``
-turns the parsed values into a :class:`~pytest_mgpu.compare.GateConfig`.
+The functions take an ``addoption`` callable with plain argparse keywords and a ``prefix``, so the
+same code feeds pytest's ``mgpu`` option group (``--mgpu-tolerance``) and the ``pytest-mgpu`` CLI's
+``argparse`` parser (``--tolerance``). :mod:`.settings` turns the parsed values into
+:class:`~pytest_mgpu.settings.Settings` and a :class:`~pytest_mgpu.verdicts.GateConfig`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from .compare import (
+import pytest
+
+from .engines import ADAPTERS
+from .verdicts import (
     DEFAULT_DRIFT,
     DEFAULT_GATED,
     DEFAULT_NOISE_FLOOR,
@@ -21,6 +25,13 @@ from .compare import (
     parse_metric_list,
     parse_metric_tolerance,
 )
+
+DEFAULT_ENGINE = "vllm"
+DEFAULT_MODEL = "llama-2-7b"
+DEFAULT_SIM_GPU = "v100-16gb"
+SIM_PROFILES_HINT = "v100-16gb, a100-80gb, h100-80gb, h200-141gb"
+
+AddOption = Callable[..., Any]
 
 
 def parse_noise_k(text: str) -> float:
@@ -44,7 +55,56 @@ def _h(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def add_gate_options(addoption: Callable[..., Any], prefix: str = "--mgpu-") -> None:
+def _dest(prefix: str, name: str) -> str:
+    """The dest of option ``name`` under ``prefix``: ``mgpu_confirm`` for ``--mgpu-``, ``confirm`` for ``--``."""
+    return prefix.lstrip("-").replace("-", "_") + name
+
+
+def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
+    """Register the engine, measurement and output options with ``addoption``."""
+    add = addoption
+    engines = ", ".join(sorted(ADAPTERS))
+    add(f"{prefix}engine", metavar="NAME", default=None, choices=sorted(ADAPTERS),
+        help=f"Engine to measure: {engines} (default: {DEFAULT_ENGINE}; "
+             "sim when NVML finds no GPU and no engine is named)")
+    add(f"{prefix}engine-opt", metavar="KEY=VALUE", action="append", default=[],
+        help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=)")
+    add(f"{prefix}engine-env", metavar="KEY=VALUE", action="append", default=[],
+        help="Environment variable for the engine process, repeatable (e.g. NCCL_P2P_DISABLE=1)")
+    add(f"{prefix}engine-python", metavar="PATH", default=None,
+        help="Interpreter that launches the engine, e.g. a venv with vLLM (default: this one)")
+    add(f"{prefix}model", metavar="NAME|DIR", default=None,
+        help="Model for tests without a model mark: built-in name or directory with config.json "
+             f"(default: {DEFAULT_MODEL})")
+    add(f"{prefix}sim-gpu", metavar="PROFILE", default=DEFAULT_SIM_GPU,
+        help=f"GPU profile the sim engine models: {SIM_PROFILES_HINT} (default: {DEFAULT_SIM_GPU})")
+    add(f"{prefix}sim-gpus", metavar="N", type=int, default=4,
+        help="GPUs the sim engine pretends to have, for layout skips (default: 4)")
+    add(f"{prefix}start-timeout", metavar="SECONDS", type=float, default=900.0,
+        help="Seconds an engine may take to become ready (default: 900)")
+    add(f"{prefix}request-timeout", metavar="SECONDS", type=float, default=1800.0,
+        help="Seconds one measured run may take before open requests count as failed (default: 1800)")
+    add(f"{prefix}log-dir", metavar="DIR", default=None,
+        help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
+    add(f"{prefix}json", metavar="PATH", default=None,
+        help="Write every result with all its fields to this JSON file (schema: docs/results-schema.md)")
+    add(f"{prefix}json-records", action="store_true", default=False,
+        help="Include per-request records in --mgpu-json (large)")
+    add(f"{prefix}repeats", metavar="N", type=int, default=None,
+        help="Measure each workload N times and compare the median (default: 3; ini mgpu_repeats)")
+    add(f"{prefix}baseline-dir", metavar="DIR", default=None,
+        help="Baseline store (default: <rootdir>/baselines; ini mgpu_baseline_dir)")
+    add(f"{prefix}update-baselines", action="store_true", default=False,
+        help="Record this run's results as the new baselines (atomic writes)")
+    add(f"{prefix}no-confirm", dest=_dest(prefix, "confirm"), action="store_false", default=True,
+        help="Do not re-measure before a FAIL is final (default: confirm)")
+    add(f"{prefix}report-md", metavar="PATH", default=None,
+        help="Write a Markdown gate report fit for a PR comment")
+    add(f"{prefix}benchmark-json", metavar="PATH", default=None,
+        help="Export results in pytest-benchmark's JSON format")
+
+
+def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     """Register the gate options with ``addoption`` (pytest group or argparse parser).
 
     Dests follow the option names: ``mgpu_tolerance``, ``mgpu_gate``, ``mgpu_noise_k``,
@@ -97,3 +157,19 @@ def add_gate_options(addoption: Callable[..., Any], prefix: str = "--mgpu-") -> 
         default=False,
         help="Fail on WARN too: regressions beyond tolerance but within noise, unconfirmed and warn-only ones",
     )
+
+
+def add_ini(addini: Callable[..., None]) -> None:
+    """Register the ``mgpu_*`` ini keys (defaults of their options)."""
+    addini("mgpu_repeats", "Default --mgpu-repeats", default="3")
+    addini("mgpu_baseline_dir", "Default --mgpu-baseline-dir", default="baselines")
+    addini("mgpu_tolerance", "Per-metric gate tolerances, e.g. 'tpot_p50=8% output_throughput_per_gpu=3%'",
+           type="args", default=[])
+
+
+def register(parser: pytest.Parser) -> None:
+    """Register everything with pytest: the options in the ``mgpu`` group, then the ini keys."""
+    group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
+    add_options(group.addoption)
+    add_gate_options(group.addoption)
+    add_ini(parser.addini)

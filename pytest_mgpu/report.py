@@ -1,41 +1,30 @@
-"""Terminal reports: per-item results, per-layout scaling (the seed's Tables 3-4), gate summary."""
+"""The terminal summary as lines: per-item results, per-layout scaling (the seed's Tables 3-4), gate summary.
+
+Only computes numbers and yields lines; :class:`~pytest_mgpu.session.MgpuSession` writes them to the
+terminal. Each line is ``(sep, text)``: ``sep`` is ``"="`` or ``"-"`` for a section title, else None.
+"""
 
 from __future__ import annotations
 
-import math
+import shlex
 import statistics
-from typing import Any, Sequence
-
-import pytest
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .layout import Layout
+from .render.table import format_table
+from .render.text import render_table, summary_line
 from .results import BenchResult
-from .session import STATE_KEY
+from .verdicts import Comparison, Verdict
 
+if TYPE_CHECKING:  # pragma: no cover - import cycle: the session writes what this module yields
+    from .session import MgpuSession
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align_right_from: int = 1) -> list[str]:
-    """Align ``rows`` under ``headers``; columns from ``align_right_from`` on are right-aligned."""
-    cells = [[str(h) for h in headers]] + [[_cell(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+Line = tuple["str | None", str]
 
-    def fmt(r: Sequence[str]) -> str:
-        return "  ".join(
-            (c.rjust(w) if i >= align_right_from else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))
-        ).rstrip()
-
-    return [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        if math.isinf(v):
-            return "inf"
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.2f}"
-    return str(v)
+ITEM_HEADERS = ("result", "engine", "version", "layout", "GPUs", "out tok/s", "tok/s/GPU",
+                "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "run")
+SCALING_HEADERS = ("engine", "model", "workload", "layout", "GPUs", "out tok/s", "tok/s/GPU",
+                   "per-GPU gain vs TP=1", "TPOT p50 ms")
 
 
 def item_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
@@ -51,10 +40,6 @@ def item_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
             "ok" if r.valid else "INVALID",
         ])
     return rows
-
-
-ITEM_HEADERS = ("result", "engine", "version", "layout", "GPUs", "out tok/s", "tok/s/GPU",
-                "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "run")
 
 
 def scaling_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
@@ -87,33 +72,50 @@ def scaling_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
     return rows
 
 
-SCALING_HEADERS = ("engine", "model", "workload", "layout", "GPUs", "out tok/s", "tok/s/GPU",
-                   "per-GPU gain vs TP=1", "TPOT p50 ms")
+def rerun_command(args: Sequence[str], extra: str) -> str:
+    """The exact command that re-runs a session invoked with ``args``, with ``extra`` added."""
+    return shlex.join(["pytest", *(a for a in args if a != extra), extra])
 
 
-def terminal_summary(tr: pytest.TerminalReporter, config: pytest.Config) -> None:
-    """Write the mgpu sections of the terminal summary."""
-    state = config.stash.get(STATE_KEY, None)
-    if state is None or not (state.results or state.comparisons or state.errors):
+def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
+    """Gate section of the summary: table, counts, and the commands to act on it."""
+    comparisons: list[Comparison] = sess.comparisons
+    if not comparisons:
+        return []
+    lines = render_table(comparisons).splitlines()
+    lines.append("")
+    lines.append(f"mgpu gate: {summary_line(comparisons)}")
+    verdicts = {c.verdict for c in comparisons}
+    s = sess.settings
+    if s.update_baselines:
+        n = len(sess.updated)
+        lines.append(f"updated {n} baseline entr{'y' if n == 1 else 'ies'} under {s.baseline_dir}/{sess.fingerprint}")
+    elif verdicts & {Verdict.NEW, Verdict.IMPROVED}:
+        lines.append("to record new baselines and accept improvements, re-run with:")
+        lines.append("  " + rerun_command(args, "--mgpu-update-baselines"))
+    return lines
+
+
+def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
+    """Every line of the mgpu sections of the terminal summary (none when nothing was measured)."""
+    if not (sess.results or sess.comparisons or sess.errors):
         return
-    tr.write_sep("=", "mgpu results")
-    if state.results:
-        for line in format_table(ITEM_HEADERS, item_rows(state.results)):
-            tr.write_line(line)
-        invalid = [r for r in state.results if not r.valid]
-        for r in invalid:
-            tr.write_line(f"INVALID {r.entry_id}: {r.invalid}")
-        rows = scaling_rows(state.results)
+    yield "=", "mgpu results"
+    if sess.results:
+        for line in format_table(ITEM_HEADERS, item_rows(sess.results)):
+            yield None, line
+        for r in sess.results:
+            if not r.valid:
+                yield None, f"INVALID {r.entry_id}: {r.invalid}"
+        rows = scaling_rows(sess.results)
         if rows:
-            tr.write_sep("-", "per-GPU scaling (output tokens/s normalised by tp x pp)")
+            yield "-", "per-GPU scaling (output tokens/s normalised by tp x pp)"
             for line in format_table(SCALING_HEADERS, rows):
-                tr.write_line(line)
-    from .gate import gate_summary_lines
-
-    lines = gate_summary_lines(config, state)
+                yield None, line
+    lines = gate_lines(sess, args)
     if lines:
-        tr.write_sep("-", "mgpu gate")
+        yield "-", "mgpu gate"
         for line in lines:
-            tr.write_line(line)
-    for err in state.errors:
-        tr.write_line(err)
+            yield None, line
+    for err in sess.errors:
+        yield None, err

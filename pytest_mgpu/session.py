@@ -1,139 +1,187 @@
-"""Per-session plugin state (kept in ``config.stash``) and the engine manager."""
+"""The plugin's state for one pytest session: :class:`MgpuSession`, created at configure, kept in ``config.stash``."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Union
 
 import pytest
 
-from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
-from .errors import EngineError, EngineUnavailable, GpuMemoryError
-from .gpus import GpuAllocator, GpuInventory
+from .engine_manager import EngineManager
+from .engines import EngineSpec
+from .errors import EngineError
+from .gpus import GpuInventory, query_inventory
+from .machine import collect_env
+from .markers import TestMarks, register_markers
+from .models import Model, resolve_model
+from .outputs import write_outputs
+from .report import summary_lines
 from .results import BenchResult
-from .settings import Settings
+from .settings import Settings, build_settings, gate_config
+from .verdicts import Comparison, GateConfig
 
-
-class EngineManager:
-    """Starts engines on demand, reuses one while the engine key stays the same, stops it after.
-
-    Items are ordered by engine key at collection, so each key starts once. A key whose start
-    failed is remembered and fails its later tests at once, with the same error.
-    """
-
-    def __init__(self, settings: Settings, inventory: GpuInventory) -> None:
-        self.settings = settings
-        self.inventory = inventory
-        self.allocator = GpuAllocator([g.index for g in inventory.gpus])
-        self.current: RunningEngine | None = None
-        # The adapter that started ``current`` stops it: adapters may keep per-start state
-        # (TensorRT-LLM's process tag, vLLM's /dev/shm snapshot).
-        self.current_adapter: EngineAdapter | None = None
-        self.failed: dict[tuple[Any, ...], BaseException] = {}
-
-    def acquire(self, spec: EngineSpec) -> RunningEngine:
-        """The running engine for ``spec``, starting it (and stopping another) if needed."""
-        if spec.key in self.failed:
-            exc = self.failed[spec.key]
-            if isinstance(exc, EngineUnavailable):
-                raise exc
-            raise EngineError(f"engine for this key failed earlier in the session: {exc}") from None
-        cur = self.current
-        if cur is not None and cur.spec is not None and cur.spec.key == spec.key:
-            if cur.alive:
-                return cur
-            self.stop_current()
-            err = EngineError(f"{cur.name} ({cur.layout.id}) died between tests", cur.log_path)
-            self.failed[spec.key] = err
-            raise err
-        self.stop_current()
-        engine = get_adapter(spec.engine)
-        gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if self.inventory.count else []
-        try:
-            running = engine.start(
-                spec, self.inventory, gpu_ids, self.settings.log_dir, self.settings.start_timeout_s
-            )
-        except BaseException as exc:
-            self.allocator.release(gpu_ids)
-            if isinstance(exc, (EngineError, EngineUnavailable)):
-                self.failed[spec.key] = exc
-            raise
-        self.current, self.current_adapter = running, engine
-        return running
-
-    def stop_current(self) -> None:
-        """Stop the running engine (if any) and wait for its GPU memory to come back."""
-        cur, self.current = self.current, None
-        adapter, self.current_adapter = self.current_adapter, None
-        if cur is None:
-            return
-        try:
-            (adapter or get_adapter(cur.name)).stop(cur)
-        except GpuMemoryError as exc:
-            raise EngineError(f"stopping {cur.describe()}: {exc}", cur.log_path) from None
-        finally:
-            self.allocator.release(cur.gpu_ids)
-
-    def close(self) -> None:
-        """Stop everything; called at session end."""
-        self.stop_current()
+#: What ``signal.getsignal`` returns: a handler, SIG_DFL/SIG_IGN, or None.
+SignalHandler = Union[Callable[[int, Union[FrameType, None]], Any], int, signal.Handlers, None]
 
 
 @dataclass
-class MgpuState:
-    """Everything the plugin keeps for one session."""
+class MgpuSession:
+    """Everything the plugin keeps for one session, and what the hooks ask of it."""
 
+    config: pytest.Config
     settings: Settings
+    gate: GateConfig  # from the options, built once per session
     inventory: GpuInventory
     fingerprint: str
     visible_devices: int
     device_word: str  # "GPUs" or "CPU workers" or "sim GPUs"
     manager: EngineManager
     env_info: dict[str, Any] = field(default_factory=dict)
-    gate: Any = None  # compare.GateConfig from the options, built once per session
     results: list[BenchResult] = field(default_factory=list)
-    comparisons: list[Any] = field(default_factory=list)  # compare.Comparison
+    comparisons: list[Comparison] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    prev_sigterm: Any = None
     updated: list[str] = field(default_factory=list)  # baseline entries written this session
+    prev_sigterm: SignalHandler = None
+    #: Resolved models by directory: each model's config.json is read once per session.
+    models: dict[Path, Model] = field(default_factory=dict)
+    #: Parsed marks by test-function node id, from generation to item preparation.
+    marks: dict[str, TestMarks] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, config: pytest.Config) -> MgpuSession:
+        """Read the GPUs, validate the options, choose the engine; store the session in ``config.stash``."""
+        inventory = query_inventory()
+        settings = build_settings(config, inventory.count, inventory.error)
+        gate = gate_config(config)  # built now: a bad tolerance is a usage error, not a test failure
+        if settings.engine == "sim":
+            fingerprint = f"sim-{settings.sim_gpu}-x{settings.sim_gpus}"
+            visible, word = settings.sim_gpus, "sim GPUs"
+            # The sim never touches real GPUs; its inventory is empty so nothing waits on NVML.
+            inventory = GpuInventory(error=inventory.error)
+        elif inventory.count:
+            fingerprint, visible, word = inventory.fingerprint(), inventory.count, "GPUs"
+        else:
+            fingerprint, visible, word = "cpu", cpu_workers(), "CPU workers"
+        sess = cls(
+            config=config, settings=settings, gate=gate, inventory=inventory, fingerprint=fingerprint,
+            visible_devices=visible, device_word=word, manager=EngineManager(settings, inventory),
+        )
+        sess.env_info = collect_env(
+            fingerprint, inventory, cwd=config.rootpath, engine=settings.engine, sim_gpu=settings.sim_gpu
+        )
+        sess.prev_sigterm = install_sigterm_handler()
+        atexit.register(sess.manager.close)  # last resort: never leave an engine running
+        config.stash[SESSION_KEY] = sess
+        return sess
+
+    def resolve_model(self, ref: str, test_path: Path | None) -> Model:
+        """The model ``ref`` names, searched beside the test file, then in the rootdir and the built-ins."""
+        dirs = [Path(self.config.rootpath)]
+        if test_path is not None:
+            dirs.insert(0, test_path.parent)
+        model = resolve_model(ref, dirs)
+        return self.models.setdefault(model.path, model)
+
+    def header_lines(self) -> list[str]:
+        """The ``mgpu:`` report-header line: engine (and why, if it fell back), devices, model, baselines."""
+        s = self.settings
+        line = f"mgpu: engine={s.engine}"
+        if s.fallback_reason:
+            line += f" ({s.fallback_reason})"
+        if s.engine == "sim":
+            line += f", sim GPU {s.sim_gpu} x{s.sim_gpus}"
+        elif self.inventory.count:
+            names = sorted({g.name for g in self.inventory.gpus})
+            line += f", {self.inventory.count} GPU(s): {', '.join(names)}, driver {self.inventory.driver}"
+        else:
+            line += f", no GPU: {self.visible_devices} CPU worker(s)"
+        line += f", repeats={s.repeats}, baselines={s.baseline_dir}/{self.fingerprint}"
+        return [line]
+
+    def record(self, item: pytest.Item, result: BenchResult) -> None:
+        """Keep a measured result for the session's reports and for the item's gate."""
+        self.results.append(result)
+        item.stash.setdefault(ITEM_RESULTS_KEY, []).append(result)
+
+    def finish(self, session: pytest.Session) -> None:
+        """Stop engines and write the session's output files; a failed teardown fails the session."""
+        try:
+            self.manager.close()
+        except EngineError as exc:
+            self.errors.append(f"ERROR at engine teardown: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        write_outputs(self)
+
+    def write_summary(self, tr: pytest.TerminalReporter) -> None:
+        """Write the per-item table, the per-layout table and the gate summary to the terminal."""
+        for sep, text in summary_lines(self, self.config.invocation_params.args):
+            if sep:
+                tr.write_sep(sep, text)
+            else:
+                tr.write_line(text)
+
+    def close(self) -> None:
+        """Stop any engine still running and give SIGTERM back its previous handler."""
+        self.manager.close()
+        restore_sigterm_handler(self.prev_sigterm)
 
 
-def install_sigterm_handler() -> Any:
+#: The session, in ``config.stash``.
+SESSION_KEY = pytest.StashKey[MgpuSession]()
+#: An mgpu item's engine spec, set at collection.
+SPEC_KEY = pytest.StashKey[EngineSpec]()
+#: The results an item's ``mgpu_bench`` measured, for its gate.
+ITEM_RESULTS_KEY = pytest.StashKey[list[BenchResult]]()
+
+
+def configure(config: pytest.Config) -> MgpuSession:
+    """Register the markers and start the session."""
+    register_markers(config)
+    return MgpuSession.start(config)
+
+
+def session_of(config: pytest.Config) -> MgpuSession:
+    """The session of ``config`` (set by :func:`configure`)."""
+    return config.stash[SESSION_KEY]
+
+
+def unconfigure(config: pytest.Config) -> None:
+    """Last resort at unconfigure: never leave an engine running (no-op when configure failed)."""
+    sess = config.stash.get(SESSION_KEY, None)
+    if sess is not None:
+        sess.close()
+
+
+def install_sigterm_handler() -> SignalHandler:
     """Turn SIGTERM into KeyboardInterrupt, so pytest still runs session teardown and stops engines.
 
     Engines live in their own process groups, so a CI runner's SIGTERM to pytest never reaches
     them. Returns the previous handler (for :func:`restore_sigterm_handler`), or None when another
     handler is already installed or this is not the main thread.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
     prev = signal.getsignal(signal.SIGTERM)
     if prev is not signal.SIG_DFL:
         return None
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt("SIGTERM received: stopping engines")
 
     signal.signal(signal.SIGTERM, on_term)
     return prev
 
 
-def restore_sigterm_handler(prev: Any) -> None:
+def restore_sigterm_handler(prev: SignalHandler) -> None:
     """Undo :func:`install_sigterm_handler`."""
-    import signal
-
     if prev is not None:
         signal.signal(signal.SIGTERM, prev)
-
-
-STATE_KEY = pytest.StashKey[MgpuState]()
-SPEC_KEY = pytest.StashKey[EngineSpec]()
-ITEM_RESULTS_KEY = pytest.StashKey[list[BenchResult]]()
-TOLERANCE_KEY = pytest.StashKey[dict[str, Any]]()
 
 
 def cpu_workers() -> int:

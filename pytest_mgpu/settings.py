@@ -1,20 +1,19 @@
-"""Command-line and ini options of the ``mgpu`` group, and the validated settings built from them."""
+"""The validated settings of one session, parsed from the options that :mod:`.options` registers."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import pytest
 
-from .engines import ADAPTERS
-
-DEFAULT_ENGINE = "vllm"
-SIM_PROFILES_HINT = "v100-16gb, a100-80gb, h100-80gb, h200-141gb"
+from .options import DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SIM_GPU
+from .verdicts import GateConfig, Tolerance, parse_metric_tolerance
 
 
 def parse_kv(value: str, what: str) -> tuple[str, str]:
@@ -23,55 +22,6 @@ def parse_kv(value: str, what: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise pytest.UsageError(f"{what} expects KEY=VALUE, got {value!r}; e.g. {what} speed=0.8")
     return key.strip(), val.strip()
-
-
-def add_options(parser: pytest.Parser) -> pytest.OptionGroup:
-    """Register every non-gate option in the ``mgpu`` group and return the group."""
-    group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
-    add = group.addoption
-    add("--mgpu-engine", metavar="NAME", default=None, choices=sorted(ADAPTERS),
-        help=f"Engine to measure: {', '.join(sorted(ADAPTERS))} (default: {DEFAULT_ENGINE}; "
-             "sim when NVML finds no GPU and no engine is named)")
-    add("--mgpu-engine-opt", metavar="KEY=VALUE", action="append", default=[],
-        help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=)")
-    add("--mgpu-engine-env", metavar="KEY=VALUE", action="append", default=[],
-        help="Environment variable for the engine process, repeatable (e.g. NCCL_P2P_DISABLE=1)")
-    add("--mgpu-engine-python", metavar="PATH", default=None,
-        help="Interpreter that launches the engine, e.g. a venv with vLLM (default: this one)")
-    add("--mgpu-model", metavar="NAME|DIR", default=None,
-        help="Model for tests without a model mark: built-in name or directory with config.json "
-             "(default: llama-2-7b)")
-    add("--mgpu-sim-gpu", metavar="PROFILE", default="v100-16gb",
-        help=f"GPU profile the sim engine models: {SIM_PROFILES_HINT} (default: v100-16gb)")
-    add("--mgpu-sim-gpus", metavar="N", type=int, default=4,
-        help="GPUs the sim engine pretends to have, for layout skips (default: 4)")
-    add("--mgpu-start-timeout", metavar="SECONDS", type=float, default=900.0,
-        help="Seconds an engine may take to become ready (default: 900)")
-    add("--mgpu-request-timeout", metavar="SECONDS", type=float, default=1800.0,
-        help="Seconds one measured run may take before open requests count as failed (default: 1800)")
-    add("--mgpu-log-dir", metavar="DIR", default=None,
-        help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
-    add("--mgpu-json", metavar="PATH", default=None,
-        help="Write every result with all its fields to this JSON file (schema: docs/results-schema.md)")
-    add("--mgpu-json-records", action="store_true", default=False,
-        help="Include per-request records in --mgpu-json (large)")
-    add("--mgpu-repeats", metavar="N", type=int, default=None,
-        help="Measure each workload N times and compare the median (default: 3; ini mgpu_repeats)")
-    add("--mgpu-baseline-dir", metavar="DIR", default=None,
-        help="Baseline store (default: <rootdir>/baselines; ini mgpu_baseline_dir)")
-    add("--mgpu-update-baselines", action="store_true", default=False,
-        help="Record this run's results as the new baselines (atomic writes)")
-    add("--mgpu-no-confirm", dest="mgpu_confirm", action="store_false", default=True,
-        help="Do not re-measure before a FAIL is final (default: confirm)")
-    add("--mgpu-report-md", metavar="PATH", default=None,
-        help="Write a Markdown gate report fit for a PR comment")
-    add("--mgpu-benchmark-json", metavar="PATH", default=None,
-        help="Export results in pytest-benchmark's JSON format")
-    parser.addini("mgpu_repeats", "Default --mgpu-repeats", default="3")
-    parser.addini("mgpu_baseline_dir", "Default --mgpu-baseline-dir", default="baselines")
-    parser.addini("mgpu_tolerance", "Per-metric gate tolerances, e.g. 'tpot_p50=8% output_throughput_per_gpu=3%'",
-                  type="args", default=[])
-    return group
 
 
 @dataclass
@@ -127,7 +77,7 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
         if not (v > 0 and math.isfinite(v)):
             raise pytest.UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
     engine_opts = dict(parse_kv(v, "--mgpu-engine-opt") for v in opt("mgpu_engine_opt"))
-    if engine != "sim" and opt("mgpu_sim_gpu") != "v100-16gb":
+    if engine != "sim" and opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:
         raise pytest.UsageError(
             f"--mgpu-sim-gpu only applies to the sim engine, but the engine is {engine}; "
             f"drop it or add --mgpu-engine sim"
@@ -147,7 +97,7 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
         engine_options=engine_opts,
         engine_env=dict(parse_kv(v, "--mgpu-engine-env") for v in opt("mgpu_engine_env")),
         engine_python=python,
-        model=opt("mgpu_model") or "llama-2-7b",
+        model=opt("mgpu_model") or DEFAULT_MODEL,
         sim_gpu=opt("mgpu_sim_gpu"),
         sim_gpus=opt("mgpu_sim_gpus"),
         start_timeout_s=opt("mgpu_start_timeout"),
@@ -163,3 +113,42 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
         benchmark_json=_path(opt("mgpu_benchmark_json")),
         fallback_reason=fallback,
     )
+
+
+def gate_config_from_options(
+    get: Callable[[str], Any], prefix: str = "mgpu_", ini_tolerance: Sequence[str] = ()
+) -> GateConfig:
+    """Build a :class:`GateConfig` from the options of :func:`options.add_gate_options`.
+
+    ``get(name)`` returns an option's value (``config.getoption`` or ``lambda n: getattr(ns, n)``);
+    ``ini_tolerance`` are ``METRIC=PCT`` lines from the ini file, which the command line overrides.
+    """
+    tol: dict[str, Tolerance] = {}
+    for line in ini_tolerance:
+        for part in str(line).replace(",", " ").split():
+            try:
+                name, t = parse_metric_tolerance(part)
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"ini mgpu_tolerance: {exc}") from None
+            tol[name] = t
+    for name, t in get(prefix + "tolerance") or []:
+        tol[name] = t
+    gate = [m for group in (get(prefix + "gate") or []) for m in group]
+    base = GateConfig(
+        noise_k=float(get(prefix + "noise_k")),
+        noise_floor=float(get(prefix + "noise_floor")),
+        strict=bool(get(prefix + "strict")),
+        drift=float(get(prefix + "drift") or 0.0),
+    )
+    return base.with_overrides(tol, gate)
+
+
+def gate_config(config: pytest.Config) -> GateConfig:
+    """The session's gate settings from ``--mgpu-*`` options and the ``mgpu_tolerance`` ini key.
+
+    Built once per session at configure time, so a bad tolerance is a usage error, not a test failure.
+    """
+    try:
+        return gate_config_from_options(config.getoption, ini_tolerance=config.getini("mgpu_tolerance"))
+    except (argparse.ArgumentTypeError, ValueError) as exc:  # from the ini; options were parsed by argparse
+        raise pytest.UsageError(str(exc)) from None

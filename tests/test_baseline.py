@@ -14,17 +14,17 @@ from pytest_mgpu import METRIC_DEFINITION_VERSION, __version__
 from pytest_mgpu import baseline as bl
 from pytest_mgpu.baseline import (
     BaselineEntry,
-    BaselineError,
     BaselineStore,
     MetricRecord,
-    collect_env,
     dumps_baseline,
     parse_baseline_data,
 )
-from pytest_mgpu.compare import Verdict, compare
+from pytest_mgpu.errors import BaselineError
 from pytest_mgpu.gpus import GpuInfo, GpuInventory
 from pytest_mgpu.layout import Layout
+from pytest_mgpu.machine import collect_env
 from pytest_mgpu.results import BenchResult, RepeatResult
+from pytest_mgpu.verdicts import Verdict, compare
 from pytest_mgpu.workload import Workload
 
 FP = "sim-v100-16gb-x4"

@@ -106,7 +106,7 @@ def test_show(baseline_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert f"{FP}/" in out and f"{MOD}  (2 entries)" in out
     assert "test_serve[tp2-pp1]::in128-out128-n256-qps32  sim 0.1.0  2026-01-02T03:04:05+00:00  commit 0123456789" in out
-    assert "output_throughput_per_gpu=1000.0" in out
+    assert "output_throughput_per_gpu=1,000.0" in out
     (root / "cpu").mkdir()
     (root / "cpu" / "broken.py.json").write_text("{")
     assert main(["show", str(root)]) == 2

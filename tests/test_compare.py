@@ -1,4 +1,4 @@
-"""The gate's decision: tolerances, verdicts, confirmation, rendering, pytest-benchmark export."""
+"""The gate's decision (verdicts), its rendering, and the pytest-benchmark export."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.compare import (
+from pytest_mgpu.layout import Layout
+from pytest_mgpu.metrics import RequestRecord
+from pytest_mgpu.benchmark_export import to_benchmark_json
+from pytest_mgpu.options import add_gate_options
+from pytest_mgpu.render.markdown import render_markdown
+from pytest_mgpu.render.text import render_table, side_by_side
+from pytest_mgpu.results import BenchResult, RepeatResult
+from pytest_mgpu.settings import gate_config_from_options
+from pytest_mgpu.verdicts import (
     DEFAULT_CONFIG,
     Comparison,
     GateConfig,
@@ -19,18 +27,9 @@ from pytest_mgpu.compare import (
     compare,
     compare_metric,
     confirm,
-    gate_config_from_options,
     parse_metric_tolerance,
-    render_markdown,
-    render_table,
-    side_by_side,
-    to_benchmark_json,
     worst,
 )
-from pytest_mgpu.layout import Layout
-from pytest_mgpu.metrics import RequestRecord
-from pytest_mgpu.options import add_gate_options
-from pytest_mgpu.results import BenchResult, RepeatResult
 from pytest_mgpu.workload import Workload
 
 BASE = {"output_throughput_per_gpu": 1000.0, "ttft_p50": 50.0, "tpot_p50": 10.0, "ttft_p99": 90.0, "tpot_p99": 14.0}

@@ -1,4 +1,4 @@
-"""The regression gate: tolerances, noise-aware verdicts, confirmation, and reports.
+"""The gate's decision: tolerances, noise-aware verdicts per metric and per result, confirmation.
 
 The decision for one metric works on the ratio ``q = now / base`` of the medians over repeats:
 
@@ -12,7 +12,8 @@ The decision for one metric works on the ratio ``q = now / base`` of the medians
 
 FAIL needs a worse change beyond both (for a gated metric; a warn-only metric gets WARN).
 Beyond tolerance but within noise is WARN. IMPROVED is the mirror image of FAIL. See
-``docs/gate.md`` for the calibration of ``k`` and the floor.
+``docs/gate.md`` for the calibration of ``k`` and the floor. Only the decision lives here: the
+pytest wiring is :mod:`.gate`, the tables and messages are in :mod:`.render`.
 """
 
 from __future__ import annotations
@@ -20,17 +21,12 @@ from __future__ import annotations
 import argparse
 import enum
 import math
-import platform
 import re
 import statistics
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from .metrics import HIGHER_IS_BETTER, THROUGHPUT_METRICS, latency_keys
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .results import BenchResult
 
 #: Metrics that can FAIL a test by default.
 DEFAULT_GATED: tuple[str, ...] = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
@@ -222,34 +218,6 @@ class GateConfig:
 
 
 DEFAULT_CONFIG = GateConfig()
-
-
-def gate_config_from_options(
-    get: "Any", prefix: str = "mgpu_", ini_tolerance: Sequence[str] = ()
-) -> GateConfig:
-    """Build a :class:`GateConfig` from the options of :func:`options.add_gate_options`.
-
-    ``get(name)`` returns an option's value (``config.getoption`` or ``lambda n: getattr(ns, n)``);
-    ``ini_tolerance`` are ``METRIC=PCT`` lines from the ini file, which the command line overrides.
-    """
-    tol: dict[str, Tolerance] = {}
-    for line in ini_tolerance:
-        for part in str(line).replace(",", " ").split():
-            try:
-                name, t = parse_metric_tolerance(part)
-            except argparse.ArgumentTypeError as exc:
-                raise argparse.ArgumentTypeError(f"ini mgpu_tolerance: {exc}") from None
-            tol[name] = t
-    for name, t in get(prefix + "tolerance") or []:
-        tol[name] = t
-    gate = [m for group in (get(prefix + "gate") or []) for m in group]
-    base = GateConfig(
-        noise_k=float(get(prefix + "noise_k")),
-        noise_floor=float(get(prefix + "noise_floor")),
-        strict=bool(get(prefix + "strict")),
-        drift=float(get(prefix + "drift") or 0.0),
-    )
-    return base.with_overrides(tol, gate)
 
 
 # --- comparing ---------------------------------------------------------------------------------
@@ -468,268 +436,9 @@ def confirm(first: Comparison, second: Comparison) -> Comparison:
     return replace(second, verdict=verdict, metrics=tuple(metrics), note=note)
 
 
-# --- rendering ---------------------------------------------------------------------------------
-
-
-def fmt_value(v: float | None) -> str:
-    """A metric value with sensible precision ('-' for none)."""
-    if v is None:
-        return "-"
-    a = abs(v)
-    if a >= 100:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.4g}"
-
-
-def _pct(v: float | None, signed: bool = True) -> str:
-    if v is None:
-        return "-"
-    return f"{v:+.1f}%" if signed else f"{v:.1f}%"
-
-
-def _versions(c: Comparison) -> str:
-    eng = f"{c.engine} " if c.engine else ""
-    if c.base_engine_version and c.now_engine_version and c.base_engine_version != c.now_engine_version:
-        return f"{eng}{c.base_engine_version} -> {c.now_engine_version}"
-    return f"{eng}{c.now_engine_version or c.base_engine_version or ''}".strip()
-
-
-def _rows(c: Comparison) -> list[list[str]]:
-    return [
-        [
-            m.metric + ("*" if m.gated else ""),
-            fmt_value(m.base),
-            fmt_value(m.now),
-            _pct(m.delta_pct),
-            _pct(m.noise_pct, signed=False),
-            f"{m.tolerance_pct:g}%",
-            str(m.verdict),
-        ]
-        for m in c.metrics
-    ]
-
-
-_HEADER = ["metric", "baseline", "now", "delta %", "noise %", "tol %", "verdict"]
-
-
-def _align(rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:-1])] + [r[-1]]
-        out.append(indent + "  ".join(cells).rstrip())
-    return out
-
-
-def render_table(comparisons: Sequence[Comparison]) -> str:
-    """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict."""
-    lines: list[str] = []
-    for c in comparisons:
-        title = f"{c.entry_id}  {c.verdict}"
-        v = _versions(c)
-        if v:
-            title += f"  ({v})"
-        lines.append(title)
-        if c.metrics:
-            lines.extend(_align([_HEADER, *_rows(c)]))
-        if c.note:
-            lines.append(f"  note: {c.note}")
-    if any(c.metrics for c in comparisons):
-        lines.append("* gated metric; the others only warn. noise % = k x noise of the difference")
-    return "\n".join(lines)
-
-
-def side_by_side(comparison: Comparison) -> str:
-    """A FAIL message: baseline vs now per metric, then the failing metrics with delta and tolerance."""
-    c = comparison
-    lines = [f"{c.verdict}: {c.entry_id}" + (f" ({_versions(c)})" if _versions(c) else "")]
-    if c.metrics:
-        rows = [["", "baseline", "now", "delta", ""]]
-        for m in c.metrics:
-            mark = "<-- " + str(m.verdict) if m.verdict in (Verdict.FAIL, Verdict.WARN) else ""
-            rows.append([m.metric, fmt_value(m.base), fmt_value(m.now), _pct(m.delta_pct), mark])
-        lines.extend(_align(rows))
-    for m in c.metrics:
-        if m.verdict is Verdict.FAIL:
-            word = "lower" if m.metric in HIGHER_IS_BETTER else "higher"
-            lines.append(
-                f"{m.metric} is {abs(m.delta_pct or 0):.1f}% {word} (worse) than the baseline: "
-                f"{fmt_value(m.base)} -> {fmt_value(m.now)}, beyond the tolerance of {m.tolerance_pct:g}% "
-                f"and the noise band of {m.noise_pct or 0:.1f}%"
-            )
-    if c.note:
-        lines.append(f"note: {c.note}")
-    return "\n".join(lines)
-
-
 def verdict_counts(comparisons: Iterable[Comparison]) -> dict[Verdict, int]:
     """How many results got each verdict (only verdicts that occur)."""
     counts: dict[Verdict, int] = {}
     for c in comparisons:
         counts[c.verdict] = counts.get(c.verdict, 0) + 1
     return counts
-
-
-def summary_line(comparisons: Sequence[Comparison]) -> str:
-    """E.g. ``1 failed, 2 passed, 1 new``, worst first, pluralised where it reads better."""
-    words = {
-        Verdict.INVALID: "invalid", Verdict.FAIL: "failed", Verdict.WARN: "warned",
-        Verdict.NEW: "new", Verdict.IMPROVED: "improved", Verdict.PASS: "passed",
-    }
-    counts = verdict_counts(comparisons)
-    parts = [f"{counts[v]} {words[v]}" for v in sorted(counts, key=lambda v: -v.severity)]
-    return ", ".join(parts) or "no results"
-
-
-def _md(s: str) -> str:
-    return s.replace("|", "\\|")
-
-
-def render_markdown(comparisons: Sequence[Comparison], title: str = "Performance comparison") -> str:
-    """A PR comment: counts per verdict, engine versions, regressions first, then the full table."""
-    out = [f"## {title}", "", f"**{summary_line(comparisons)}**", ""]
-    versions = sorted({_versions(c) for c in comparisons if _versions(c)})
-    if versions:
-        out.append("Engine: " + "; ".join(f"`{v.replace(' -> ', ' → ')}`" for v in versions))
-        out.append("")
-    head = "| result | metric | baseline | now | delta % | noise % | tol % | verdict |"
-    sep = "|---|---|---:|---:|---:|---:|---:|---|"
-
-    def row(c: Comparison, m: MetricComparison) -> str:
-        name = m.metric + (" (gated)" if m.gated else "")
-        return (
-            f"| `{_md(c.entry_id)}` | {name} | {fmt_value(m.base)} | {fmt_value(m.now)} | "
-            f"{_pct(m.delta_pct)} | {_pct(m.noise_pct, False)} | {m.tolerance_pct:g}% | **{m.verdict}** |"
-        )
-
-    regs = [(c, m) for c in comparisons for m in c.metrics if m.verdict in (Verdict.FAIL, Verdict.WARN)]
-    regs.sort(key=lambda cm: -cm[1].verdict.severity)
-    if regs:
-        out += ["### Regressions", "", head, sep, *(row(c, m) for c, m in regs), ""]
-    others = [c for c in comparisons if not c.metrics]
-    if others:
-        out += ["### Not compared", ""]
-        out += [f"- `{_md(c.entry_id)}`: **{c.verdict}** {c.note}" for c in others]
-        out.append("")
-    compared = sorted((c for c in comparisons if c.metrics), key=lambda c: -c.verdict.severity)
-    if compared:
-        out += ["<details><summary>All results</summary>", "", head, sep]
-        out += [row(c, m) for c in compared for m in c.metrics]
-        out += ["", "</details>", ""]
-        notes = [f"- `{_md(c.entry_id)}`: {c.note}" for c in compared if c.note]
-        if notes:
-            out += ["Notes:", "", *notes, ""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-# --- pytest-benchmark export -------------------------------------------------------------------
-
-
-def _bench_stats(data: Sequence[float]) -> dict[str, Any]:
-    import numpy as np  # lazy: only the export needs it
-
-    arr = np.sort(np.asarray(data, dtype=float))
-    n = int(arr.size)
-    mean = float(arr.mean())
-    std = float(arr.std(ddof=1)) if n > 1 else 0.0
-    # pytest-benchmark's quartiles: medians of the lower and upper halves.
-    if n > 1:
-        half = n // 2
-        q1 = float(np.median(arr[:half])) if n % 2 == 0 else float(np.median(arr[: half + 1]))
-        q3 = float(np.median(arr[half:]))
-    else:
-        q1 = q3 = float(arr[0])
-    iqr = q3 - q1
-    lo, hi = q1 - 1.5 * iqr, q3 + 1.5 * iqr
-    ld = float(arr[arr >= lo][0]) if n else 0.0
-    hd = float(arr[arr <= hi][-1]) if n else 0.0
-    return {
-        "min": float(arr[0]), "max": float(arr[-1]), "mean": mean, "stddev": std, "rounds": n,
-        "median": float(np.median(arr)), "iqr": iqr, "q1": q1, "q3": q3,
-        "iqr_outliers": int(((arr < lo) | (arr > hi)).sum()),
-        "stddev_outliers": int(((arr < mean - std) | (arr > mean + std)).sum()),
-        "outliers": f"{int(((arr < mean - std) | (arr > mean + std)).sum())};{int(((arr < lo) | (arr > hi)).sum())}",
-        "ld15iqr": ld, "hd15iqr": hd, "ops": (1.0 / mean) if mean else 0.0, "total": float(arr.sum()),
-        "iterations": 1,
-    }
-
-
-def to_benchmark_json(results: Sequence["BenchResult"], include_data: bool = True) -> dict[str, Any]:
-    """Results in pytest-benchmark 5.x's saved-JSON format, for ``pytest-benchmark compare``.
-
-    The timed statistic is the end-to-end request latency in seconds: per request when the raw
-    records were kept, else one value per repeat (its ``e2el_mean``). All median metrics, the
-    engine and the validity go into ``extra_info``.
-    """
-    from . import __version__
-
-    benches = []
-    env: dict[str, Any] = {}
-    for r in results:
-        if not r.repeats:
-            continue
-        env = env or dict(r.env)
-        data = [rec.latency for rep in r.repeats for rec in rep.records if rec.success]
-        if not data:
-            data = [rep.summary["e2el_mean"] / 1000.0 for rep in r.repeats if "e2el_mean" in rep.summary]
-        if not data:
-            continue
-        stats = _bench_stats(data)
-        if include_data:
-            stats["data"] = list(data)
-        params = {"tp": r.layout.tp, "pp": r.layout.pp}
-        benches.append(
-            {
-                "group": r.label or r.workload.name,
-                "name": r.entry_id,
-                "fullname": f"{r.nodeid}::{r.label or r.workload.name}",
-                "params": params,
-                "param": r.layout.id,
-                "extra_info": {
-                    "engine": r.engine, "engine_version": r.engine_version, "model": r.model,
-                    "num_gpus": r.num_gpus, "repeats": len(r.repeats), "invalid": r.invalid,
-                    "timed": "e2el per request (s)" if len(data) > len(r.repeats) else "e2el_mean per repeat (s)",
-                    **{k: v for k, v in r.median.items()},
-                },
-                "options": {"timer": "client-side e2el", "rounds": len(data), "min_rounds": len(r.repeats)},
-                "stats": stats,
-            }
-        )
-    return {
-        "machine_info": {
-            "node": env.get("hostname", platform.node()),
-            "processor": platform.processor(),
-            "machine": platform.machine(),
-            "python_implementation": platform.python_implementation(),
-            "python_version": platform.python_version(),
-            "release": platform.release(),
-            "system": platform.system(),
-            "cpu": {},
-            "mgpu_fingerprint": env.get("fingerprint"),
-            "driver": env.get("driver"),
-            "cuda": env.get("cuda"),
-            "pytest_mgpu": __version__,
-        },
-        "commit_info": {
-            "id": env.get("commit") or "unknown",
-            "time": None,
-            "author_time": None,
-            "dirty": bool(env.get("dirty", False)),
-            "project": "pytest-mgpu",
-            "branch": "(unknown)",
-        },
-        "benchmarks": benches,
-        "datetime": env.get("date") or datetime.now(timezone.utc).isoformat(),
-        "version": _benchmark_version(),
-    }
-
-
-def _benchmark_version() -> str:
-    try:
-        from pytest_benchmark import __version__ as v  # lazy, optional
-
-        return str(v)
-    except ImportError:
-        return "5.2.3"  # the format version this export follows

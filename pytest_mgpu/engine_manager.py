@@ -1,0 +1,75 @@
+"""Starts, reuses and stops running engines by engine key, on disjoint GPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
+from .errors import EngineError, EngineUnavailable, GpuMemoryError
+from .gpus import GpuAllocator, GpuInventory
+from .settings import Settings
+
+
+class EngineManager:
+    """Starts engines on demand, reuses one while the engine key stays the same, stops it after.
+
+    Items are ordered by engine key at collection, so each key starts once. A key whose start
+    failed is remembered and fails its later tests at once, with the same error.
+    """
+
+    def __init__(self, settings: Settings, inventory: GpuInventory) -> None:
+        self.settings = settings
+        self.inventory = inventory
+        self.allocator = GpuAllocator([g.index for g in inventory.gpus])
+        self.current: RunningEngine | None = None
+        # The adapter that started ``current`` stops it: adapters may keep per-start state
+        # (TensorRT-LLM's process tag, vLLM's /dev/shm snapshot).
+        self.current_adapter: EngineAdapter | None = None
+        self.failed: dict[tuple[Any, ...], BaseException] = {}
+
+    def acquire(self, spec: EngineSpec) -> RunningEngine:
+        """The running engine for ``spec``, starting it (and stopping another) if needed."""
+        if spec.key in self.failed:
+            exc = self.failed[spec.key]
+            if isinstance(exc, EngineUnavailable):
+                raise exc
+            raise EngineError(f"engine for this key failed earlier in the session: {exc}") from None
+        cur = self.current
+        if cur is not None and cur.spec is not None and cur.spec.key == spec.key:
+            if cur.alive:
+                return cur
+            self.stop_current()
+            err = EngineError(f"{cur.name} ({cur.layout.id}) died between tests", cur.log_path)
+            self.failed[spec.key] = err
+            raise err
+        self.stop_current()
+        adapter = get_adapter(spec.engine)
+        gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if self.inventory.count else []
+        try:
+            running = adapter.start(
+                spec, self.inventory, gpu_ids, self.settings.log_dir, self.settings.start_timeout_s
+            )
+        except BaseException as exc:
+            self.allocator.release(gpu_ids)
+            if isinstance(exc, (EngineError, EngineUnavailable)):
+                self.failed[spec.key] = exc
+            raise
+        self.current, self.current_adapter = running, adapter
+        return running
+
+    def stop_current(self) -> None:
+        """Stop the running engine (if any) and wait for its GPU memory to come back."""
+        cur, self.current = self.current, None
+        adapter, self.current_adapter = self.current_adapter, None
+        if cur is None:
+            return
+        try:
+            (adapter or get_adapter(cur.name)).stop(cur)
+        except GpuMemoryError as exc:
+            raise EngineError(f"stopping {cur.describe()}: {exc}", cur.log_path) from None
+        finally:
+            self.allocator.release(cur.gpu_ids)
+
+    def close(self) -> None:
+        """Stop everything; called at session end."""
+        self.stop_current()

@@ -1,0 +1,91 @@
+"""Terminal text of the gate: the per-result comparison table, the side-by-side FAIL message, counts."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..metrics import HIGHER_IS_BETTER
+from ..verdicts import Comparison, Verdict, verdict_counts
+from .table import fmt_number, fmt_pct, format_table
+
+#: Columns of the comparison table (one row per metric).
+COMPARISON_HEADERS = ("metric", "baseline", "now", "delta %", "noise %", "tol %", "verdict")
+
+#: How each verdict is counted in the summary line.
+VERDICT_WORDS = {
+    Verdict.INVALID: "invalid", Verdict.FAIL: "failed", Verdict.WARN: "warned",
+    Verdict.NEW: "new", Verdict.IMPROVED: "improved", Verdict.PASS: "passed",
+}
+
+
+def versions(c: Comparison) -> str:
+    """The engine and its version(s): ``vllm 0.26.0`` or ``vllm 0.26.0 -> 0.27.0`` when they differ."""
+    eng = f"{c.engine} " if c.engine else ""
+    if c.base_engine_version and c.now_engine_version and c.base_engine_version != c.now_engine_version:
+        return f"{eng}{c.base_engine_version} -> {c.now_engine_version}"
+    return f"{eng}{c.now_engine_version or c.base_engine_version or ''}".strip()
+
+
+def comparison_rows(c: Comparison) -> list[list[str]]:
+    """One row per metric: name (``*`` if gated), baseline, now, delta, noise band, tolerance, verdict."""
+    return [
+        [
+            m.metric + ("*" if m.gated else ""),
+            fmt_number(m.base),
+            fmt_number(m.now),
+            fmt_pct(m.delta_pct),
+            fmt_pct(m.noise_pct, signed=False),
+            f"{m.tolerance_pct:g}%",
+            str(m.verdict),
+        ]
+        for m in c.metrics
+    ]
+
+
+def render_table(comparisons: Sequence[Comparison]) -> str:
+    """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict."""
+    lines: list[str] = []
+    for c in comparisons:
+        title = f"{c.entry_id}  {c.verdict}"
+        v = versions(c)
+        if v:
+            title += f"  ({v})"
+        lines.append(title)
+        if c.metrics:
+            lines.extend(format_table(COMPARISON_HEADERS, comparison_rows(c), align="lrrrrrl", indent="  ", rule=False))
+        if c.note:
+            lines.append(f"  note: {c.note}")
+    if any(c.metrics for c in comparisons):
+        lines.append("* gated metric; the others only warn. noise % = k x noise of the difference")
+    return "\n".join(lines)
+
+
+def side_by_side(comparison: Comparison) -> str:
+    """A FAIL message: baseline vs now per metric, then the failing metrics with delta and tolerance."""
+    c = comparison
+    v = versions(c)
+    lines = [f"{c.verdict}: {c.entry_id}" + (f" ({v})" if v else "")]
+    if c.metrics:
+        rows = []
+        for m in c.metrics:
+            mark = "<-- " + str(m.verdict) if m.verdict in (Verdict.FAIL, Verdict.WARN) else ""
+            rows.append([m.metric, fmt_number(m.base), fmt_number(m.now), fmt_pct(m.delta_pct), mark])
+        lines.extend(format_table(("", "baseline", "now", "delta", ""), rows, align="lrrrl", indent="  ", rule=False))
+    for m in c.metrics:
+        if m.verdict is Verdict.FAIL:
+            word = "lower" if m.metric in HIGHER_IS_BETTER else "higher"
+            lines.append(
+                f"{m.metric} is {abs(m.delta_pct or 0):.1f}% {word} (worse) than the baseline: "
+                f"{fmt_number(m.base)} -> {fmt_number(m.now)}, beyond the tolerance of {m.tolerance_pct:g}% "
+                f"and the noise band of {m.noise_pct or 0:.1f}%"
+            )
+    if c.note:
+        lines.append(f"note: {c.note}")
+    return "\n".join(lines)
+
+
+def summary_line(comparisons: Sequence[Comparison]) -> str:
+    """E.g. ``1 failed, 2 passed, 1 new``, worst first."""
+    counts = verdict_counts(comparisons)
+    parts = [f"{counts[v]} {VERDICT_WORDS[v]}" for v in sorted(counts, key=lambda v: -v.severity)]
+    return ", ".join(parts) or "no results"

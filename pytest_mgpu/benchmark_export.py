@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def to_benchmark_json(results: Sequence[BenchResult], include_data: bool = True)
                     "engine": r.engine, "engine_version": r.engine_version, "model": r.model,
                     "num_gpus": r.num_gpus, "repeats": len(r.repeats), "invalid": r.invalid,
                     "timed": "e2el per request (s)" if len(data) > len(r.repeats) else "e2el_mean per repeat (s)",
-                    **{k: v for k, v in r.median.items()},
+                    **r.median,
                 },
                 "options": {"timer": "client-side e2el", "rounds": len(data), "min_rounds": len(r.repeats)},
                 "stats": stats,

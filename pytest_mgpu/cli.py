@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .baseline import DEFAULT_ROOT, BaselineStore, parse_baseline_data
 from .benchmark_export import to_benchmark_json
@@ -63,7 +64,9 @@ def load_side(path: str | Path) -> Side:
             try:
                 r = BenchResult.from_dict(raw)
             except (KeyError, TypeError, ValueError) as exc:
-                raise CliError(f"{p}: result #{i + 1} is malformed ({exc!r}); regenerate the file with --mgpu-json") from None
+                raise CliError(
+                    f"{p}: result #{i + 1} is malformed ({exc!r}); regenerate the file with --mgpu-json"
+                ) from None
             items[(r.module, r.entry_id)] = r
             fp = fp or r.env.get("fingerprint")
         return Side(p, "results", items, fp)

@@ -20,8 +20,9 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import SSEParseError
 from .metrics import RequestRecord
@@ -36,9 +37,9 @@ __all__ = [
     "SSEParseError",
     "SSEStream",
     "parse_sse_event",
+    "request_body",
     "run_requests",
     "run_workload",
-    "request_body",
 ]
 
 _perf = time.perf_counter
@@ -241,7 +242,7 @@ def request_body(
     return body
 
 
-async def _consume(content: "aiohttp.StreamReader", rec: RequestRecord) -> None:
+async def _consume(content: aiohttp.StreamReader, rec: RequestRecord) -> None:
     """Read one SSE response body into ``rec`` (chunk times, output/prompt tokens, errors)."""
     stream = SSEStream()
     feed = stream.feed
@@ -286,7 +287,7 @@ async def _consume(content: "aiohttp.StreamReader", rec: RequestRecord) -> None:
 
 
 async def _one_request(
-    session: "aiohttp.ClientSession",
+    session: aiohttp.ClientSession,
     url: str,
     body: bytes,
     rec: RequestRecord,
@@ -306,7 +307,7 @@ async def _one_request(
                     rec.error = f"HTTP {resp.status} {resp.reason or ''}: {text[:500]}".strip()
                 else:
                     await _consume(resp.content, rec)
-        except Exception as exc:  # noqa: BLE001 - any failure is the request's error
+        except Exception as exc:
             rec.end = _perf()
             rec.error = f"{type(exc).__name__}: {exc}"[:1000]
         finished[i] = True
@@ -319,7 +320,7 @@ _HEADERS = {"Content-Type": "application/json"}
 
 
 async def _run_batch(
-    session: "aiohttp.ClientSession",
+    session: aiohttp.ClientSession,
     url: str,
     bodies: list[bytes],
     records: list[RequestRecord],
@@ -386,7 +387,7 @@ async def run_requests(
     ``workload.max_concurrency`` in flight. ``timeout_s`` bounds the whole run: a request still
     open then is recorded with the error ``"timeout after Ns"``; this never hangs.
     """
-    import aiohttp
+    import aiohttp  # lazy: heavy, and the SSE parsing above is used without it
 
     if not timeout_s > 0:
         raise ValueError(f"timeout_s={timeout_s!r} must be > 0")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .errors import GpuMemoryError
 
@@ -102,7 +103,7 @@ def query_inventory() -> GpuInventory:
                 continue
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             try:
-                cc: tuple[int, int] | None = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))  # type: ignore[assignment]
+                cc: tuple[int, int] | None = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))
             except Exception:
                 cc = None
             inv.gpus.append(
@@ -130,7 +131,7 @@ def memory_used_mb(indices: Iterable[int]) -> dict[int, int]:
     if not idx:
         return {}
     try:
-        import pynvml
+        import pynvml  # lazy: optional at run time, absent NVML is normal
 
         pynvml.nvmlInit()
     except Exception:

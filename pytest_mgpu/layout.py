@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import LayoutError
 
@@ -37,7 +38,7 @@ class Layout:
         return {"tp": self.tp, "pp": self.pp, "gpu_mem_gb": self.gpu_mem_gb}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Layout":
+    def from_dict(cls, data: Mapping[str, Any]) -> Layout:
         """Inverse of :meth:`to_dict`."""
         return parse_layout(dict(data), where="layout dict")
 

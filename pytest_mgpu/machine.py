@@ -5,9 +5,10 @@ from __future__ import annotations
 import platform
 import socket
 import subprocess
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import METRIC_DEFINITION_VERSION, __version__
 from .gpus import GpuInventory

@@ -7,8 +7,9 @@ carries in its stash (:data:`MARKS_KEY`) for the engine spec and the gate.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pytest
 

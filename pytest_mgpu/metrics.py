@@ -6,8 +6,9 @@ Every latency statistic is in milliseconds and named ``<metric>_<stat>``, e.g. `
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class RequestRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RequestRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> RequestRecord:
         """Inverse of :meth:`to_dict`."""
         return cls(**dict(data))
 

@@ -9,7 +9,8 @@ same code feeds pytest's ``mgpu`` option group (``--mgpu-tolerance``) and the ``
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,9 @@ def parse_noise_k(text: str) -> float:
     try:
         k = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"Could not parse noise multiplier: {text!r}; expected a number such as 3") from None
+        raise argparse.ArgumentTypeError(
+            f"Could not parse noise multiplier: {text!r}; expected a number such as 3"
+        ) from None
     if not k >= 0:
         raise argparse.ArgumentTypeError(f"Noise multiplier {text!r} must be >= 0")
     return k

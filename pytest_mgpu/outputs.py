@@ -28,7 +28,8 @@ def write_outputs(sess: MgpuSession) -> None:
     """Write whichever output files were asked for."""
     s = sess.settings
     if s.json_path is not None:
-        atomic_write_text(s.json_path, json.dumps(results_document(sess, s.json_records), indent=2, sort_keys=True) + "\n")
+        doc = results_document(sess, s.json_records)
+        atomic_write_text(s.json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if s.report_md is not None:
         title = f"pytest-mgpu: {s.engine} on {sess.fingerprint}"
         atomic_write_text(s.report_md, render_markdown(sess.comparisons, title=title))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .engines.base import free_port, kill_group
 from .errors import EngineError

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shlex
 import statistics
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .layout import Layout
 from .render.table import format_table

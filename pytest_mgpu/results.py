@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .layout import Layout
 from .metrics import RequestRecord
@@ -31,7 +32,7 @@ class RepeatResult:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RepeatResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> RepeatResult:
         """Inverse of :meth:`to_dict`."""
         return cls(
             summary={k: float(v) for k, v in data["summary"].items()},
@@ -120,7 +121,7 @@ class BenchResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BenchResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
         """Inverse of :meth:`to_dict`."""
         return cls(
             nodeid=data["nodeid"],

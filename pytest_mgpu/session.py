@@ -6,10 +6,11 @@ import atexit
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Union
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from .settings import Settings, build_settings, gate_config
 from .verdicts import Comparison, GateConfig
 
 #: What ``signal.getsignal`` returns: a handler, SIG_DFL/SIG_IGN, or None.
-SignalHandler = Union[Callable[[int, Union[FrameType, None]], Any], int, signal.Handlers, None]
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 @dataclass

@@ -23,8 +23,9 @@ import enum
 import math
 import re
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from .metrics import HIGHER_IS_BETTER, THROUGHPUT_METRICS, latency_keys
 
@@ -104,7 +105,7 @@ class Tolerance:
             raise ValueError(f"tolerance {self.fraction!r} must be a fraction in [0, 1), e.g. 0.05 or 5%")
 
     @classmethod
-    def parse(cls, text: "str | float | Tolerance") -> "Tolerance":
+    def parse(cls, text: str | float | Tolerance) -> Tolerance:
         """Parse ``"5%"``, ``"0.05"`` or a float; bad input raises ``argparse.ArgumentTypeError``.
 
         A bare number must be a fraction below 1 (``5`` is rejected: write ``5%``).
@@ -196,11 +197,11 @@ class GateConfig:
 
     def with_overrides(
         self,
-        tolerances: Mapping[str, "str | float | Tolerance"] | None = None,
+        tolerances: Mapping[str, str | float | Tolerance] | None = None,
         gate: Iterable[str] | None = None,
         *,
         gate_named: bool = True,
-    ) -> "GateConfig":
+    ) -> GateConfig:
         """A copy with per-test tolerances and extra gated metrics (``gate_named``: tolerances gate too)."""
         tol = dict(self.tolerances)
         extra: list[str] = []
@@ -227,15 +228,15 @@ class Measured(Protocol):
     """What the gate needs of a baseline entry or a fresh result (both provide it)."""
 
     @property
-    def entry_id(self) -> str: ...  # noqa: D102
+    def entry_id(self) -> str: ...
 
     @property
-    def engine_version(self) -> str: ...  # noqa: D102
+    def engine_version(self) -> str: ...
 
     @property
-    def invalid(self) -> str | None: ...  # noqa: D102
+    def invalid(self) -> str | None: ...
 
-    def samples(self, metric: str) -> list[float]: ...  # noqa: D102
+    def samples(self, metric: str) -> list[float]: ...
 
 
 @dataclass(frozen=True)
@@ -330,14 +331,21 @@ def compare_metric(
     b, n = _clean(base_samples), _clean(now_samples)
     bm = float(statistics.median(b)) if b else None
     nm = float(statistics.median(n)) if n else None
-    common = dict(metric=metric, base=bm, now=nm, tolerance_pct=tol.pct, gated=gated, n_base=len(b), n_now=len(n))
+
+    def result(verdict: Verdict, **decided: float | None) -> MetricComparison:
+        return MetricComparison(
+            metric=metric, base=bm, now=nm, tolerance_pct=tol.pct, gated=gated, n_base=len(b), n_now=len(n),
+            verdict=verdict, delta_pct=decided.get("delta_pct"), noise_pct=decided.get("noise_pct"),
+            log_ratio=decided.get("log_ratio"), noise_log=decided.get("noise_log"),
+        )
+
     if bm is None:
-        return MetricComparison(delta_pct=None, noise_pct=None, verdict=Verdict.NEW, **common)  # type: ignore[arg-type]
+        return result(Verdict.NEW)
     if nm is None:
-        return MetricComparison(delta_pct=None, noise_pct=None, verdict=Verdict.INVALID, **common)  # type: ignore[arg-type]
+        return result(Verdict.INVALID)
     if bm <= 0 or nm <= 0:
         # A ratio of non-positive values means nothing; a valid run never produces one.
-        return MetricComparison(delta_pct=None, noise_pct=None, verdict=Verdict.INVALID, **common)  # type: ignore[arg-type]
+        return result(Verdict.INVALID)
     q = nm / bm
     log_q = math.log(q)
     sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
@@ -360,9 +368,7 @@ def compare_metric(
     else:
         verdict = Verdict.PASS
     noise_pct = abs(math.exp(math.copysign(band, log_q)) - 1.0) * 100.0
-    return MetricComparison(
-        delta_pct=(q - 1.0) * 100.0, noise_pct=noise_pct, verdict=verdict, log_ratio=r, noise_log=band, **common  # type: ignore[arg-type]
-    )
+    return result(verdict, delta_pct=(q - 1.0) * 100.0, noise_pct=noise_pct, log_ratio=r, noise_log=band)
 
 
 def compare(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class Workload:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Workload":
+    def from_dict(cls, data: Mapping[str, Any]) -> Workload:
         """Inverse of :meth:`to_dict`."""
         d = dict(data)
         d["request_rate"] = float(d.get("request_rate", 32.0))

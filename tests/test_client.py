@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,6 @@ from hypothesis import strategies as st
 
 from pytest_mgpu.client import (
     DONE,
-    EMPTY,
     TOKEN,
     SSEParseError,
     SSEStream,
@@ -237,7 +237,7 @@ class FakeServer:
         finally:
             self.active -= 1
 
-    async def __aenter__(self) -> "FakeServer":
+    async def __aenter__(self) -> FakeServer:
         app = web.Application()
         app.router.add_post("/v1/completions", self.handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)

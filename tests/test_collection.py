@@ -133,7 +133,7 @@ def test_items_are_grouped_by_engine_key(pytester: pytest.Pytester) -> None:
         """
     )
     result = pytester.runpytest("--collect-only", "-q", "--mgpu-engine", "sim")
-    lines = [l for l in result.stdout.lines if "::" in l]
+    lines = [line for line in result.stdout.lines if "::" in line]
     assert lines == [
         "test_items_are_grouped_by_engine_key.py::test_plain",
         "test_items_are_grouped_by_engine_key.py::test_a[tp1-pp1]",

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pytest_mgpu.benchmark_export import to_benchmark_json
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.metrics import RequestRecord
-from pytest_mgpu.benchmark_export import to_benchmark_json
 from pytest_mgpu.options import add_gate_options
 from pytest_mgpu.render.markdown import render_markdown
 from pytest_mgpu.render.text import render_table, side_by_side

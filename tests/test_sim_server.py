@@ -7,8 +7,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -29,8 +30,8 @@ TOKEN_RE = re.compile(
 )
 
 
-def start(tmp: Path, layout: Layout = Layout(), **options: str) -> RunningEngine:
-    spec = EngineSpec("sim", TINY, layout, options=tuple(sorted(options.items())), python=sys.executable)
+def start(tmp: Path, layout: Layout | None = None, **options: str) -> RunningEngine:
+    spec = EngineSpec("sim", TINY, layout or Layout(), options=tuple(sorted(options.items())), python=sys.executable)
     return SimAdapter().start(spec, GpuInventory(), [], tmp, start_timeout_s=20)
 
 

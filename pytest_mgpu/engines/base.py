@@ -16,19 +16,25 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from ..errors import EngineError, EngineUnavailable
+from ..errors import EngineError
 from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
 from ..layout import Layout
 from ..models import Model
 
 #: Environment variables always handed on to an engine (when set), in addition to its own.
 #: NCCL's safety switches (NVLink multicast off, etc.) must survive into every subprocess.
-PASSTHROUGH_ENV_PREFIXES = ("NCCL_", "CUDA_", "NVIDIA_", "LD_", "HF_", "TORCH", "VLLM_", "TLLM_", "OMPI_", "PMIX_", "UCX_")
-PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "XDG_CACHE_HOME", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TERM")
+PASSTHROUGH_ENV_PREFIXES = (
+    "NCCL_", "CUDA_", "NVIDIA_", "LD_", "HF_", "TORCH", "VLLM_", "TLLM_", "OMPI_", "PMIX_", "UCX_",
+)
+PASSTHROUGH_ENV = (
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "XDG_CACHE_HOME",
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TERM",
+)
 
 
 def free_port() -> int:

@@ -18,8 +18,12 @@ Flags are written as ``{dest: value}`` where ``dest`` is the flag without its le
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
 
 @dataclass(frozen=True)
 class Context:
@@ -120,9 +124,6 @@ ARCH_NAMES: dict[tuple[int, int], str] = {
 
 def version_in(version: str, spec: str) -> bool:
     """Whether ``version`` (local parts such as ``+cpu`` ignored, pre-releases included) is in ``spec``."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
     try:
         v = Version(version)
     except InvalidVersion:

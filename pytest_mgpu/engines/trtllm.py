@@ -12,9 +12,10 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import EngineError, EngineUnavailable, ModelError
 from ..gpus import GpuInventory, wait_memory_back
@@ -100,7 +101,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 # --- options --------------------------------------------------------------------------------
 def parse_value(text: str) -> Any:
     """An option value as a YAML scalar: ``8`` -> 8, ``false`` -> False, ``fp8`` -> 'fp8'."""
-    import yaml
+    import yaml  # lazy: only a trtllm launch reads or writes YAML
 
     try:
         return yaml.safe_load(text) if text.strip() else ""
@@ -373,7 +374,7 @@ def build_launch(
 
 def write_yaml(launch: TrtllmLaunch) -> None:
     """Write the extra-options YAML next to the engine log."""
-    import yaml
+    import yaml  # lazy: only a trtllm launch reads or writes YAML
 
     launch.yaml_path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# written by pytest-mgpu for trtllm-serve --extra_llm_api_options\n# {launch.kv.describe()}\n"
@@ -503,7 +504,10 @@ class TrtllmAdapter(EngineAdapter):
         if inventory.count == 0:
             why = f" ({inventory.error})" if inventory.error else ""
             raise EngineUnavailable(f"TensorRT-LLM {version} needs NVIDIA GPUs and none are visible{why}")
-        old = [g for g in inventory.gpus if g.compute_capability is not None and g.compute_capability < self.min_compute_capability]
+        old = [
+            g for g in inventory.gpus
+            if g.compute_capability is not None and g.compute_capability < self.min_compute_capability
+        ]
         if old:
             g = old[0]
             cc = ".".join(map(str, g.compute_capability or ()))

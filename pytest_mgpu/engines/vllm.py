@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
+from .. import preflight as nccl_preflight
 from ..errors import EngineError, EngineUnavailable
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
@@ -97,7 +98,7 @@ def parse_options(options: Mapping[str, str]) -> tuple[Flags, dict[str, str]]:
     return flags, adapter
 
 
-def render_flags(flags: Mapping[str, "str | bool"]) -> list[str]:
+def render_flags(flags: Mapping[str, str | bool]) -> list[str]:
     """``{dest: value}`` as argv: ``--dest value``, ``--dest`` (True) or ``--no-dest`` (False)."""
     argv: list[str] = []
     for dest, value in flags.items():
@@ -379,9 +380,7 @@ class VllmAdapter(EngineAdapter):
         """An NCCL all-reduce over the assigned GPUs before a multi-GPU start (skipped on CPU)."""
         if len(gpu_ids) < 2:
             return
-        from ..preflight import nccl_allreduce_check
-
-        nccl_allreduce_check(spec.python, list(gpu_ids), env, log_dir)
+        nccl_preflight.nccl_allreduce_check(spec.python, list(gpu_ids), env, log_dir)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..verdicts import Comparison, MetricComparison, Verdict
 from .table import fmt_number, fmt_pct

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..metrics import HIGHER_IS_BETTER
 from ..verdicts import Comparison, Verdict, verdict_counts

@@ -15,9 +15,10 @@ The continuous-batching scheduler that drives it is in :mod:`.scheduler`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ModelError, SimError, SimOptionError
 from ..models.sizes import ModelShape
@@ -114,7 +115,7 @@ class SimOptions:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def parse(cls, pairs: Mapping[str, str]) -> "SimOptions":
+    def parse(cls, pairs: Mapping[str, str]) -> SimOptions:
         """Build from string values; unknown keys or bad values raise :class:`SimError`."""
         opts = cls()
         kinds = {f.name: f.type for f in fields(cls)}

@@ -20,7 +20,8 @@ import sys
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import __version__
 from ..errors import BadRequest, SimError, SimOptionError
@@ -38,8 +39,12 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             413: "Payload Too Large", 500: "Internal Server Error"}
 _TOKEN_TEXT = [b" t%d" % i for i in range(1000)]
 # vLLM 0.32 serialises token chunks with exclude_unset=True: no "usage" key.
-_NULL_TAIL = b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]}\n\n'
-_LAST_TAIL = b'","logprobs":null,"finish_reason":"length","stop_reason":null,"prompt_token_ids":null,"token_ids":null}]}\n\n'
+_NULL_TAIL = (
+    b'","logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,"token_ids":null}]}\n\n'
+)
+_LAST_TAIL = (
+    b'","logprobs":null,"finish_reason":"length","stop_reason":null,"prompt_token_ids":null,"token_ids":null}]}\n\n'
+)
 _DONE = b"data: [DONE]\n\n"
 _STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\nserver: pytest-mgpu-sim\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -74,10 +79,25 @@ def _error(status: int, message: str, kind: str = "BadRequestError") -> bytes:
 class Completion:
     """One ``/v1/completions`` request: builds its SSE bytes and writes them to its connection."""
 
-    __slots__ = ("conn", "rid", "prefix", "model_json", "created", "stream", "usage", "prompt_len", "max_tokens",
-                 "sent", "req", "arrival", "first", "model_first", "done")
+    __slots__ = (
+        "arrival",
+        "conn",
+        "created",
+        "done",
+        "first",
+        "max_tokens",
+        "model_first",
+        "model_json",
+        "prefix",
+        "prompt_len",
+        "req",
+        "rid",
+        "sent",
+        "stream",
+        "usage",
+    )
 
-    def __init__(self, conn: "HttpConnection", rid: str, model_json: bytes, stream: bool, usage: bool,
+    def __init__(self, conn: HttpConnection, rid: str, model_json: bytes, stream: bool, usage: bool,
                  prompt_len: int, max_tokens: int, arrival: float) -> None:
         self.conn = conn
         self.rid = rid

@@ -228,15 +228,19 @@ class Measured(Protocol):
     """What the gate needs of a baseline entry or a fresh result (both provide it)."""
 
     @property
-    def entry_id(self) -> str: ...
+    def entry_id(self) -> str:
+        """``<test name>::<workload name or label>``."""
 
     @property
-    def engine_version(self) -> str: ...
+    def engine_version(self) -> str:
+        """Version of the engine that was measured."""
 
     @property
-    def invalid(self) -> str | None: ...
+    def invalid(self) -> str | None:
+        """Why it cannot be compared, or None."""
 
-    def samples(self, metric: str) -> list[float]: ...
+    def samples(self, metric: str) -> list[float]:
+        """The metric's value in each repeat."""
 
 
 @dataclass(frozen=True)

@@ -258,9 +258,11 @@ class HttpConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The client went away: abort its request and free its KV blocks."""
         self.transport = None
         self.can_write.set()
         c = self.active
@@ -270,12 +272,15 @@ class HttpConnection(asyncio.Protocol):
                 self.server.sched.abort(c.req)
 
     def pause_writing(self) -> None:
+        """Flow control: the transport's buffer is full."""
         self.can_write.clear()
 
     def resume_writing(self) -> None:
+        """Flow control: the transport's buffer drained."""
         self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
+        """Buffer the bytes and serve the requests they complete."""
         if self.server.hung:
             return
         self.buf += data

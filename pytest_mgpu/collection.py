@@ -10,7 +10,7 @@ import pytest
 from .engines import EngineSpec
 from .errors import MarkerError, ModelError
 from .layout import Layout
-from .markers import MARKS_KEY, TestMarks
+from .markers import MARK_NAMES, MARKS_KEY, TestMarks
 from .models import check_layout
 from .session import SPEC_KEY, MgpuSession
 
@@ -76,7 +76,9 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
         if not any(f in fixturenames for f in MGPU_FIXTURES) or callspec is None:
             keyed.append((-1, pos, item))
             continue
-        marks = sess.marks.get(_definition_id(item, callspec.id)) or TestMarks.from_node(item)
+        marks = sess.marks.get(_definition_id(item, callspec.id))
+        if marks is None or any(m.name in MARK_NAMES for m in callspec.marks):
+            marks = TestMarks.from_node(item)  # marks given per parameter: pytest.param(..., marks=...)
         layout = callspec.params.get("mgpu_layout", Layout())
         spec = item_spec(sess, item, layout, marks)
         item.stash[MARKS_KEY] = marks

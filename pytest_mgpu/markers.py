@@ -32,6 +32,10 @@ MARKERS = (
 )
 
 
+#: Names of the marks that :class:`TestMarks` reads.
+MARK_NAMES = frozenset({"layout", "model", "perf_tolerance", "engine_opts"})
+
+
 def register_markers(config: pytest.Config) -> None:
     """Add the plugin's markers to ``pytest --markers``."""
     for line in MARKERS:

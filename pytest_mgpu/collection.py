@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from .engines import EngineSpec
-from .errors import MarkerError, ModelError
+from .engines import EngineSpec, check_engine_options
+from .errors import EngineError, MarkerError, ModelError
 from .layout import Layout
 from .markers import MARK_NAMES, MARKS_KEY, TestMarks
 from .models import check_layout
@@ -32,6 +32,11 @@ def parametrize_layouts(sess: MgpuSession, metafunc: pytest.Metafunc) -> None:
         marks = TestMarks.from_node(node)
     except MarkerError as exc:
         pytest.fail(str(exc), pytrace=False)
+    if marks.engine_opts:
+        try:
+            check_engine_options(sess.settings.engine, {**sess.settings.engine_options, **dict(marks.engine_opts)})
+        except EngineError as exc:
+            pytest.fail(f"{nodeid}: engine_opts: {exc}", pytrace=False)
     try:
         model = sess.resolve_model(marks.model or sess.settings.model, Path(str(node.path)))
     except ModelError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .engine_manager import EngineManager
-from .engines import EngineSpec
+from .engines import EngineSpec, check_engine_options
 from .errors import EngineError
 from .gpus import GpuInventory, query_inventory
 from .machine import collect_env
@@ -59,6 +59,10 @@ class MgpuSession:
         """Read the GPUs, validate the options, choose the engine; store the session in ``config.stash``."""
         inventory = query_inventory()
         settings = build_settings(config, inventory.count, inventory.error)
+        try:
+            check_engine_options(settings.engine, settings.engine_options)
+        except EngineError as exc:
+            raise pytest.UsageError(f"--mgpu-engine-opt: {exc}") from None
         gate = gate_config(config)  # built now: a bad tolerance is a usage error, not a test failure
         if settings.engine == "sim":
             fingerprint = f"sim-{settings.sim_gpu}-x{settings.sim_gpus}"

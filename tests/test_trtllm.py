@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pytest_mgpu.engines.trtllm as trt
 from pytest_mgpu.engines.base import EngineSpec, kill_group
 from pytest_mgpu.engines.trtllm import (
     DEFAULT_KV_FRACTION,
@@ -96,12 +96,17 @@ def test_command_per_layout_without_cap(tmp_path: Path, tp: int, pp: int) -> Non
     assert a["--tokenizer"] == str(tmp_path / "tokenizer-llama-2-7b")
 
 
-@pytest.mark.parametrize("tp,pp,expected", [(1, 1, 0.0223), (2, 1, 0.1082), (1, 2, 0.1082), (2, 2, 0.1458)])
-def test_command_with_16gb_cap_on_80gb_card(tmp_path: Path, tp: int, pp: int, expected: float) -> None:
-    launch = build_launch(spec_for(Layout(tp=tp, pp=pp, gpu_mem_gb=16)), 18000, h100s(), list(range(tp * pp)), tmp_path)
+@pytest.mark.parametrize(
+    "tp,pp,expected,tokens", [(1, 1, 0.0223, 2944), (2, 1, 0.1082, 31616), (1, 2, 0.1082, 31616), (2, 2, 0.1458, 88960)]
+)
+def test_command_with_16gb_cap_on_80gb_card(tmp_path: Path, tp: int, pp: int, expected: float, tokens: int) -> None:
+    # TP=1 holds 2944 tokens of KV cache under the cap: it starts only with a max_seq_len that fits.
+    opts = {"max_seq_len": "2048"} if tp * pp == 1 else {}
+    launch = build_launch(spec_for(Layout(tp=tp, pp=pp, gpu_mem_gb=16), options=opts), 18000, h100s(), list(range(tp * pp)), tmp_path)
     a = argv_dict(launch.argv)
     assert float(a["--kv_cache_free_gpu_memory_fraction"]) == pytest.approx(expected, abs=1e-4)
     assert launch.yaml_options["kv_cache_config"]["free_gpu_memory_fraction"] == launch.kv.fraction
+    assert launch.yaml_options["kv_cache_config"]["max_tokens"] == tokens
 
 
 def test_cap_larger_than_card_is_a_clear_error(tmp_path: Path) -> None:
@@ -126,8 +131,9 @@ def test_yaml_written_by_command_is_loadable(tmp_path: Path) -> None:
     path = Path(argv[argv.index("--extra_llm_api_options") + 1])
     text = path.read_text()
     assert "kv fraction 0.1082" in text  # the derivation is recorded in a comment
+    assert "8293969920 B / 262144 B per token = 31616 tokens" in text
     assert yaml.safe_load(text) == {
-        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.1082},
+        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.1082, "max_tokens": 31616},
         "load_format": "dummy",
     }
 
@@ -179,6 +185,71 @@ def test_more_gpus_never_mean_more_weights_per_gpu() -> None:
     assert per[(1, 1)] == param_counts(cfg).total * 2
 
 
+# --- a tight cap must not silently shorten max_seq_len --------------------------------------
+GIB = 2**30
+
+
+def test_kv_capacity_of_the_docs_example() -> None:
+    """TP=1, 16 GiB cap, Llama-2-7B fp16: about 1.45 GiB of KV cache per GPU, ~2,970 tokens."""
+    cfg = resolve_model("llama-2-7b").config
+    layout = Layout(tp=1, gpu_mem_gb=16)
+    cap = trt.kv_capacity(kv_cache_fraction(layout, cfg, H100_MB), cfg, layout)
+    assert cap.bytes_per_token == 2 * 32 * 32 * 128 * 2  # K and V x layers x KV heads x head dim x fp16
+    assert cap.kv_bytes == 16 * GIB - 6_738_415_616 * 2 - 2 * GIB
+    assert cap.kv_bytes / GIB == pytest.approx(1.45, abs=0.005)
+    assert cap.raw_tokens == 2966  # 1,555,554,304 B / 524,288 B per token
+    assert cap.tokens == 2944  # whole 32-token blocks (KvCacheConfig.tokens_per_block)
+
+
+def test_kv_capacity_splits_heads_over_tp_and_layers_over_pp() -> None:
+    cfg = resolve_model("llama-2-7b").config
+    for tp, pp, per_token in ((2, 1, 2 * 32 * 16 * 128 * 2), (1, 2, 2 * 16 * 32 * 128 * 2), (2, 2, 2 * 16 * 16 * 128 * 2)):
+        layout = Layout(tp=tp, pp=pp, gpu_mem_gb=16)
+        cap = trt.kv_capacity(kv_cache_fraction(layout, cfg, H100_MB), cfg, layout)
+        assert cap.bytes_per_token == per_token
+        assert cap.tokens % 32 == 0 and cap.tokens * per_token <= cap.kv_bytes
+    fp8 = trt.kv_capacity(kv_cache_fraction(Layout(tp=2, gpu_mem_gb=16), cfg, H100_MB), cfg, Layout(tp=2), kv_dtype="fp8")
+    assert fp8.bytes_per_token == 2 * 32 * 16 * 128
+
+
+def test_tight_cap_fails_the_start_with_the_numbers(tmp_path: Path) -> None:
+    """TensorRT-LLM would lower max_seq_len 4096 to what the 1.45 GiB KV cache holds, silently."""
+    with pytest.raises(EngineError) as info:
+        build_launch(spec_for(Layout(tp=1, gpu_mem_gb=16)), 18000, h100s(), [0], tmp_path)
+    msg = str(info.value)
+    for part in (
+        "layout tp1-pp1-mem16", "1.45 GiB of KV cache per GPU", "2944 tokens", "512 KiB per token",
+        "fewer than max_seq_len 4096", "fail_fast_on_attention_window_too_large", "max_seq_len=2944",
+        "gpu_mem_gb to at least 16.6",
+    ):
+        assert part in msg, (part, msg)
+
+
+def test_max_seq_len_that_fits_the_cap_starts_with_a_token_cap(tmp_path: Path) -> None:
+    launch = build_launch(spec_for(Layout(gpu_mem_gb=16), options={"max_seq_len": "2048"}), 1, h100s(), [0], tmp_path)
+    assert argv_dict(launch.argv)["--max_seq_len"] == "2048"
+    kv = launch.yaml_options["kv_cache_config"]
+    assert kv["max_tokens"] == 2944 and kv["free_gpu_memory_fraction"] == 0.0223
+    assert "max_gpu_total_bytes" not in kv  # release unknown: only the key every release has
+
+
+@pytest.mark.parametrize(
+    "version,has_bytes",
+    [("1.0.0", False), ("1.2.0", False), ("1.3.0rc26", False), ("1.3.0rc27", True), ("1.4.0", True), ("odd", False)],
+)
+def test_byte_cap_only_where_the_release_documents_it(tmp_path: Path, version: str, has_bytes: bool) -> None:
+    launch = build_launch(spec_for(Layout(tp=2, gpu_mem_gb=16)), 1, h100s(), [0, 1], tmp_path, version=version)
+    kv = launch.yaml_options["kv_cache_config"]
+    per_token = 2 * 32 * 16 * 128 * 2
+    assert kv["max_tokens"] == 31616  # 7.72 GiB / 256 KiB per token, in whole 32-token blocks
+    assert kv.get("max_gpu_total_bytes") == (31616 * per_token if has_bytes else None)
+
+
+def test_uncapped_layout_has_no_token_cap(tmp_path: Path) -> None:
+    launch = build_launch(spec_for(Layout(tp=2)), 1, h100s(), [0, 1], tmp_path, version="1.4.0")
+    assert set(launch.yaml_options["kv_cache_config"]) == {"enable_block_reuse", "free_gpu_memory_fraction"}
+
+
 # --- options mapping -----------------------------------------------------------------------
 def test_options_split_into_cli_flags_yaml_and_adapter() -> None:
     opts = split_options({
@@ -221,9 +292,17 @@ def test_cli_fraction_option_is_repeated_in_yaml(tmp_path: Path) -> None:
     assert launch.yaml_options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.5
 
 
+def test_fraction_set_as_a_yaml_key_is_also_the_cli_flag(tmp_path: Path) -> None:
+    """CLI flag and YAML carry the same fraction, so it does not matter which one a release lets win."""
+    opts = {"kv_cache_config.free_gpu_memory_fraction": "0.5"}
+    launch = build_launch(spec_for(Layout(), options=opts), 1, h100s(), [0], tmp_path)
+    assert argv_dict(launch.argv)["--kv_cache_free_gpu_memory_fraction"] == "0.5"
+    assert launch.yaml_options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.5
+
+
 def test_reserve_option_changes_the_fraction(tmp_path: Path) -> None:
-    a = build_launch(spec_for(Layout(gpu_mem_gb=16)), 1, h100s(), [0], tmp_path).kv.fraction
-    b = build_launch(spec_for(Layout(gpu_mem_gb=16), options={"mgpu.reserve_gb": "1"}), 1, h100s(), [0], tmp_path).kv.fraction
+    a = build_launch(spec_for(Layout(tp=2, gpu_mem_gb=16)), 1, h100s(), [0, 1], tmp_path).kv.fraction
+    b = build_launch(spec_for(Layout(tp=2, gpu_mem_gb=16), options={"mgpu.reserve_gb": "1"}), 1, h100s(), [0, 1], tmp_path).kv.fraction
     assert b > a
 
 
@@ -257,9 +336,36 @@ def test_model_with_weights_and_tokenizer_gets_neither_dummy_nor_synthetic(tmp_p
     assert "load_format" not in launch.yaml_options and "--tokenizer" not in launch.argv
 
 
-def test_skip_tokenizer_init_option_suppresses_synthetic_tokenizer(tmp_path: Path) -> None:
-    launch = build_launch(spec_for(Layout(), options={"skip_tokenizer_init": "true"}), 1, h100s(), [0], tmp_path)
-    assert "--tokenizer" not in launch.argv and launch.yaml_options["skip_tokenizer_init"] is True
+def test_skip_tokenizer_init_is_rejected_with_the_reason() -> None:
+    """trtllm-serve would start, then answer every completion with 400 (no tokenizer vocab size)."""
+    with pytest.raises(EngineError, match=r"skip_tokenizer_init=true.*every /v1/completions request.*400.*vocab"):
+        split_options({"skip_tokenizer_init": "true"})
+    assert split_options({"skip_tokenizer_init": "false"}).yaml == {"skip_tokenizer_init": False}
+
+
+def test_skip_tokenizer_init_on_the_command_line_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_serve(mgpu_engine):\n    pass\n")
+    r = pytester.runpytest("--mgpu-engine", "trtllm", "--mgpu-engine-opt", "skip_tokenizer_init=true", "-p", "no:cacheprovider")
+    r.stderr.fnmatch_lines(["*--mgpu-engine-opt: engine option skip_tokenizer_init=true*400*"])
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_skip_tokenizer_init_mark_is_a_collection_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.engine_opts(skip_tokenizer_init=True)
+        def test_serve(mgpu_engine):
+            pass
+
+        def test_other():
+            pass
+        """
+    )
+    r = pytester.runpytest("--mgpu-engine", "trtllm", "-p", "no:cacheprovider")
+    r.stdout.fnmatch_lines(["*ERROR collecting*", "*test_serve: engine_opts: engine option skip_tokenizer_init=true*400*"])
+    assert r.ret == pytest.ExitCode.INTERRUPTED
 
 
 def test_synthetic_tokenizer_files(tmp_path: Path) -> None:
@@ -308,38 +414,8 @@ def test_volta_fails_fast_naming_card_and_version() -> None:
 
 
 # --- lifecycle with a fake trtllm-serve ----------------------------------------------------
-FAKE_SERVE = textwrap.dedent(
-    '''
-    """Fake trtllm-serve: serves /health, and starts an 'orted' in a new session (as Open MPI's
-    singleton does with --set-sid) that spawns tp*pp-1 'MPI ranks'."""
-    import http.server, os, subprocess, sys, time
-    args = sys.argv[1:]
-    def opt(name):
-        return args[args.index(name) + 1]
-    port = int(opt("--port"))
-    assert os.path.exists(opt("--extra_llm_api_options")), "YAML must exist before launch"
-    pidfile = os.environ["FAKE_PIDFILE"]
-    nranks = int(opt("--tp_size")) * int(opt("--pp_size")) - 1
-    ORTED = (
-        "import subprocess, sys, time, os\\n"
-        "ws = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']) for _ in range(int(sys.argv[1]))]\\n"
-        "open(sys.argv[2], 'a').write(''.join(f'{p}\\\\n' for p in [os.getpid()] + [w.pid for w in ws]))\\n"
-        "time.sleep(600)\\n"
-    )
-    with open(pidfile, "a") as f:
-        f.write(f"{os.getpid()}\\n")
-    subprocess.Popen([sys.executable, "-c", ORTED, str(nranks), pidfile], start_new_session=True)
-    expected = 2 + nranks
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            ready = self.path == "/health" and len(open(pidfile).read().split()) >= expected
-            self.send_response(200 if ready else 503)
-            self.end_headers()
-        def log_message(self, *a):
-            pass
-    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-    '''
-)
+#: The fake server (tests/fake_trtllm_serve.py) and what it imitates are described in its docstring.
+FAKE_SERVE = Path(__file__).with_name("fake_trtllm_serve.py")
 
 
 def make_fake_python(tmp_path: Path) -> Path:
@@ -349,7 +425,7 @@ def make_fake_python(tmp_path: Path) -> Path:
     pkg.mkdir(parents=True)
     (site / "tensorrt_llm" / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("")
-    (pkg / "serve.py").write_text(FAKE_SERVE)
+    (pkg / "serve.py").write_text(FAKE_SERVE.read_text())
     dist = site / "tensorrt_llm-1.0.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: 1.0.0\n")
@@ -397,7 +473,9 @@ def test_start_stop_leaves_no_process(tmp_path: Path, tp: int, pp: int) -> None:
     running = eng.start(spec, h100s(4), list(range(tp * pp)), tmp_path / "logs", start_timeout_s=30)
     try:
         assert running.version == "1.0.0" and running.alive
-        pids = wait_pids(pidfile, 2 + tp * pp - 1)
+        # server, orted, and one worker per rank: TP=1 also spawns a worker (executor.py/proxy.py)
+        pids = wait_pids(pidfile, 2 + tp * pp)
+        assert len(pids) == 2 + tp * pp
         assert all(alive(p) for p in pids)
         assert (tmp_path / "logs" / f"trtllm-{spec.layout.id}-{running.base_url.rsplit(':', 1)[1]}.yaml").exists()
         assert os.getpgid(pids[1]) != running.pid  # the 'orted' really left our group
@@ -419,12 +497,12 @@ def test_killpg_alone_would_leak_the_mpi_daemon(tmp_path: Path) -> None:
     )
     eng = TrtllmAdapter()
     running = eng.start(spec, h100s(2), [0, 1], tmp_path / "logs", start_timeout_s=30)
-    pids = wait_pids(pidfile, 3)
+    pids = wait_pids(pidfile, 4)
     try:
         assert running.process is not None
         kill_group(running.process, grace_s=5.0)
         assert not alive(pids[0])
-        assert alive(pids[1]) and alive(pids[2])
+        assert all(alive(p) for p in pids[1:])  # orted and both ranks survive the group kill
     finally:
         eng.stop(running)
     deadline = time.monotonic() + 5
@@ -445,7 +523,7 @@ def test_stop_finds_ranks_by_parentage_without_the_tag(tmp_path: Path, monkeypat
     )
     eng = TrtllmAdapter()
     running = eng.start(spec, h100s(2), [0, 1], tmp_path / "logs", start_timeout_s=30)
-    pids = wait_pids(pidfile, 3)
+    pids = wait_pids(pidfile, 4)
     monkeypatch.setattr(mod, "tagged_processes", lambda tag: {})
     assert set(pids[1:]) <= set(mod.descendants(running.pid))
     eng.stop(running)
@@ -453,6 +531,111 @@ def test_stop_finds_ranks_by_parentage_without_the_tag(tmp_path: Path, monkeypat
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     assert [p for p in pids if alive(p)] == []
+
+
+def fake_spec(py: Path, pidfile: Path, layout: Layout, **env: str) -> EngineSpec:
+    """An engine spec for the fake server (tiny-llama), with its knobs as engine environment."""
+    return EngineSpec(
+        engine="trtllm", model=resolve_model("tiny-llama"), layout=layout,
+        env=tuple(sorted({"FAKE_PIDFILE": str(pidfile), **env}.items())), python=str(py),
+    )
+
+
+def assert_all_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert [p for p in pids if alive(p)] == []
+
+
+#: Variables Open MPI (HPC-X), PMIx/PRRTE, UCX and TensorRT-LLM read; NVIDIA's images set several.
+MPI_AND_TRTLLM_ENV = {
+    "OPAL_PREFIX": "/opt/hpcx/ompi",
+    "PRTE_MCA_prte_tmpdir_base": "/tmp/prte",
+    "HPCX_DIR": "/opt/hpcx",
+    "OMPI_MCA_btl_tcp_if_include": "lo",
+    "PMIX_MCA_gds": "hash",
+    "UCX_TLS": "tcp,self",
+    "TRTLLM_ENABLE_PDL": "1",
+    "TLLM_LOG_LEVEL": "INFO",
+}
+
+
+def test_engine_environment_forwards_what_mpi_and_trtllm_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in MPI_AND_TRTLLM_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("UNRELATED_TOKEN", "not for the engine")
+    spec = EngineSpec(
+        engine="trtllm", model=resolve_model("llama-2-7b"), layout=Layout(), env=(("OPAL_PREFIX", "/mine"),),
+    )
+    env = TrtllmAdapter().environment(spec, [0], h100s(1))
+    assert {k: env.get(k) for k in MPI_AND_TRTLLM_ENV} == {**MPI_AND_TRTLLM_ENV, "OPAL_PREFIX": "/mine"}  # user's wins
+    assert "UNRELATED_TOKEN" not in env
+
+
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1)])
+def test_forwarded_environment_reaches_orted_and_every_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tp: int, pp: int
+) -> None:
+    """The fake fails to start without OPAL_PREFIX, like a relocated Open MPI that cannot find orted."""
+    for k, v in MPI_AND_TRTLLM_ENV.items():
+        monkeypatch.setenv(k, v)
+    py, pidfile, dump = make_fake_python(tmp_path), tmp_path / "pids", tmp_path / "env"
+    dump.mkdir()
+    spec = fake_spec(py, pidfile, Layout(tp=tp, pp=pp), FAKE_ENV_DUMP=str(dump), FAKE_REQUIRE_ENV="OPAL_PREFIX")
+    eng = TrtllmAdapter()
+    eng.stop_timeout_s = 5.0
+    running = eng.start(spec, h100s(4), list(range(tp * pp)), tmp_path / "logs", start_timeout_s=30)
+    try:
+        pids = wait_pids(pidfile, 2 + tp * pp)
+        for name in ["orted"] + [f"rank{i}" for i in range(tp * pp)]:
+            seen = json.loads((dump / f"{name}.json").read_text())
+            assert {k: seen.get(k) for k in MPI_AND_TRTLLM_ENV} == MPI_AND_TRTLLM_ENV, name
+    finally:
+        eng.stop(running)
+    assert_all_gone(pids)
+
+
+def test_start_waits_through_503_starting(tmp_path: Path) -> None:
+    """Recent trtllm-serve listens at once and answers 503 (starting) until the engine is built."""
+    py, pidfile = make_fake_python(tmp_path), tmp_path / "pids"
+    eng = TrtllmAdapter()
+    eng.stop_timeout_s = 5.0
+    running = eng.start(fake_spec(py, pidfile, Layout(), FAKE_STARTING_S="1.0"), h100s(1), [0], tmp_path / "logs", 30)
+    try:
+        assert running.alive and running.started_s >= 1.0
+        assert running.log_path.read_text().count("fake trtllm-serve: 503 starting") >= 2
+    finally:
+        eng.stop(running)
+    assert_all_gone(wait_pids(pidfile, 3))
+
+
+def test_start_timeout_names_the_last_health_answer(tmp_path: Path) -> None:
+    """Stuck in 503 starting: the error says the server was listening and initializing, not dead."""
+    py, pidfile = make_fake_python(tmp_path), tmp_path / "pids"
+    eng = TrtllmAdapter()
+    eng.stop_timeout_s = 5.0
+    with pytest.raises(EngineError) as info:
+        eng.start(fake_spec(py, pidfile, Layout(), FAKE_STARTING_S="600"), h100s(1), [0], tmp_path / "logs", 3)
+    msg = str(info.value).split("\n--- last")[0]
+    assert "did not become ready within 3s (tp1-pp1)" in msg
+    assert "last answer to /health: HTTP 503" in msg and "still initializing" in msg
+    assert_all_gone(wait_pids(pidfile, 3))
+
+
+def test_server_log_that_shortens_max_seq_len_fails_the_start(tmp_path: Path) -> None:
+    """Whatever the arithmetic said, TensorRT-LLM's own warning is the final word (resource_manager.py)."""
+    py, pidfile = make_fake_python(tmp_path), tmp_path / "pids"
+    line = "[TRT-LLM] [W] Adjusted max_seq_len to 1024"
+    eng = TrtllmAdapter()
+    eng.stop_timeout_s = 5.0
+    with pytest.raises(EngineError) as info:
+        eng.start(fake_spec(py, pidfile, Layout(), FAKE_RANK_LOG=line), h100s(1), [0], tmp_path / "logs", 30)
+    msg = str(info.value).split("\n--- last")[0]
+    assert "TensorRT-LLM lowered max_seq_len from 2048 to 1024" in msg
+    assert "KV cache" in msg and "max_seq_len=1024" in msg
+    assert line in str(info.value)  # the log tail shows TensorRT-LLM's own line
+    assert_all_gone(wait_pids(pidfile, 3))
 
 
 def test_root_gets_open_mpi_consent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -496,6 +679,28 @@ def test_recorded_stream_shape(name: str) -> None:
         assert all("usage" in b and b["usage"] is None for b in bodies[:5])  # explicit nulls
     if name.endswith("continuous_usage.txt"):
         assert [b["usage"]["completion_tokens"] for b in bodies[:5]] == [1, 2, 3, 4, 5]
+
+
+#: What trtllm-serve streams for these ids with the synthetic tokenizer: each chunk is the text the
+#: incremental detokenizer adds (tokenizer.py, hf_decode_incrementally: one DecodeStream.step per
+#: token). The first step decodes one token alone, so there is no leading space.
+STREAM_TOKEN_IDS = [4711, 902, 15, 23001, 318]
+STREAM_TEXTS = ["t4711", " t902", " t15", " t23001", " t318"]
+
+
+@pytest.mark.parametrize("name", [n for n in STREAMS if n.startswith("trtllm")])
+def test_recorded_trtllm_chunks_carry_the_detokenized_text(name: str) -> None:
+    bodies = [json.loads(e[len(b"data: "):]) for e in recorded_events(name)[:-1]]
+    assert [b["choices"][0]["text"] for b in bodies if b["choices"]] == STREAM_TEXTS
+
+
+def test_stream_texts_are_what_tokenizers_decode_stream_gives(tmp_path: Path) -> None:
+    """Checked with the library trtllm-serve uses (skipped where ``tokenizers`` is not installed)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    decoders = pytest.importorskip("tokenizers.decoders")
+    tok = tokenizers.Tokenizer.from_file(str(write_synthetic_tokenizer(tmp_path / "tok", 32000) / "tokenizer.json"))
+    stream = decoders.DecodeStream(skip_special_tokens=False)
+    assert [stream.step(tok, i) for i in STREAM_TOKEN_IDS] == STREAM_TEXTS
 
 
 @pytest.mark.parametrize("name", STREAMS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 from .base import EngineAdapter, EngineSpec, RunningEngine
 
@@ -25,4 +26,18 @@ def get_adapter(name: str) -> EngineAdapter:
     return adapter
 
 
-__all__ = ["ADAPTERS", "EngineAdapter", "EngineSpec", "RunningEngine", "get_adapter"]
+def check_engine_options(name: str, options: Mapping[str, str]) -> None:
+    """Let the adapter reject engine options before any engine starts (EngineError).
+
+    Adapters opt in with a static ``check_options(options)``; the others accept anything here.
+    """
+    target = ADAPTERS.get(name)
+    if target is None or not options:
+        return
+    module, _, cls = target.partition(":")
+    check = getattr(getattr(importlib.import_module(module), cls), "check_options", None)
+    if check is not None:
+        check(options)
+
+
+__all__ = ["ADAPTERS", "EngineAdapter", "EngineSpec", "RunningEngine", "check_engine_options", "get_adapter"]

@@ -178,10 +178,15 @@ class EngineAdapter:
         return running
 
     def wait_ready(self, running: RunningEngine, timeout_s: float) -> None:
-        """Poll the health endpoint until 200; raise EngineError if the process dies or time runs out."""
+        """Poll the health endpoint until 200; raise EngineError if the process dies or time runs out.
+
+        Any other answer (e.g. 503 from a server that listens while it loads the model) or no
+        connection at all means "not ready yet"; the last one is named if time runs out.
+        """
         url = running.base_url + self.health_path
         deadline = time.monotonic() + timeout_s
         delay = 0.05
+        last = "none (nothing listening yet)"
         while True:
             assert running.process is not None
             rc = running.process.poll()
@@ -194,12 +199,15 @@ class EngineAdapter:
                 with urllib.request.urlopen(url, timeout=2.0) as resp:
                     if resp.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
-                pass
+                    last = f"HTTP {resp.status}"
+            except urllib.error.HTTPError as exc:
+                last = http_error_summary(exc)
+            except (urllib.error.URLError, ConnectionError, OSError, TimeoutError) as exc:
+                last = f"no answer ({getattr(exc, 'reason', exc)})"
             if time.monotonic() >= deadline:
                 raise EngineError(
                     f"{running.name} did not become ready within {timeout_s:.0f}s ({running.layout.id}); "
-                    f"raise --mgpu-start-timeout if it is only slow",
+                    f"last answer to {self.health_path}: {last}; raise --mgpu-start-timeout if it is only slow",
                     running.log_path,
                 )
             time.sleep(delay)
@@ -212,6 +220,17 @@ class EngineAdapter:
             kill_group(proc, self.stop_timeout_s)
         if check_memory and running.memory_before_mb:
             wait_memory_back(running.memory_before_mb, timeout_s=self.memory_timeout_s)
+
+
+def http_error_summary(exc: urllib.error.HTTPError, limit: int = 240) -> str:
+    """``HTTP <code> <body start>`` of an error answer, on one line; closes the response."""
+    try:
+        body = exc.read(limit).decode("utf-8", "replace")
+    except OSError:
+        body = ""
+    finally:
+        exc.close()
+    return " ".join(f"HTTP {exc.code} {body}".split())
 
 
 def _group_alive(pgid: int) -> bool:

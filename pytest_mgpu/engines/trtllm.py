@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import time
 import uuid
@@ -59,6 +60,17 @@ DEFAULT_KV_FRACTION = 0.9
 DEFAULT_RESERVE_GIB = 2.0
 KV_FRACTION_MIN = 0.01
 KV_FRACTION_MAX = 0.95
+#: ``KvCacheConfig.tokens_per_block`` default: the KV cache is allocated in blocks of this many tokens.
+KV_TOKENS_PER_BLOCK = 32
+#: Bytes per KV-cache element for ``kv_cache_config.dtype`` values other than ``auto`` (NVFP4: 4-bit
+#: values plus one FP8 scale per 16).
+KV_DTYPE_BYTES: dict[str, float] = {"fp8": 1, "fp8_ds_mla": 1, "int8": 1, "nvfp4": 0.5 + 1 / 16}
+#: First release whose ``KvCacheConfig`` is documented with ``max_gpu_total_bytes`` (the 1.3.0rc27
+#: LLM API reference); older ones get only ``max_tokens``, which every release read honours.
+MAX_GPU_TOTAL_BYTES_SINCE = "1.3.0rc27"
+#: TensorRT-LLM's warning when the KV cache cannot hold one max_seq_len sequence and it lowers
+#: max_seq_len instead of failing (``KVCacheManager._validate_and_adjust_attention_windows``).
+MAX_SEQ_LEN_ADJUSTED = re.compile(r"Adjusted max_seq_len to (\d+)")
 
 GIB = 2**30
 
@@ -93,6 +105,21 @@ RESERVED_OPTIONS: dict[str, str] = {
 }
 #: Adapter-only options (prefix ``mgpu.``), never passed to TensorRT-LLM.
 ADAPTER_OPTIONS = ("mgpu.reserve_gb",)
+#: Options TensorRT-LLM accepts but that break the measurement when true (option -> why).
+REJECTED_WHEN_TRUE: dict[str, str] = {
+    "skip_tokenizer_init": (
+        "trtllm-serve would start, then answer every /v1/completions request with 400, because each "
+        "request reads the tokenizer's vocab size (serve/openai_server.py, openai_completion) and there "
+        "is no tokenizer; config-only models get a synthetic tokenizer instead, so drop the option "
+        "(or pass tokenizer=DIR)"
+    ),
+}
+
+#: Environment prefixes forwarded to trtllm-serve besides base.py's list. Every start spawns its
+#: ranks through mpi4py (TP=1 included): Open MPI/HPC-X (``OPAL_PREFIX`` relocates the install and
+#: lets the singleton find ``orted``), PRRTE/PMIx (Open MPI 5), UCX, and TensorRT-LLM's own
+#: ``TRTLLM*``/``TLLM*`` (``MpiPoolSession`` forwards those two prefixes on to the workers).
+ENGINE_ENV_PREFIXES = ("OMPI_", "OPAL_", "PRTE_", "PMIX_", "UCX_", "HPCX_", "TRTLLM", "TLLM")
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -149,6 +176,8 @@ def split_options(options: Mapping[str, str]) -> SplitOptions:
         if key in RESERVED_OPTIONS:
             raise EngineError(f"engine option {key!r} cannot be set for trtllm: {RESERVED_OPTIONS[key]}")
         value = parse_value(raw)
+        if key in REJECTED_WHEN_TRUE and value is True:
+            raise EngineError(f"engine option {key}=true cannot be used with trtllm: {REJECTED_WHEN_TRUE[key]}")
         if key.startswith("mgpu."):
             if key not in ADAPTER_OPTIONS:
                 raise EngineError(f"unknown adapter option {key!r}; known: {', '.join(ADAPTER_OPTIONS)}")
@@ -163,6 +192,11 @@ def split_options(options: Mapping[str, str]) -> SplitOptions:
         else:
             set_nested(out.yaml, key, value)
     return out
+
+
+def check_options(options: Mapping[str, str]) -> None:
+    """Reject options trtllm cannot take (EngineError), before any engine starts."""
+    split_options(options)
 
 
 # --- memory arithmetic ----------------------------------------------------------------------
@@ -245,6 +279,91 @@ def kv_cache_fraction(
     )
 
 
+@dataclass(frozen=True)
+class KvCapacity:
+    """What the KV budget of a capped layout holds, on its busiest GPU."""
+
+    kv_bytes: int
+    bytes_per_token: int
+
+    @property
+    def raw_tokens(self) -> int:
+        """Tokens the KV bytes hold."""
+        return self.kv_bytes // self.bytes_per_token
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in whole KV-cache blocks: the most one sequence can use."""
+        return self.raw_tokens // KV_TOKENS_PER_BLOCK * KV_TOKENS_PER_BLOCK
+
+
+def kv_bytes_per_token(
+    config: Mapping[str, Any], layout: Layout, kv_dtype: Any = None, dtype: Any = None
+) -> int:
+    """KV-cache bytes per token on the GPU holding the most layers.
+
+    K and V for ``ceil(layers / pp)`` layers of ``ceil(kv_heads / tp)`` heads, as TensorRT-LLM's
+    ``KVCacheManager`` counts them; ``kv_dtype`` is ``kv_cache_config.dtype`` (``auto``: the
+    model's dtype).
+    """
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    layers = math.ceil(int(config["num_hidden_layers"]) / layout.pp)
+    name = str(kv_dtype or "auto").lower()
+    try:
+        nbytes = KV_DTYPE_BYTES[name] if name in KV_DTYPE_BYTES else weight_dtype_bytes(config, dtype)
+    except ModelError as exc:
+        raise EngineError(str(exc)) from None
+    return math.ceil(2 * layers * math.ceil(kv_heads / layout.tp) * head_dim * nbytes)
+
+
+def kv_capacity(
+    budget: KvBudget, config: Mapping[str, Any], layout: Layout, kv_dtype: Any = None, dtype: Any = None
+) -> KvCapacity:
+    """The tokens a capped layout's KV budget (``budget.kv_gib`` per GPU) holds."""
+    assert budget.kv_gib is not None, "only a capped layout has a KV budget"
+    return KvCapacity(
+        kv_bytes=round(budget.kv_gib * GIB), bytes_per_token=kv_bytes_per_token(config, layout, kv_dtype, dtype)
+    )
+
+
+def check_max_seq_len(layout: Layout, budget: KvBudget, cap: KvCapacity, max_seq_len: int) -> None:
+    """Fail (EngineError, with the numbers) when one max_seq_len sequence cannot fit the KV cache.
+
+    TensorRT-LLM does not fail then: it lowers max_seq_len to what the cache holds
+    (``fail_fast_on_attention_window_too_large`` defaults to false), and the measurement would
+    silently run a different engine.
+    """
+    if cap.tokens >= max_seq_len:
+        return
+    assert budget.weights_gib is not None and budget.reserve_gib is not None
+    need_tokens = math.ceil(max_seq_len / KV_TOKENS_PER_BLOCK) * KV_TOKENS_PER_BLOCK
+    need_gib = budget.weights_gib + budget.reserve_gib + need_tokens * cap.bytes_per_token / GIB
+    fit = f"max_seq_len={cap.tokens}"
+    raise EngineError(
+        f"layout {layout.id}: the {budget.cap_gib:g} GiB cap leaves {cap.kv_bytes / GIB:.2f} GiB of KV cache per GPU "
+        f"(after {budget.weights_gib:.2f} GiB of weights and a {budget.reserve_gib:g} GiB reserve): "
+        f"{cap.tokens} tokens at {cap.bytes_per_token / 1024:g} KiB per token, fewer than max_seq_len {max_seq_len}. "
+        f"TensorRT-LLM would not fail: it would lower max_seq_len to what the KV cache holds "
+        f"(fail_fast_on_attention_window_too_large is off by default). Set --mgpu-engine-opt {fit} "
+        f"(or @pytest.mark.engine_opts({fit})), raise gpu_mem_gb to at least {math.ceil(need_gib * 10) / 10:g}, "
+        f"or use more GPUs"
+    )
+
+
+def has_max_gpu_total_bytes(version: str | None) -> bool:
+    """Whether this TensorRT-LLM release is known to have ``kv_cache_config.max_gpu_total_bytes``."""
+    from packaging.version import InvalidVersion, Version
+
+    if not version:
+        return False
+    try:
+        return Version(version) >= Version(MAX_GPU_TOTAL_BYTES_SINCE)
+    except InvalidVersion:
+        return False
+
+
 # --- model directory ------------------------------------------------------------------------
 def has_weights(model_dir: Path) -> bool:
     """Whether the directory holds weight files (else it is config-only: dummy weights)."""
@@ -300,6 +419,8 @@ class TrtllmLaunch:
     yaml_path: Path
     kv: KvBudget
     tokenizer_dir: Path | None = None
+    max_seq_len: int = 0
+    kv_capacity: KvCapacity | None = None
 
 
 def serve_argv_prefix(python: str) -> list[str]:
@@ -324,8 +445,13 @@ def build_launch(
     inventory: GpuInventory,
     gpu_ids: Sequence[int],
     work_dir: Path,
+    version: str | None = None,
 ) -> TrtllmLaunch:
-    """Build the ``trtllm-serve`` command line and its YAML (pure apart from naming files)."""
+    """Build the ``trtllm-serve`` command line and its YAML (pure apart from naming files).
+
+    ``version`` is TensorRT-LLM's, when known: it decides whether the per-GPU cap also goes in as
+    ``max_gpu_total_bytes``. A capped layout whose KV cache cannot hold max_seq_len is an error.
+    """
     model: Model = spec.model
     config = model.config
     opts = split_options(spec.options_dict)
@@ -347,18 +473,40 @@ def build_launch(
         "--kv_cache_free_gpu_memory_fraction": kv.fraction,
     }
     cli.update(opts.cli)
+    # One fraction on both sides: releases differ on whether the YAML's kv_cache_config replaces
+    # the CLI-built one, is merged into it, or loses to an explicit CLI flag (docs/trtllm.md).
+    user_kv = opts.yaml.get("kv_cache_config")
+    yaml_fraction = user_kv.get("free_gpu_memory_fraction") if isinstance(user_kv, dict) else None
+    if yaml_fraction is not None:
+        flag = "--kv_cache_free_gpu_memory_fraction"
+        if flag in opts.cli and opts.cli[flag] != yaml_fraction:
+            raise EngineError(
+                f"engine options set the KV-cache fraction twice ({opts.cli[flag]} and "
+                f"kv_cache_config.free_gpu_memory_fraction={yaml_fraction}); set it once"
+            )
+        cli[flag] = yaml_fraction
     fraction = cli["--kv_cache_free_gpu_memory_fraction"]
 
+    kv_config: dict[str, Any] = {"enable_block_reuse": False, "free_gpu_memory_fraction": fraction}
+    capacity: KvCapacity | None = None
+    if kv.kv_gib is not None:
+        # The cap as a token (and, where the release has it, byte) limit per GPU: unlike the free
+        # fraction it does not depend on the card's total or free memory. Both are upper bounds.
+        kv_dtype = user_kv.get("dtype") if isinstance(user_kv, dict) else None
+        capacity = kv_capacity(kv, config, spec.layout, kv_dtype=kv_dtype, dtype=opts.yaml.get("dtype"))
+        check_max_seq_len(spec.layout, kv, capacity, int(cli["--max_seq_len"]))
+        kv_config["max_tokens"] = capacity.tokens
+        if has_max_gpu_total_bytes(version):
+            kv_config["max_gpu_total_bytes"] = capacity.tokens * capacity.bytes_per_token
+
     tokenizer_dir: Path | None = None
-    if "--tokenizer" not in cli and not has_tokenizer(model.path) and not opts.yaml.get("skip_tokenizer_init"):
+    if "--tokenizer" not in cli and not has_tokenizer(model.path):
         tokenizer_dir = write_synthetic_tokenizer(work_dir / f"tokenizer-{model.name}", model.vocab_size)
         cli["--tokenizer"] = str(tokenizer_dir)
 
-    # trtllm-serve merges this YAML over its CLI-built arguments with a *shallow* dict union,
-    # so a kv_cache_config here replaces the one built from the CLI fraction: repeat it.
-    base_yaml: dict[str, Any] = {
-        "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": fraction},
-    }
+    # Older trtllm-serve releases merge this YAML over the CLI-built arguments with a *shallow*
+    # union, so a kv_cache_config here replaces the CLI-built one: the fraction is repeated.
+    base_yaml: dict[str, Any] = {"kv_cache_config": kv_config}
     if not has_weights(model.path):
         base_yaml["load_format"] = "dummy"
     yaml_options = deep_merge(base_yaml, opts.yaml)
@@ -369,7 +517,10 @@ def build_launch(
         argv += [flag, str(value)]
     argv += opts.flags
     argv += ["--extra_llm_api_options", str(yaml_path)]
-    return TrtllmLaunch(argv=argv, yaml_options=yaml_options, yaml_path=yaml_path, kv=kv, tokenizer_dir=tokenizer_dir)
+    return TrtllmLaunch(
+        argv=argv, yaml_options=yaml_options, yaml_path=yaml_path, kv=kv, tokenizer_dir=tokenizer_dir,
+        max_seq_len=int(cli["--max_seq_len"]), kv_capacity=capacity,
+    )
 
 
 def write_yaml(launch: TrtllmLaunch) -> None:
@@ -378,6 +529,9 @@ def write_yaml(launch: TrtllmLaunch) -> None:
 
     launch.yaml_path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# written by pytest-mgpu for trtllm-serve --extra_llm_api_options\n# {launch.kv.describe()}\n"
+    if launch.kv_capacity is not None:
+        c = launch.kv_capacity
+        header += f"# KV cap: {c.kv_bytes} B / {c.bytes_per_token} B per token = {c.tokens} tokens in whole blocks\n"
     launch.yaml_path.write_text(header + yaml.safe_dump(launch.yaml_options, sort_keys=True))
 
 
@@ -468,6 +622,16 @@ def kill_stragglers(procs: Mapping[int, int], grace_s: float = 10.0) -> list[int
     return hit
 
 
+def lowered_max_seq_len(log_path: Path) -> int | None:
+    """The smallest max_seq_len TensorRT-LLM says (in the engine log) it lowered itself to, or None."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = [int(m.group(1)) for m in MAX_SEQ_LEN_ADJUSTED.finditer(text)]
+    return min(found) if found else None
+
+
 # --- the adapter ----------------------------------------------------------------------------
 class TrtllmAdapter(EngineAdapter):
     """``trtllm-serve`` with the PyTorch backend, one process tree per layout.
@@ -490,13 +654,17 @@ class TrtllmAdapter(EngineAdapter):
         self._work_dir: Path | None = None
         self._tag: str = uuid.uuid4().hex
         self._tags: dict[int, str] = {}
+        self._version: str | None = None
         self.last_launch: TrtllmLaunch | None = None
+
+    check_options = staticmethod(check_options)
 
     def version(self, python: str) -> str:
         """``tensorrt_llm``'s version for ``python``; EngineUnavailable with an install hint."""
         v = python_dist_version(python, DISTS)
         if v is None:
             raise EngineUnavailable(f"TensorRT-LLM (tensorrt_llm) is not installed for {python}; {INSTALL_HINT}")
+        self._version = v
         return v
 
     def check_supported(self, spec: EngineSpec, inventory: GpuInventory, version: str) -> None:
@@ -519,8 +687,12 @@ class TrtllmAdapter(EngineAdapter):
             )
 
     def environment(self, spec: EngineSpec, gpu_ids: Sequence[int], inventory: GpuInventory) -> dict[str, str]:
-        """Base environment plus the process tag and Open MPI's run-as-root consent when root."""
+        """Base environment plus MPI's and TensorRT-LLM's variables, the process tag, and Open
+        MPI's run-as-root consent when root. ``--mgpu-engine-env`` values win."""
         env = super().environment(spec, gpu_ids, inventory)
+        for key, value in os.environ.items():
+            if key.startswith(ENGINE_ENV_PREFIXES):
+                env.setdefault(key, value)
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # Open MPI refuses to run as root without both (TensorRT-LLM's containers set them).
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -535,7 +707,7 @@ class TrtllmAdapter(EngineAdapter):
     def command(self, spec: EngineSpec, port: int, inventory: GpuInventory, gpu_ids: Sequence[int]) -> list[str]:
         """Build the argv, and write the YAML it names."""
         work_dir = self._work_dir or Path.cwd() / ".mgpu"
-        launch = build_launch(spec, port, inventory, gpu_ids, work_dir)
+        launch = build_launch(spec, port, inventory, gpu_ids, work_dir, version=self._version)
         write_yaml(launch)
         self.last_launch = launch
         return launch.argv
@@ -553,6 +725,20 @@ class TrtllmAdapter(EngineAdapter):
         running = super().start(spec, inventory, gpu_ids, log_dir, start_timeout_s)
         self._tags[running.pid] = self._tag
         return running
+
+    def wait_ready(self, running: RunningEngine, timeout_s: float) -> None:
+        """Wait for /health (503 while starting is fine), then fail if the log says max_seq_len was lowered."""
+        super().wait_ready(running, timeout_s)
+        lowered = lowered_max_seq_len(running.log_path)
+        requested = self.last_launch.max_seq_len if self.last_launch is not None else 0
+        if lowered is not None and lowered < requested:
+            raise EngineError(
+                f"TensorRT-LLM lowered max_seq_len from {requested} to {lowered} ({running.layout.id}): its KV cache "
+                f"cannot hold one sequence of {requested} tokens, and it shortens the limit instead of failing. "
+                f"Set max_seq_len={lowered} as an engine option, or give the KV cache more memory "
+                f"(gpu_mem_gb, kv_cache_free_gpu_memory_fraction, more GPUs)",
+                running.log_path,
+            )
 
     def stop(self, running: RunningEngine, check_memory: bool = True) -> None:
         """Kill the process group, then any tagged process outside it, then wait for memory."""

@@ -7,9 +7,26 @@ from typing import Any
 
 from .engines import RunningEngine
 from .errors import EngineError
-from .metrics import invalid_reason, summarize
+from .metrics import RequestRecord, invalid_reason, summarize
+from .prompts import PromptSet, build_prompts, resolve_mode
 from .results import BenchResult, RepeatResult
 from .workload import Workload
+
+
+def prompt_len_mismatch(records: list[RequestRecord], expected: list[int]) -> str | None:
+    """Why the server's prompt token counts differ from those the prompts were built with, or None.
+
+    A text prompt that the server tokenizes to another length means its tokenizer is not the one
+    the prompts were built for: the run measured other prompts than it says.
+    """
+    bad = [(i, r.prompt_len, e) for i, (r, e) in enumerate(zip(records, expected)) if r.success and r.prompt_len != e]
+    if not bad:
+        return None
+    i, got, want = bad[0]
+    return (
+        f"{len(bad)} of {len(records)} requests had another prompt length on the server than sent "
+        f"(request {i}: {got} tokens, expected {want}); the engine's tokenizer does not match the prompts"
+    )
 
 
 class Bench:
@@ -26,6 +43,7 @@ class Bench:
         request_timeout_s: float,
         env: dict[str, Any],
         record: Callable[[BenchResult], None],
+        prompt: str | None = None,
     ) -> None:
         self.engine = engine
         self.nodeid = nodeid
@@ -35,7 +53,10 @@ class Bench:
         self.request_timeout_s = request_timeout_s
         self.env = env
         self._record = record
+        #: ``--mgpu-prompt``: ``text``, ``token-ids``, or None for text where the engine can tokenize.
+        self.prompt = prompt
         self.results: list[BenchResult] = []
+        self._prompts: dict[Workload, PromptSet] = {}
 
     def run(
         self,
@@ -50,16 +71,20 @@ class Bench:
         seed: int = 0,
         label: str | None = None,
         repeats: int | None = None,
+        prompt: str | None = None,
     ) -> BenchResult:
         """Measure a workload ``repeats`` times (default ``--mgpu-repeats``) and return the result.
 
-        ``request_rate=math.inf`` sends every request at once (largest batch). The result is
-        checked against the baseline after the test body returns.
+        ``request_rate=math.inf`` sends every request at once (largest batch). ``prompt`` is
+        ``"text"`` (through the engine's tokenizer) or ``"token-ids"``; by default ``--mgpu-prompt``,
+        else text where the engine can tokenize. The result is checked against the baseline after
+        the test body returns.
         """
+        mode = resolve_mode(prompt if prompt is not None else self.prompt, self.engine.tokenizer, self.engine.name)
         workload = Workload(
             input_len=input_len, output_len=output_len, num_requests=num_requests,
             request_rate=float(request_rate), burstiness=burstiness, max_concurrency=max_concurrency,
-            warmup_requests=warmup_requests, seed=seed, vocab_size=self.engine.model.vocab_size,
+            warmup_requests=warmup_requests, seed=seed, vocab_size=self.engine.model.vocab_size, prompt=mode,
         )
         if label is not None and not label.strip():
             raise ValueError("label must be a non-empty string or None")
@@ -84,13 +109,15 @@ class Bench:
         from .client import run_workload  # lazy: pulls in aiohttp
 
         out: list[RepeatResult] = []
+        prompts = self.prompts_for(workload)
         for _ in range(repeats):
             if not self.engine.alive:
                 raise EngineError(
                     f"{self.engine.name} ({self.engine.layout.id}) is not running", self.engine.log_path
                 )
             outcome = run_workload(
-                self.engine.base_url, self.engine.model.name, workload, timeout_s=self.request_timeout_s
+                self.engine.base_url, self.engine.model.name, workload, timeout_s=self.request_timeout_s,
+                prompts=(prompts.measured, prompts.warmup),
             )
             if not self.engine.alive:
                 raise EngineError(
@@ -99,5 +126,12 @@ class Bench:
                 )
             summary = summarize(outcome.records, self.engine.num_gpus, outcome.dispatch_start)
             reason = invalid_reason(outcome.records, workload.num_requests, workload.output_len)
+            reason = reason or prompt_len_mismatch(outcome.records, prompts.expected_lens)
             out.append(RepeatResult(summary=summary, invalid=reason, records=outcome.records))
         return out
+
+    def prompts_for(self, workload: Workload) -> PromptSet:
+        """The workload's prompts in its mode, built once per workload (repeats send the same ones)."""
+        if workload not in self._prompts:
+            self._prompts[workload] = build_prompts(workload, self.engine.tokenizer, self.engine.base_url)
+        return self._prompts[workload]

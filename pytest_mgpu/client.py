@@ -225,12 +225,15 @@ class RunOutcome:
 
 
 def request_body(
-    model: str, prompt: Sequence[int], output_len: int, extra_body: dict[str, Any] | None = None
+    model: str, prompt: str | Sequence[int], output_len: int, extra_body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The JSON body of one streamed ``/v1/completions`` request (as ``vllm bench serve``)."""
+    """The JSON body of one streamed ``/v1/completions`` request (as ``vllm bench serve``).
+
+    ``prompt`` is text (the server tokenizes it) or a sequence of token ids.
+    """
     body: dict[str, Any] = {
         "model": model,
-        "prompt": list(prompt),
+        "prompt": prompt if isinstance(prompt, str) else list(prompt),
         "max_tokens": output_len,
         "ignore_eos": True,
         "temperature": 0.0,
@@ -379,6 +382,7 @@ async def run_requests(
     *,
     timeout_s: float = 600.0,
     extra_body: dict[str, Any] | None = None,
+    prompts: tuple[Sequence[str | Sequence[int]], Sequence[str | Sequence[int]]] | None = None,
 ) -> RunOutcome:
     """Send ``workload`` to ``{base_url}/v1/completions`` and record every request.
 
@@ -386,6 +390,9 @@ async def run_requests(
     awaited first; then the measured requests on ``workload.arrival_offsets()``, at most
     ``workload.max_concurrency`` in flight. ``timeout_s`` bounds the whole run: a request still
     open then is recorded with the error ``"timeout after Ns"``; this never hangs.
+    ``prompts`` (measured, warm-up) replaces the workload's token-id prompts, e.g. with text
+    (:func:`pytest_mgpu.prompts.build_prompts`); a text prompt counts ``input_len`` tokens until
+    the server's ``usage.prompt_tokens`` says otherwise.
     """
     import aiohttp  # lazy: heavy, and the SSE parsing above is used without it
 
@@ -397,15 +404,24 @@ async def run_requests(
     n = workload.num_requests
     w = workload.warmup_requests
     # Prompt streams: offset 0 for measured requests, 1 for warm-up, so they never coincide.
-    measured_prompts = workload.prompts(n, offset=0)
-    warm_prompts = workload.prompts(w, offset=1) if w else []
+    if prompts is not None:
+        measured_prompts, warm_prompts = list(prompts[0]), list(prompts[1])
+        if (len(measured_prompts), len(warm_prompts)) != (n, w):
+            raise ValueError(f"prompts has {len(measured_prompts)}+{len(warm_prompts)} entries, the workload {n}+{w}")
+    else:
+        measured_prompts = list(workload.prompts(n, offset=0))
+        warm_prompts = list(workload.prompts(w, offset=1)) if w else []
     offsets = workload.arrival_offsets()
 
-    def encode(prompts: list[list[int]]) -> list[bytes]:
-        return [json.dumps(request_body(model, p, out_len, extra_body)).encode() for p in prompts]
+    def encode(ps: list[str | Sequence[int]]) -> list[bytes]:
+        return [json.dumps(request_body(model, p, out_len, extra_body)).encode() for p in ps]
 
-    def new_records(prompts: list[list[int]]) -> list[RequestRecord]:
-        return [RequestRecord(prompt_len=len(p), expected_output_len=out_len, start=0.0) for p in prompts]
+    def new_records(ps: list[str | Sequence[int]]) -> list[RequestRecord]:
+        return [
+            RequestRecord(prompt_len=workload.input_len if isinstance(p, str) else len(p),
+                          expected_output_len=out_len, start=0.0)
+            for p in ps
+        ]
 
     warm_bodies, bodies = encode(warm_prompts), encode(measured_prompts)
     warm_recs, recs = new_records(warm_prompts), new_records(measured_prompts)
@@ -449,8 +465,9 @@ def run_workload(
     *,
     timeout_s: float = 600.0,
     extra_body: dict[str, Any] | None = None,
+    prompts: tuple[Sequence[str | Sequence[int]], Sequence[str | Sequence[int]]] | None = None,
 ) -> RunOutcome:
     """Synchronous :func:`run_requests` (runs its own event loop with ``asyncio.run``)."""
     return asyncio.run(
-        run_requests(base_url, model, workload, timeout_s=timeout_s, extra_body=extra_body)
+        run_requests(base_url, model, workload, timeout_s=timeout_s, extra_body=extra_body, prompts=prompts)
     )

@@ -25,6 +25,10 @@ class WorkloadError(ValueError):
     """A workload parameter is out of range."""
 
 
+class PromptError(ValueError):
+    """Text prompts cannot be built for this engine (no tokenizer, no ``/tokenize``); names the fix."""
+
+
 # --- engines ------------------------------------------------------------------------------------
 
 

@@ -68,4 +68,5 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Be
         request_timeout_s=sess.settings.request_timeout_s,
         env=sess.env_info,
         record=record,
+        prompt=sess.settings.prompt,
     )

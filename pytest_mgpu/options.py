@@ -83,6 +83,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help=f"GPU profile the sim engine models: {SIM_PROFILES_HINT} (default: {DEFAULT_SIM_GPU})")
     add(f"{prefix}sim-gpus", metavar="N", type=int, default=4,
         help="GPUs the sim engine pretends to have, for layout skips (default: 4)")
+    add(f"{prefix}prompt", metavar="MODE", default=None, choices=["text", "token-ids"],
+        help="How prompts are sent: text (through the engine's tokenizer, as real traffic) or token-ids "
+             "(default: text where the engine can tokenize, else token-ids); run(prompt=...) overrides it")
     add(f"{prefix}start-timeout", metavar="SECONDS", type=float, default=900.0,
         help="Seconds an engine may take to become ready (default: 900)")
     add(f"{prefix}request-timeout", metavar="SECONDS", type=float, default=1800.0,

@@ -49,6 +49,7 @@ class Settings:
     report_md: Path | None
     benchmark_json: Path | None
     fallback_reason: str | None = None
+    prompt: str | None = None  # --mgpu-prompt; None: text where the engine can tokenize
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,6 +114,7 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
         report_md=_path(opt("mgpu_report_md")),
         benchmark_json=_path(opt("mgpu_benchmark_json")),
         fallback_reason=fallback,
+        prompt=opt("mgpu_prompt"),
     )
 
 

@@ -11,6 +11,10 @@ import numpy as np
 
 from .errors import WorkloadError
 
+#: How prompts are sent: ``text`` goes through the engine's tokenizer (as real traffic does);
+#: ``token-ids`` sends the ids and skips it.
+PROMPT_MODES = ("text", "token-ids")
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -25,6 +29,7 @@ class Workload:
     warmup_requests: int = 4
     seed: int = 0
     vocab_size: int = 32000
+    prompt: str = "token-ids"  # one of PROMPT_MODES; results recorded before it existed used token ids
 
     def __post_init__(self) -> None:
         for name in ("input_len", "output_len", "num_requests"):
@@ -39,6 +44,8 @@ class Workload:
             raise WorkloadError(f"max_concurrency={self.max_concurrency!r} must be >= 1 or None")
         if self.warmup_requests < 0:
             raise WorkloadError(f"warmup_requests={self.warmup_requests!r} must be >= 0")
+        if self.prompt not in PROMPT_MODES:
+            raise WorkloadError(f"prompt={self.prompt!r} must be one of {', '.join(PROMPT_MODES)}")
 
     @property
     def name(self) -> str:
@@ -49,6 +56,9 @@ class Workload:
             parts.append(f"b{self.burstiness:g}")
         if self.max_concurrency is not None:
             parts.append(f"c{self.max_concurrency}")
+        if self.prompt == "text":
+            # Token-id names stay as they were, so baselines recorded before text prompts keep their ids.
+            parts.append("text")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +78,8 @@ class Workload:
     def prompts(self, count: int, offset: int = 0) -> list[list[int]]:
         """Deterministic random token-id prompts of ``input_len`` tokens.
 
-        Each prompt is distinct, so that a prefix cache can never shorten prefill.
+        Each prompt is distinct, so that a prefix cache can never shorten prefill. Text prompts are
+        built from these ids (:mod:`pytest_mgpu.prompts`), so both modes send the same tokens.
         """
         rng = np.random.default_rng([self.seed, offset])
         # Stay clear of low ids that are often special tokens (bos/eos/pad).

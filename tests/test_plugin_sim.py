@@ -118,7 +118,7 @@ def test_hung_engine_times_out_invalid_and_is_killed(pytester: pytest.Pytester, 
         *SIM, "--mgpu-engine-opt", "hang_after=10", "--mgpu-repeats", "1", "--mgpu-request-timeout", "3", "-k", "tp1"
     )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*INVALID test_serve[[]tp1-pp1[]]::in64-out16-n32-qpsinf: repeat 1/1: * failed (first: timeout after 3*"])
+    result.stdout.fnmatch_lines(["*INVALID test_serve[[]tp1-pp1[]]::in64-out16-n32-qpsinf-text: repeat 1/1: * failed (first: timeout after 3*"])
     assert not [pid for _, pid in _pids(pid_log) if _alive(pid)]
 
 
@@ -146,7 +146,7 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     r.assert_outcomes(passed=1)
     path = pytester.path / "baselines" / "sim-v100-16gb-x4" / "test_perf.py.json"
     text = path.read_text()
-    assert text.endswith("\n") and "test_serve[tp2-pp1]::in64-out16-n48-qps48" in json.loads(text)["entries"]
+    assert text.endswith("\n") and "test_serve[tp2-pp1]::in64-out16-n48-qps48-text" in json.loads(text)["entries"]
     r.stdout.fnmatch_lines(["updated 1 baseline entry under */baselines/sim-v100-16gb-x4"])
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     # 3. same engine -> PASS
@@ -222,8 +222,8 @@ def test_junit_xml_gets_key_metrics(pytester: pytest.Pytester, pid_log: Path) ->
     xml = pytester.path / "junit.xml"
     pytester.runpytest(*SIM, "-k", "tp1", "--mgpu-repeats", "1", f"--junitxml={xml}").assert_outcomes(passed=1)
     text = xml.read_text()
-    assert 'name="mgpu.in64-out16-n32-qpsinf.output_throughput_per_gpu"' in text
-    assert 'name="mgpu.in64-out16-n32-qpsinf.tpot_p50"' in text
+    assert 'name="mgpu.in64-out16-n32-qpsinf-text.output_throughput_per_gpu"' in text
+    assert 'name="mgpu.in64-out16-n32-qpsinf-text.tpot_p50"' in text
 
 
 def test_markdown_and_benchmark_exports(pytester: pytest.Pytester, pid_log: Path) -> None:

@@ -28,6 +28,7 @@ from pytest_mgpu.errors import EngineError, EngineUnavailable
 from pytest_mgpu.gpus import GpuInfo, GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.models import resolve_model
+from pytest_mgpu.models.tokenizer import TokenizerRef
 
 H200_MB = 143771
 V100_MB = 16160
@@ -75,8 +76,9 @@ def test_registry_resolves_vllm() -> None:
 
 
 # --- command on CPU -------------------------------------------------------------------------
-def test_cpu_command_for_config_only_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_command_for_config_only_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     eng = make_engine(monkeypatch)
+    eng._work_dir = tmp_path
     argv = eng.command(spec(tp=2), 8123, GpuInventory(), [])
     assert argv[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
     assert argv_value(argv, "--tensor-parallel-size") == "2"
@@ -87,8 +89,11 @@ def test_cpu_command_for_config_only_model(monkeypatch: pytest.MonkeyPatch) -> N
     assert argv_value(argv, "--max-model-len") == "2048"
     assert argv_value(argv, "--max-num-seqs") == str(vmod.DEFAULT_MAX_NUM_SEQS)
     assert argv_value(argv, "--max-num-batched-tokens") == str(vmod.DEFAULT_MAX_NUM_BATCHED_TOKENS)
-    for flag in ("--skip-tokenizer-init", "--no-enable-prefix-caching", "--no-enable-log-requests",
-                 "--disable-uvicorn-access-log"):
+    # A config-only model is served with the synthetic tokenizer, so text prompts are tokenized.
+    assert argv_value(argv, "--tokenizer") == str(tmp_path / "tokenizer-synthetic-v32000")
+    assert (tmp_path / "tokenizer-synthetic-v32000" / "tokenizer.json").is_file()
+    assert "--skip-tokenizer-init" not in argv
+    for flag in ("--no-enable-prefix-caching", "--no-enable-log-requests", "--disable-uvicorn-access-log"):
         assert flag in argv
     assert "--gpu-memory-utilization" not in argv and "--dtype" not in argv
     assert "--disable-log-stats" not in argv  # stats stay in the log
@@ -111,8 +116,26 @@ def test_model_with_weights_and_tokenizer_is_loaded_for_real(tmp_path: Path, mon
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
     s = EngineSpec(engine="vllm", model=resolve_model(str(tmp_path)), layout=Layout())
-    argv = make_engine(monkeypatch).command(s, 1, GpuInventory(), [])
-    assert "--load-format" not in argv and "--skip-tokenizer-init" not in argv
+    eng = make_engine(monkeypatch)
+    argv = eng.command(s, 1, GpuInventory(), [])
+    assert "--load-format" not in argv and "--skip-tokenizer-init" not in argv and "--tokenizer" not in argv
+    assert eng.tokenizer(s, tmp_path / "w") == TokenizerRef("model", s.model.path)
+
+
+def test_tokenizer_choice_follows_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    eng = make_engine(monkeypatch)
+    eng._work_dir = tmp_path
+    tok = eng.tokenizer(spec(), tmp_path)
+    assert tok is not None and tok.kind == "synthetic" and tok.path == tmp_path / "tokenizer-synthetic-v32000"
+    # skip-tokenizer-init (the old way): no tokenizer, so token-id prompts only.
+    s = spec(options={"skip_tokenizer_init": "true"})
+    assert eng.tokenizer(s, tmp_path) is None
+    argv = eng.command(s, 1, GpuInventory(), [])
+    assert "--skip-tokenizer-init" in argv and "--tokenizer" not in argv
+    # A tokenizer named by option is the model's kind: text goes through /tokenize.
+    s = spec(options={"tokenizer": "/some/dir"})
+    assert eng.tokenizer(s, tmp_path) == TokenizerRef("model", Path("/some/dir"))
+    assert argv_value(eng.command(s, 1, GpuInventory(), []), "--tokenizer") == "/some/dir"
 
 
 # --- GPU arithmetic and support -------------------------------------------------------------

@@ -25,6 +25,7 @@ from ..errors import EngineError
 from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
 from ..layout import Layout
 from ..models import Model
+from ..models.tokenizer import TokenizerRef
 
 #: Environment variables always handed on to an engine (when set), in addition to its own.
 #: NCCL's safety switches (NVLink multicast off, etc.) must survive into every subprocess.
@@ -83,6 +84,8 @@ class RunningEngine:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     memory_before_mb: dict[int, int] = field(default_factory=dict)
     started_s: float = 0.0  # seconds from launch to ready
+    #: The tokenizer the engine serves with; None when it cannot tokenize text prompts.
+    tokenizer: TokenizerRef | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -128,6 +131,10 @@ class EngineAdapter:
     def preflight(self, spec: EngineSpec, gpu_ids: Sequence[int], env: Mapping[str, str], log_dir: Path) -> None:
         """Checks to run before a start (e.g. an NCCL all-reduce); raise EngineError on failure."""
 
+    def tokenizer(self, spec: EngineSpec, work_dir: Path) -> TokenizerRef | None:
+        """The tokenizer this engine serves ``spec`` with (files go under ``work_dir``); None: token ids only."""
+        return None
+
     def environment(self, spec: EngineSpec, gpu_ids: Sequence[int], inventory: GpuInventory) -> dict[str, str]:
         """The explicit environment for the engine process."""
         env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH_ENV or k.startswith(PASSTHROUGH_ENV_PREFIXES)}
@@ -166,7 +173,7 @@ class EngineAdapter:
         running = RunningEngine(
             name=spec.engine, version=version, base_url=f"http://127.0.0.1:{port}", layout=spec.layout,
             model=spec.model, log_path=log_path, gpu_ids=list(gpu_ids), pid=proc.pid, command=argv,
-            spec=spec, process=proc, memory_before_mb=before,
+            spec=spec, process=proc, memory_before_mb=before, tokenizer=self.tokenizer(spec, log_dir),
         )
         t0 = time.monotonic()
         try:

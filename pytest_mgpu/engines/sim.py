@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..gpus import GpuInventory
+from ..models.tokenizer import SYNTHETIC, TokenizerRef
 from ..sim.model import DEFAULT_GPU
 from .base import EngineAdapter, EngineSpec
 
@@ -26,6 +27,10 @@ class SimAdapter(EngineAdapter):
     def version(self, python: str) -> str:
         """The plugin's version: the sim ships with it."""
         return __version__
+
+    def tokenizer(self, spec: EngineSpec, work_dir: Path) -> TokenizerRef | None:
+        """The sim counts a text prompt's whitespace-separated words, as the synthetic tokenizer does."""
+        return TokenizerRef(SYNTHETIC)
 
     def environment(self, spec: EngineSpec, gpu_ids: Sequence[int], inventory: GpuInventory) -> dict[str, str]:
         """The base environment, with this package importable by ``spec.python`` from any cwd."""

@@ -6,7 +6,6 @@ project's CI or GPU checks. The pytest process never imports ``tensorrt_llm``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,13 @@ from ..gpus import GpuInventory, wait_memory_back
 from ..layout import Layout
 from ..models import Model
 from ..models.sizes import weight_bytes_per_gpu, weight_dtype_bytes
+from ..models.tokenizer import (
+    MODEL,
+    SYNTHETIC,
+    TokenizerRef,
+    has_tokenizer,
+    write_synthetic_tokenizer,
+)
 from .base import (
     EngineAdapter,
     EngineSpec,
@@ -122,7 +128,6 @@ REJECTED_WHEN_TRUE: dict[str, str] = {
 ENGINE_ENV_PREFIXES = ("OMPI_", "OPAL_", "PRTE_", "PMIX_", "UCX_", "HPCX_", "TRTLLM", "TLLM")
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
 # --- options --------------------------------------------------------------------------------
@@ -370,43 +375,9 @@ def has_weights(model_dir: Path) -> bool:
     return any(any(model_dir.glob(g)) for g in WEIGHT_GLOBS)
 
 
-def has_tokenizer(model_dir: Path) -> bool:
-    """Whether the directory holds a Hugging Face tokenizer."""
-    return any((model_dir / f).is_file() for f in TOKENIZER_FILES)
-
-
-def write_synthetic_tokenizer(directory: Path, vocab_size: int) -> Path:
-    """Write a word-level tokenizer with ids ``0..vocab_size-1`` (tokens ``t0``, ``t1``, ...).
-
-    Config-only models have no tokenizer, and ``trtllm-serve``'s ``/v1/completions`` reads
-    the tokenizer's vocabulary size on every request, so one must exist. Prompts are sent as
-    token ids and never tokenized; this only lets the server start and detokenize outputs.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = {f"t{i}": i for i in range(vocab_size)}
-    tok = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": i, "content": f"t{i}", "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
-            for i in range(min(3, vocab_size))
-        ],
-        "normalizer": None,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": None,
-        "decoder": None,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
-    }
-    (directory / "tokenizer.json").write_text(json.dumps(tok))
-    cfg = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "unk_token": "t0", "bos_token": "t1", "eos_token": "t2",
-        "model_max_length": 1_000_000,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(cfg))
-    return directory
+def synthetic_dir(work_dir: Path, model: Model) -> Path:
+    """Where :func:`build_launch` writes the synthetic tokenizer of a config-only model."""
+    return work_dir / f"tokenizer-{model.name}"
 
 
 # --- launch ---------------------------------------------------------------------------------
@@ -501,7 +472,7 @@ def build_launch(
 
     tokenizer_dir: Path | None = None
     if "--tokenizer" not in cli and not has_tokenizer(model.path):
-        tokenizer_dir = write_synthetic_tokenizer(work_dir / f"tokenizer-{model.name}", model.vocab_size)
+        tokenizer_dir = write_synthetic_tokenizer(synthetic_dir(work_dir, model), model.vocab_size)
         cli["--tokenizer"] = str(tokenizer_dir)
 
     # Older trtllm-serve releases merge this YAML over the CLI-built arguments with a *shallow*
@@ -699,6 +670,19 @@ class TrtllmAdapter(EngineAdapter):
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         env[TAG_ENV] = self._tag
         return env
+
+    def tokenizer(self, spec: EngineSpec, work_dir: Path) -> TokenizerRef | None:
+        """The ``tokenizer`` option's, the model's own, or the synthetic one :func:`build_launch` writes.
+
+        TensorRT-LLM always serves with a tokenizer (``skip_tokenizer_init`` is rejected), so text
+        prompts are its default too.
+        """
+        opts = split_options(spec.options_dict)
+        if "--tokenizer" in opts.cli:
+            return TokenizerRef(MODEL, Path(str(opts.cli["--tokenizer"])))
+        if has_tokenizer(spec.model.path):
+            return TokenizerRef(MODEL, spec.model.path)
+        return TokenizerRef(SYNTHETIC, synthetic_dir(work_dir, spec.model))
 
     def preflight(self, spec: EngineSpec, gpu_ids: Sequence[int], env: Mapping[str, str], log_dir: Path) -> None:
         """Remember the log directory: the YAML and any synthetic tokenizer are written there."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .. import preflight as nccl_preflight
 from ..errors import EngineError, EngineUnavailable
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
+from ..models.tokenizer import MODEL, SYNTHETIC, TokenizerRef, has_tokenizer, synthetic_tokenizer_dir
 from .base import EngineAdapter, EngineSpec, RunningEngine, python_dist_version
 from .known_issues import (
     Context,
@@ -171,13 +173,9 @@ def _cores() -> list[int]:
 
 
 def _is_config_only(path: Path) -> bool:
-    """A model dir without weights (run with dummy weights) and without a tokenizer."""
+    """A model dir without weights (run with dummy weights)."""
     weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(path.glob("*.pt"))
     return not weights
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()
 
 
 SHM_DIR = Path("/dev/shm")
@@ -239,6 +237,24 @@ class VllmAdapter(EngineAdapter):
         #: Known issues applied at the last :meth:`command`, for reports.
         self.applied_issues: list[KnownIssue] = []
         self._version_cache: dict[str, str] = {}
+        #: Where a synthetic tokenizer is written (the log directory of the current start).
+        self._work_dir: Path | None = None
+
+    def tokenizer(self, spec: EngineSpec, work_dir: Path) -> TokenizerRef | None:
+        """What the server tokenizes with: a ``tokenizer`` option, the model's own, else a synthetic one.
+
+        ``skip-tokenizer-init`` (an engine option) gives None: the server then takes token ids only.
+        The synthetic tokenizer (config-only models) is written under ``work_dir``.
+        """
+        user, _ = parse_options(spec.options_dict)
+        if user.get("skip-tokenizer-init") is True:
+            return None
+        named = user.get("tokenizer")
+        if isinstance(named, str):
+            return TokenizerRef(MODEL, Path(named))
+        if has_tokenizer(spec.model.path):
+            return TokenizerRef(MODEL, spec.model.path)
+        return TokenizerRef(SYNTHETIC, synthetic_tokenizer_dir(work_dir, spec.model.vocab_size))
 
     # --- discovery --------------------------------------------------------------------------
     def version(self, python: str) -> str:
@@ -299,8 +315,10 @@ class VllmAdapter(EngineAdapter):
         flags.update(log_request_flags(ctx.version))
         if _is_config_only(model.path):
             flags["load-format"] = "dummy"
-            if not _has_tokenizer(model.path):
-                flags["skip-tokenizer-init"] = True
+        tok = self.tokenizer(spec, self._work_dir or Path(tempfile.gettempdir()) / "pytest-mgpu")
+        if tok is not None and tok.kind == SYNTHETIC:
+            # Text prompts go through the server's tokenizer as real traffic does (docs/vllm.md).
+            flags["tokenizer"] = str(tok.path)
         if ctx.on_gpu:
             gpus = [g for g in inventory.gpus if g.index in set(gpu_ids)] or list(inventory.gpus)
             total = min(g.memory_total_mb for g in gpus)
@@ -357,6 +375,7 @@ class VllmAdapter(EngineAdapter):
         """Base start, remembering /dev/shm first so that :meth:`stop` can remove what vLLM leaks."""
         before = _shm_entries()
         _shm_before[-1] = before  # for a stop() during a failed start, before the pid is known
+        self._work_dir = log_dir
         try:
             running = super().start(spec, inventory, gpu_ids, log_dir, start_timeout_s)
         finally:

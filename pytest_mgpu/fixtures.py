@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -10,8 +11,9 @@ from .bench import Bench
 from .engines import RunningEngine
 from .errors import EngineError, EngineUnavailable
 from .layout import Layout
+from .regime import roofline_for_engine
 from .results import BenchResult
-from .session import ITEM_RESULTS_KEY, SPEC_KEY, session_of
+from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
 
 
 @pytest.fixture
@@ -69,4 +71,14 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Be
         env=sess.env_info,
         record=record,
         prompt=sess.settings.prompt,
+        roofline=roofline_of(sess, mgpu_engine),
     )
+
+
+def roofline_of(sess: MgpuSession, engine: RunningEngine) -> dict[str, Any] | None:
+    """The engine layout's decode floor (computed once per engine), as a dict; None where unknown."""
+    key = (engine.pid, engine.base_url)
+    if key not in sess.rooflines:
+        rl = roofline_for_engine(engine, sess.inventory)
+        sess.rooflines[key] = rl.to_dict() if rl is not None else None
+    return sess.rooflines[key]

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .analysis import analysis_lines
 from .layout import Layout
 from .render.table import format_table
 from .render.text import render_table, summary_line
@@ -113,6 +114,7 @@ def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
             yield "-", "per-GPU scaling (output tokens/s normalised by tp x pp)"
             for line in format_table(SCALING_HEADERS, rows):
                 yield None, line
+        yield from analysis_lines(sess.results, sess.baseline_telemetry)
     lines = gate_lines(sess, args)
     if lines:
         yield "-", "mgpu gate"

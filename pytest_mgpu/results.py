@@ -23,10 +23,14 @@ class RepeatResult:
     summary: dict[str, float]
     invalid: str | None = None
     records: list[RequestRecord] = field(default_factory=list)
+    #: GPU telemetry of the measured phase (:mod:`pytest_mgpu.telemetry`); None without NVML/GPUs.
+    telemetry: dict[str, Any] | None = None
 
     def to_dict(self, with_records: bool = False) -> dict[str, Any]:
         """JSON-ready form; raw per-request records only on request (they are large)."""
         d: dict[str, Any] = {"summary": self.summary, "invalid": self.invalid}
+        if self.telemetry is not None:
+            d["telemetry"] = self.telemetry
         if with_records:
             d["records"] = [r.to_dict() for r in self.records]
         return d
@@ -38,6 +42,7 @@ class RepeatResult:
             summary={k: float(v) for k, v in data["summary"].items()},
             invalid=data.get("invalid"),
             records=[RequestRecord.from_dict(r) for r in data.get("records", [])],
+            telemetry=data.get("telemetry"),
         )
 
 
@@ -56,6 +61,10 @@ class BenchResult:
     repeats: list[RepeatResult] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)  # fingerprint, driver, cuda, commit, date, ...
     label: str | None = None  # optional user label, replaces workload.name in the entry id
+    #: The layout's decode floor on its card (:class:`pytest_mgpu.regime.Roofline` as a dict), if known.
+    roofline: dict[str, Any] | None = None
+    #: For a point of ``mgpu_bench.sweep``: ``{"id", "axis", "x", "kv_cache_tokens"}``; else None.
+    sweep: dict[str, Any] | None = None
 
     @property
     def entry_id(self) -> str:
@@ -118,6 +127,8 @@ class BenchResult:
             "median": self.median if self.repeats else {},
             "repeats": [r.to_dict(with_records) for r in self.repeats],
             "env": self.env,
+            **({"roofline": self.roofline} if self.roofline is not None else {}),
+            **({"sweep": self.sweep} if self.sweep is not None else {}),
         }
 
     @classmethod
@@ -135,4 +146,6 @@ class BenchResult:
             repeats=[RepeatResult.from_dict(r) for r in data.get("repeats", [])],
             env=dict(data.get("env", {})),
             label=data.get("label"),
+            roofline=data.get("roofline"),
+            sweep=data.get("sweep"),
         )

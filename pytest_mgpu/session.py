@@ -53,6 +53,10 @@ class MgpuSession:
     models: dict[Path, Model] = field(default_factory=dict)
     #: Parsed marks by test-function node id, from generation to item preparation.
     marks: dict[str, TestMarks] = field(default_factory=dict)
+    #: Decode floors by running engine (pid, url), computed once per engine (:mod:`.regime`).
+    rooflines: dict[tuple[int, str], dict[str, Any] | None] = field(default_factory=dict)
+    #: Compact telemetry of the baseline entries the gate compared with, by entry id.
+    base_telemetry: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, config: pytest.Config) -> MgpuSession:
@@ -108,6 +112,10 @@ class MgpuSession:
             line += f", no GPU: {self.visible_devices} CPU worker(s)"
         line += f", repeats={s.repeats}, baselines={s.baseline_dir}/{self.fingerprint}"
         return [line]
+
+    def baseline_telemetry(self, result: BenchResult) -> dict[str, float] | None:
+        """The compact GPU telemetry stored with ``result``'s baseline entry, if any (for clock warnings)."""
+        return self.base_telemetry.get(result.entry_id)
 
     def record(self, item: pytest.Item, result: BenchResult) -> None:
         """Keep a measured result for the session's reports and for the item's gate."""

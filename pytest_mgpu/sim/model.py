@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..cards import BY_KEY
 from ..errors import ModelError, SimError, SimOptionError
 from ..models.sizes import ModelShape
 
@@ -50,17 +51,20 @@ class GpuProfile:
     instant: bool = False  # no modelled delay at all (the zero mode)
 
 
+#: The cards the sim models, from the shared card table (spec sheets: :mod:`pytest_mgpu.cards`).
+SIM_CARDS = ("v100-16gb", "a100-80gb", "h100-80gb", "h200-141gb")
+
+
+def _profile(key: str) -> GpuProfile:
+    c = BY_KEY[key]
+    assert c.fp16_tflops is not None and c.link_gbs is not None and c.link_latency_us is not None
+    return GpuProfile(c.key, c.memory_gib, c.mem_bw_gbs, c.fp16_tflops, c.link_gbs, c.link_latency_us)
+
+
 GPU_PROFILES: dict[str, GpuProfile] = {
     p.name: p
     for p in (
-        # V100-SXM2-16GB: 900 GB/s HBM2, 125 TFLOP/s tensor, NVLink2 300 GB/s total (6 x 50).
-        GpuProfile("v100-16gb", 16160 / 1024, 900.0, 125.0, 150.0, 5.0),
-        # A100-SXM4-80GB: 2039 GB/s HBM2e, 312 TFLOP/s dense fp16, NVLink3 600 GB/s total.
-        GpuProfile("a100-80gb", 81920 / 1024, 2039.0, 312.0, 300.0, 4.0),
-        # H100-SXM5-80GB: 3.35 TB/s HBM3, 989 TFLOP/s dense fp16, NVLink4 900 GB/s total.
-        GpuProfile("h100-80gb", 81559 / 1024, 3350.0, 989.0, 450.0, 3.0),
-        # H200-SXM-141GB: 4.8 TB/s HBM3e, same compute and NVLink as H100.
-        GpuProfile("h200-141gb", 143771 / 1024, 4800.0, 989.0, 450.0, 3.0),
+        *(_profile(k) for k in SIM_CARDS),
         # No delay at all: streams tokens as fast as the server can write them.
         GpuProfile("instant", 1024.0, 1e9, 1e9, 1e9, 0.0, instant=True),
     )

@@ -50,7 +50,7 @@ def test_synthetic_text_and_count() -> None:
 
 def test_synthetic_tokenizer_is_idempotent_and_has_no_post_processor(tmp_path: Path) -> None:
     d = synthetic_tokenizer_dir(tmp_path, 500)
-    assert d == tmp_path / "tokenizer-synthetic-v500"
+    assert d == tmp_path / "tokenizer-synthetic-v500-f2"
     tok = json.loads((d / "tokenizer.json").read_text())
     # No post-processor: the server adds no BOS, so n words are n prompt tokens.
     assert tok["post_processor"] is None and tok["pre_tokenizer"] == {"type": "WhitespaceSplit"}

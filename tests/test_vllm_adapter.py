@@ -90,8 +90,8 @@ def test_cpu_command_for_config_only_model(monkeypatch: pytest.MonkeyPatch, tmp_
     assert argv_value(argv, "--max-num-seqs") == str(vmod.DEFAULT_MAX_NUM_SEQS)
     assert argv_value(argv, "--max-num-batched-tokens") == str(vmod.DEFAULT_MAX_NUM_BATCHED_TOKENS)
     # A config-only model is served with the synthetic tokenizer, so text prompts are tokenized.
-    assert argv_value(argv, "--tokenizer") == str(tmp_path / "tokenizer-synthetic-v32000")
-    assert (tmp_path / "tokenizer-synthetic-v32000" / "tokenizer.json").is_file()
+    assert argv_value(argv, "--tokenizer") == str(tmp_path / "tokenizer-synthetic-v32000-f2")
+    assert (tmp_path / "tokenizer-synthetic-v32000-f2" / "tokenizer.json").is_file()
     assert "--skip-tokenizer-init" not in argv
     for flag in ("--no-enable-prefix-caching", "--no-enable-log-requests", "--disable-uvicorn-access-log"):
         assert flag in argv
@@ -126,7 +126,7 @@ def test_tokenizer_choice_follows_options(monkeypatch: pytest.MonkeyPatch, tmp_p
     eng = make_engine(monkeypatch)
     eng._work_dir = tmp_path
     tok = eng.tokenizer(spec(), tmp_path)
-    assert tok is not None and tok.kind == "synthetic" and tok.path == tmp_path / "tokenizer-synthetic-v32000"
+    assert tok is not None and tok.kind == "synthetic" and tok.path == tmp_path / "tokenizer-synthetic-v32000-f2"
     # skip-tokenizer-init (the old way): no tokenizer, so token-id prompts only.
     s = spec(options={"skip_tokenizer_init": "true"})
     assert eng.tokenizer(s, tmp_path) is None

@@ -1,10 +1,11 @@
 """Tokenizers for prompts: the model directory's own, or a synthetic one for config-only models.
 
-The synthetic tokenizer is a word-level vocabulary with one word per id (``t0``, ``t1``, ...,
-``t<vocab_size-1>``) split on whitespace. Its text is known by construction, so the pytest process
-builds text prompts of exactly ``n`` tokens without importing ``transformers`` or ``tokenizers``:
-``synthetic_text(ids)`` is ``" ".join(f"t{i}" ...)``, and a server that loaded the same files
-counts ``len(text.split())`` tokens (no special tokens are added: there is no post-processor).
+The synthetic tokenizer is a word-level vocabulary with one word per id, ``t<id>`` (ids 0-2 are
+the specials ``<unk>``, ``<s>``, ``</s>``), split on whitespace. Its text is known by
+construction, so the pytest process builds text prompts of exactly ``n`` tokens without importing
+``transformers`` or ``tokenizers``: ``synthetic_text(ids)`` is ``" ".join(f"t{i}" ...)``, and a
+server that loaded the same files counts ``len(text.split())`` tokens (no special tokens are
+added: there is no post-processor).
 
 It is written as plain JSON in the ``tokenizers`` format that Hugging Face's
 ``PreTrainedTokenizerFast`` (and so vLLM and ``trtllm-serve``) loads.
@@ -21,8 +22,14 @@ from pathlib import Path
 
 #: Files any of which makes a directory hold a Hugging Face tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
-#: Ids the synthetic tokenizer marks special (unk, bos, eos): prompts never use them.
-SYNTHETIC_SPECIAL_IDS = (0, 1, 2)
+#: The synthetic tokenizer's special tokens (unk, bos, eos) and their ids: prompts never use them.
+#: Their text must not be a prefix of any word: added tokens are matched inside the text before it
+#: is split into words, so a special ``t2`` would cut ``t27234`` into ``t2`` + ``7234``.
+SYNTHETIC_SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>"}
+SYNTHETIC_SPECIAL_IDS = tuple(SYNTHETIC_SPECIALS)
+#: Version of the files :func:`write_synthetic_tokenizer` writes (in the directory name, so an old
+#: copy in a log directory is never reused).
+FORMAT = "f2"
 #: Lowest id a prompt uses: clear of the special ids, as :meth:`Workload.prompts` draws them.
 PROMPT_MIN_ID = 100
 
@@ -51,13 +58,13 @@ def has_tokenizer(model_dir: Path) -> bool:
 
 
 def synthetic_word(token_id: int) -> str:
-    """The synthetic tokenizer's word for ``token_id``."""
-    return f"t{token_id}"
+    """The synthetic tokenizer's word for ``token_id`` (``t<id>``; the three specials have their own)."""
+    return SYNTHETIC_SPECIALS.get(token_id, f"t{token_id}")
 
 
 def synthetic_text(ids: Iterable[int]) -> str:
-    """The text the synthetic tokenizer encodes to exactly ``ids``."""
-    return " ".join(f"t{i}" for i in ids)
+    """The text the synthetic tokenizer encodes to exactly ``ids`` (ids >= 3: prompts never hold a special)."""
+    return " ".join(synthetic_word(i) for i in ids)
 
 
 def synthetic_token_count(text: str) -> int:
@@ -82,12 +89,12 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_synthetic_tokenizer(directory: Path, vocab_size: int) -> Path:
-    """Write a word-level tokenizer with ids ``0..vocab_size-1`` (words ``t0``, ``t1``, ...).
+    """Write a word-level tokenizer with ids ``0..vocab_size-1`` (words ``t<id>``, specials below).
 
     Config-only models have no tokenizer. With this one an engine tokenizes text prompts and
     detokenizes outputs as it would for a real model, while the plugin knows every prompt's
-    tokens by construction (:func:`synthetic_text`). Ids 0-2 are marked special (unk, bos, eos);
-    nothing is added around a prompt, so ``n`` words are ``n`` tokens. Idempotent.
+    tokens by construction (:func:`synthetic_text`). Ids 0-2 are the special ``<unk>``, ``<s>``,
+    ``</s>``; nothing is added around a prompt, so ``n`` words are ``n`` tokens. Idempotent.
     """
     if vocab_size < len(SYNTHETIC_SPECIAL_IDS) + 1:
         raise ValueError(f"vocab_size={vocab_size} is too small for a synthetic tokenizer")
@@ -110,7 +117,7 @@ def write_synthetic_tokenizer(directory: Path, vocab_size: int) -> Path:
     }
     cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "unk_token": synthetic_word(0), "bos_token": synthetic_word(1), "eos_token": synthetic_word(2),
+        "unk_token": SYNTHETIC_SPECIALS[0], "bos_token": SYNTHETIC_SPECIALS[1], "eos_token": SYNTHETIC_SPECIALS[2],
         "add_bos_token": False, "add_eos_token": False,
         "model_max_length": 1_000_000,
     }
@@ -121,7 +128,7 @@ def write_synthetic_tokenizer(directory: Path, vocab_size: int) -> Path:
 
 def synthetic_tokenizer_dir(root: Path, vocab_size: int) -> Path:
     """Where the synthetic tokenizer of ``vocab_size`` words lives under ``root`` (written if absent)."""
-    d = root / f"tokenizer-synthetic-v{vocab_size}"
+    d = root / f"tokenizer-synthetic-v{vocab_size}-{FORMAT}"
     if not ((d / "tokenizer.json").is_file() and (d / "tokenizer_config.json").is_file()):
         write_synthetic_tokenizer(d, vocab_size)
     return d

@@ -62,3 +62,32 @@ def test_text_prompts_through_the_models_own_tokenizer(pytester: pytest.Pytester
                             "*test_modes[[]tp1-pp1[]]::in96-out16-n8-qpsinf *ok*"])
     log = next((tmp_path / "logs").glob("vllm-*.log")).read_text()
     assert "--skip-tokenizer-init" not in log.splitlines()[0]
+
+
+ROUND_TRIP = """
+import json, sys
+from transformers import AutoTokenizer
+t = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = json.loads(sys.argv[2])
+text = " ".join(f"t{i}" for i in ids)
+print(json.dumps({"encoded": t.encode(text, add_special_tokens=True), "decoded": t.decode(ids)}))
+"""
+
+
+def test_synthetic_tokenizer_encodes_its_own_text_exactly(tmp_path: Path) -> None:
+    """The text the plugin builds by construction is what the real tokenizer library encodes back.
+
+    Ids whose words start with a special token's word (t2xxxx after a special ``t2``) once split in
+    two: the server then counted 215 prompt tokens for a 128-word prompt.
+    """
+    import random
+    import subprocess
+
+    d = write_synthetic_tokenizer(tmp_path / "tok", 32000)
+    rng = random.Random(0)
+    ids = [100, 200, 1000, 10000, 20000, 29999, 31999] + [rng.randrange(100, 32000) for _ in range(500)]
+    out = subprocess.run([PY, "-c", ROUND_TRIP, str(d), json.dumps(ids)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["encoded"] == ids  # no special token added, no word split
+    assert got["decoded"] == " ".join(f"t{i}" for i in ids)

@@ -22,7 +22,7 @@ BaselineTelemetry = Callable[[BenchResult], "Mapping[str, float] | None"]
 
 TELEMETRY_HEADERS = ("result", "layout", "tok/s/GPU", "util %", "power W", "mem GiB", "SM MHz", "SM spread",
                      "SM vs base")
-ROOFLINE_HEADERS = ("engine", "model", "layout", "card", "HBM GB/s", "weights/GPU GiB", "floor ms",
+ROOFLINE_HEADERS = ("result", "engine", "layout", "card", "HBM GB/s", "weights/GPU GiB", "floor ms",
                     "TPOT p50 ms", "efficiency")
 SWEEP_HEADERS = ("point", "tok/s/GPU", "out tok/s", "TTFT p50 ms", "TPOT p50 ms", "scaling", "run")
 
@@ -69,7 +69,7 @@ def roofline_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
         eff = rl.efficiency(tpot)
         bw = f"{rl.hbm_gbs:,.0f}" + ("" if rl.source == "spec sheet" else " (NVML)")
         rows.append([
-            r.engine, r.model, r.layout.id, rl.card, bw,
+            entry(r), r.engine, r.layout.id, rl.card, bw,
             rl.weight_bytes_per_gpu / 2**30, rl.floor_ms, tpot, f"{eff * 100:.0f}%" if eff is not None else None,
         ])
     return rows

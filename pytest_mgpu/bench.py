@@ -8,7 +8,7 @@ from typing import Any
 
 from . import telemetry
 from .engines import RunningEngine
-from .errors import EngineError
+from .errors import EngineError, WorkloadError
 from .metrics import RequestRecord, invalid_reason, summarize
 from .prompts import PromptSet, build_prompts, resolve_mode
 from .regime import kv_cache_tokens
@@ -31,6 +31,10 @@ def prompt_len_mismatch(records: list[RequestRecord], expected: list[int]) -> st
         f"{len(bad)} of {len(records)} requests had another prompt length on the server than sent "
         f"(request {i}: {got} tokens, expected {want}); the engine's tokenizer does not match the prompts"
     )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class Bench:
@@ -88,11 +92,19 @@ class Bench:
         the test body returns.
         """
         mode = resolve_mode(prompt if prompt is not None else self.prompt, self.engine.tokenizer, self.engine.name)
-        workload = Workload(
-            input_len=input_len, output_len=output_len, num_requests=num_requests,
-            request_rate=float(request_rate), burstiness=burstiness, max_concurrency=max_concurrency,
-            warmup_requests=warmup_requests, seed=seed, vocab_size=self.engine.model.vocab_size, prompt=mode,
-        )
+        if repeats is not None and (not _is_int(repeats) or repeats < 1):
+            raise WorkloadError(
+                f"{self.nodeid}: mgpu_bench.run(repeats={repeats!r}): repeats must be an int >= 1, "
+                f"or None for --mgpu-repeats ({self.repeats})"
+            )
+        try:
+            workload = Workload(
+                input_len=input_len, output_len=output_len, num_requests=num_requests,
+                request_rate=float(request_rate), burstiness=burstiness, max_concurrency=max_concurrency,
+                warmup_requests=warmup_requests, seed=seed, vocab_size=self.engine.model.vocab_size, prompt=mode,
+            )
+        except WorkloadError as exc:
+            raise WorkloadError(f"{self.nodeid}: mgpu_bench.run(): {exc}") from None
         if label is not None and not label.strip():
             raise ValueError("label must be a non-empty string or None")
         entry = f"{self.test_name}::{label or workload.name}"
@@ -107,7 +119,7 @@ class Bench:
             model=self.engine.model.name, env=dict(self.env), label=label,
         )
         result.roofline = self.roofline
-        result.repeats = self.measure(workload, repeats or self.repeats)
+        result.repeats = self.measure(workload, self.repeats if repeats is None else repeats)
         self.results.append(result)
         self._record(result)
         return result

@@ -355,9 +355,9 @@ async def _run_batch(
     try:
         if remaining <= 0:
             raise TimeoutError
-        async with asyncio.timeout(remaining):
-            await dispatch()
-    except TimeoutError:
+        # asyncio.wait_for, not asyncio.timeout: the plugin supports Python 3.10 (pyproject.toml).
+        await asyncio.wait_for(dispatch(), remaining)
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         timed_out = True
         for task in tasks:
             task.cancel()

@@ -21,34 +21,59 @@ MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
 def parametrize_layouts(sess: MgpuSession, metafunc: pytest.Metafunc) -> None:
     """Parametrise ``mgpu_layout`` from the layout marks; validate marks and model at collection.
 
-    A bad mark or a layout the model cannot run is a collection error naming the test. The
-    parsed marks are kept for :func:`prepare_items`, so they are parsed once per test function.
+    Bad marks, a model that cannot be found or read, and layouts the model cannot run raise one
+    MarkerError naming the test and every problem; :func:`invalid_declaration` turns it into an
+    item that errors, so the module's other tests still run. The parsed marks are kept for
+    :func:`prepare_items`, so they are parsed once per test function.
     """
     node = metafunc.definition
     if not any(f in metafunc.fixturenames for f in MGPU_FIXTURES) and not list(node.iter_markers("layout")):
         return
     nodeid = node.nodeid
-    try:
-        marks = TestMarks.from_node(node)
-    except MarkerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    if marks.engine_opts:
-        try:
-            check_engine_options(sess.settings.engine, {**sess.settings.engine_options, **dict(marks.engine_opts)})
-        except EngineError as exc:
-            pytest.fail(f"{nodeid}: engine_opts: {exc}", pytrace=False)
+    marks = TestMarks.from_node(node)  # MarkerError names the test and every bad mark
     try:
         model = sess.resolve_model(marks.model or sess.settings.model, Path(str(node.path)))
     except ModelError as exc:
-        pytest.fail(f"{nodeid}: {exc}", pytrace=False)
-    for lay in marks.layouts:
-        why = check_layout(model, lay.tp, lay.pp)
-        if why:
-            pytest.fail(f"{nodeid}: layout {lay.id}: {why}", pytrace=False)
+        raise MarkerError(f"{nodeid}: {exc}") from None
+    whys = [(lay, check_layout(model, lay.tp, lay.pp)) for lay in marks.layouts]
+    problems = [f"{nodeid}: layout {lay.id}: {why}" for lay, why in whys if why]
+    if problems:
+        raise MarkerError("\n".join(problems))
     sess.marks[nodeid] = marks
     if "mgpu_layout" not in metafunc.fixturenames:
         metafunc.fixturenames.append("mgpu_layout")
     metafunc.parametrize("mgpu_layout", marks.layouts, ids=[lay.id for lay in marks.layouts], scope="function")
+
+
+class InvalidDeclaration(pytest.Item):
+    """A test whose mgpu marks are invalid: one item that errors with every problem, printed once.
+
+    It stands where the test's items would be, so ``-k`` and ``-m`` still select it, and the
+    module's other tests are collected and run.
+    """
+
+    def __init__(self, *, error: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def setup(self) -> None:
+        """Error at setup with the problems alone: no traceback, no chained exception."""
+        pytest.fail(self.error, pytrace=False)
+
+    def runtest(self) -> None:  # pragma: no cover - setup always fails
+        """Never reached."""
+        pytest.fail(self.error, pytrace=False)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        """Where the test is, for reports."""
+        return self.path, None, self.name
+
+
+def invalid_declaration(parent: pytest.Collector, name: str, obj: Any, error: str) -> InvalidDeclaration:
+    """An :class:`InvalidDeclaration` for function ``obj`` called ``name`` under ``parent``, keeping its marks."""
+    item = InvalidDeclaration.from_parent(parent, name=name, error=error)
+    item.own_markers.extend(m for m in getattr(obj, "pytestmark", []) if isinstance(m, pytest.Mark))
+    return item
 
 
 def _definition_id(item: pytest.Item, callspec_id: str) -> str:
@@ -71,21 +96,67 @@ def item_spec(sess: MgpuSession, item: pytest.Item, layout: Layout, marks: TestM
     )
 
 
+def engine_options_problem(spec: EngineSpec) -> str | None:
+    """Why the engine cannot take this item's options (with its ``engine_opts`` marks), or None.
+
+    The sim's are checked against its own option list, other engines' by their adapter's
+    ``check_options``, all without starting anything.
+    """
+    if spec.engine == "sim":
+        from .errors import SimOptionError
+        from .sim.model import SimOptions
+
+        try:
+            SimOptions.parse(dict(spec.options))
+        except SimOptionError as exc:
+            return f"engine_opts: {exc}"
+        return None
+    try:
+        check_engine_options(spec.engine, dict(spec.options))
+    except EngineError as exc:
+        return f"engine_opts: {exc}"
+    return None
+
+
+def is_mgpu_item(item: pytest.Item) -> bool:
+    """Whether ``item`` uses one of the plugin's fixtures (and so was parametrised with a layout)."""
+    fixturenames = getattr(item, "fixturenames", ())
+    return getattr(item, "callspec", None) is not None and any(f in fixturenames for f in MGPU_FIXTURES)
+
+
 def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
-    """Give each mgpu item its marks and engine spec, skip what cannot run here, and group by engine key."""
+    """Give each mgpu item its marks and engine spec, skip what cannot run here, and group by engine key.
+
+    A session without mgpu items is left alone: no NVML query, no subprocess, no signal handler.
+    """
+    if not any(is_mgpu_item(item) for item in items):
+        return
+    sess.start()
     order: dict[Any, int] = {}
     keyed: list[tuple[int, int, pytest.Item]] = []
     for pos, item in enumerate(items):
-        fixturenames = getattr(item, "fixturenames", ())
-        callspec = getattr(item, "callspec", None)
-        if not any(f in fixturenames for f in MGPU_FIXTURES) or callspec is None:
+        if not is_mgpu_item(item):
             keyed.append((-1, pos, item))
             continue
-        marks = sess.marks.get(_definition_id(item, callspec.id))
-        if marks is None or any(m.name in MARK_NAMES for m in callspec.marks):
-            marks = TestMarks.from_node(item)  # marks given per parameter: pytest.param(..., marks=...)
+        callspec = item.callspec  # type: ignore[attr-defined]
         layout = callspec.params.get("mgpu_layout", Layout())
-        spec = item_spec(sess, item, layout, marks)
+        try:
+            marks = sess.marks.get(_definition_id(item, callspec.id))
+            if marks is None or any(m.name in MARK_NAMES for m in callspec.marks):
+                marks = TestMarks.from_node(item)  # marks given per parameter: pytest.param(..., marks=...)
+            try:
+                spec = item_spec(sess, item, layout, marks)
+            except ModelError as exc:
+                raise MarkerError(f"{item.nodeid}: {exc}") from None
+            why = engine_options_problem(spec)
+            if why:
+                raise MarkerError(f"{item.nodeid}: {why}")
+        except MarkerError as exc:
+            assert item.parent is not None  # an item always has a parent collector
+            bad = InvalidDeclaration.from_parent(item.parent, name=item.name, error=str(exc))
+            bad.own_markers.extend(item.own_markers)
+            keyed.append((-1, pos, bad))
+            continue
         item.stash[MARKS_KEY] = marks
         item.stash[SPEC_KEY] = spec
         need = layout.num_gpus

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
-from .errors import EngineError, EngineUnavailable, GpuMemoryError
+from .errors import EngineError, EngineRestartWarning, EngineUnavailable, GpuMemoryError, log_tail
 from .gpus import GpuAllocator, GpuInventory
 from .settings import Settings
 
@@ -28,20 +29,37 @@ class EngineManager:
         self.failed: dict[tuple[Any, ...], BaseException] = {}
 
     def acquire(self, spec: EngineSpec) -> RunningEngine:
-        """The running engine for ``spec``, starting it (and stopping another) if needed."""
+        """The running engine for ``spec``: the current one if it still answers, else a fresh start.
+
+        An engine that died or stopped answering ``/health`` since the last test is stopped and
+        started again, with an :class:`EngineRestartWarning` saying "engine stopped answering"
+        and its log tail. A key whose start failed is not retried; its later tests error with
+        one line pointing at the first error (the log is printed once).
+        """
         if spec.key in self.failed:
             exc = self.failed[spec.key]
             if isinstance(exc, EngineUnavailable):
                 raise exc
-            raise EngineError(f"engine for this key failed earlier in the session: {exc}") from None
+            summary = getattr(exc, "summary", str(exc).splitlines()[0])
+            raise EngineError(
+                f"{spec.engine} {spec.layout.id} failed to start earlier in this session ({summary}); "
+                f"not retried: the first test that needed it shows the engine's log"
+            )
         cur = self.current
         if cur is not None and cur.spec is not None and cur.spec.key == spec.key:
-            if cur.alive:
+            adapter = self.current_adapter or get_adapter(cur.name)
+            why = adapter.health_problem(cur)
+            if why is None:
                 return cur
+            tail = log_tail(cur.log_path, 30)
             self.stop_current()
-            err = EngineError(f"{cur.name} ({cur.layout.id}) died between tests", cur.log_path)
-            self.failed[spec.key] = err
-            raise err
+            warnings.warn(
+                EngineRestartWarning(
+                    f"engine stopped answering: {cur.describe()}: {why}; stopped it and started a new one\n"
+                    f"--- last 30 lines of {cur.log_path} ---\n{tail}"
+                ),
+                stacklevel=2,
+            )
         self.stop_current()
         adapter = get_adapter(spec.engine)
         gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if self.inventory.count else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
 from pathlib import Path
 
@@ -10,7 +11,11 @@ from pathlib import Path
 
 
 class MarkerError(ValueError):
-    """A marker on a test is malformed; the message names the test."""
+    """A marker on a test is malformed; the message names the test.
+
+    The test is then collected as one item that errors with this message; the module's other
+    tests still run.
+    """
 
 
 class LayoutError(ValueError):
@@ -45,19 +50,78 @@ def log_tail(path: Path | None, lines: int = 30) -> str:
     return "\n".join(tail)
 
 
+#: The start of an error block in an engine log: a Python traceback, a log record at level ERROR
+#: (vLLM: ``ERROR 05-02 10:00:00 [core.py:700] ...``, also behind a ``(EngineCore_DP0 pid=1)``
+#: prefix), or an argparse / sim style ``prog: error: ...`` line.
+ERROR_START = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRITICAL\b|^\S+: error: ")
+#: A log record of a lower level, which ends an error block.
+OTHER_RECORD = re.compile(r"\b(INFO|WARNING|DEBUG)\b")
+#: At most this many lines of the first error block are shown.
+ROOT_CAUSE_LINES = 40
+#: At most this much of the log is searched for the first error block.
+ROOT_CAUSE_SCAN_BYTES = 32 * 1024 * 1024
+
+
+def first_error_block(lines: list[str], max_lines: int = ROOT_CAUSE_LINES) -> tuple[int, list[str]] | None:
+    """(index, lines) of the first error block in ``lines``: a traceback or ERROR record and what follows it.
+
+    The block runs to the first record of a lower level (INFO, WARNING, DEBUG) after it, or
+    ``max_lines`` lines, whichever comes first.
+    """
+    for i, line in enumerate(lines):
+        if line.startswith("$ "):  # the command line the plugin wrote first
+            continue
+        if ERROR_START.search(line):
+            block = [line]
+            for nxt in lines[i + 1 : i + max_lines]:
+                if OTHER_RECORD.search(nxt) and not ERROR_START.search(nxt):
+                    break
+                block.append(nxt)
+            return i, block
+    return None
+
+
+def root_cause(path: Path | None, tail_lines: int = 30) -> str:
+    """The first error block of an engine log when it lies above the last ``tail_lines`` lines, else ''.
+
+    vLLM ends a failed start with "Engine core initialization failed. See root cause above"; the
+    cause (often from ``EngineCore``) is the first ERROR / Traceback block, far above the tail.
+    """
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        lines = fh.read(ROOT_CAUSE_SCAN_BYTES).decode("utf-8", "replace").splitlines()
+    found = first_error_block(lines)
+    if found is None:
+        return ""
+    start, block = found
+    if start >= len(lines) - tail_lines:  # already in the tail, shown there
+        return ""
+    return "\n".join(block)
+
+
 class EngineError(RuntimeError):
     """An engine failed to start, died, or could not be stopped cleanly.
 
-    The message ends with the last lines of the engine's log.
+    The message ends with the root cause found in the engine's log (its first error block, when
+    that lies above the tail) and the last lines of the log.
     """
 
     def __init__(self, message: str, log_path: Path | None = None, tail_lines: int = 30) -> None:
         self.log_path = log_path
+        self.summary = message
         self.tail = log_tail(log_path, tail_lines) if log_path else ""
+        self.root_cause = root_cause(log_path, tail_lines) if log_path else ""
         text = message
+        if self.root_cause:
+            text += f"\n--- root cause: the first error in {log_path} ---\n{self.root_cause}"
         if log_path is not None:
             text += f"\n--- last {tail_lines} lines of {log_path} ---\n{self.tail}"
         super().__init__(text)
+
+
+class EngineRestartWarning(UserWarning):
+    """An engine stopped answering between tests and was restarted; the message carries its log tail."""
 
 
 class EngineUnavailable(RuntimeError):

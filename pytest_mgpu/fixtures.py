@@ -1,19 +1,23 @@
-"""The plugin's fixtures: ``mgpu_layout``, ``mgpu_engine``, ``mgpu_bench``."""
+"""The plugin's fixtures: ``mgpu_layout``, ``mgpu_engine``, ``mgpu_bench``.
+
+Thin shells: each imports what it runs inside its body, so that loading the plugin in a project
+without mgpu tests imports no engine code and no numpy.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .bench import Bench
-from .engines import RunningEngine
-from .errors import EngineError, EngineUnavailable
 from .layout import Layout
-from .regime import roofline_for_engine
-from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
+
+if TYPE_CHECKING:  # pragma: no cover - imported inside the fixtures
+    from .bench import Bench
+    from .engines import RunningEngine
+    from .results import BenchResult
 
 
 @pytest.fixture
@@ -30,23 +34,47 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     An engine that is not installed skips the test, with the install hint; one that fails to
     start errors the test with the last lines of its log.
     """
+    from .errors import EngineError, EngineUnavailable
+
     sess = session_of(request.config)
     spec = request.node.stash.get(SPEC_KEY, None)
     if spec is None:  # pragma: no cover - every fixture user gets a spec at collection
         pytest.fail(f"{request.node.nodeid}: no engine spec (was the plugin disabled?)", pytrace=False)
+    # pytest.skip / pytest.fail outside the ``except`` blocks: raised inside them, pytest prints
+    # the error twice ("During handling of the above exception, another exception occurred").
+    skip = fail = None
     try:
         engine = sess.manager.acquire(spec)
     except EngineUnavailable as exc:
-        pytest.skip(str(exc))
+        skip = str(exc)
     except EngineError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        fail = str(exc)
+    if skip is not None:
+        pytest.skip(skip)
+    if fail is not None:
+        pytest.fail(fail, pytrace=False)
     yield engine
     if not engine.alive:
-        # Died during the test: stop what is left now, so the next test starts clean.
+        # Died during the test: say so, and stop what is left now, so the next test starts clean.
+        import warnings
+
+        from .errors import EngineRestartWarning, log_tail
+
+        rc = engine.process.poll() if engine.process is not None else None
+        warnings.warn(
+            EngineRestartWarning(
+                f"engine stopped answering: {engine.describe()}: it exited with code {rc} during "
+                f"{request.node.nodeid}; the next test that needs it starts a new one\n"
+                f"--- last 30 lines of {engine.log_path} ---\n{log_tail(engine.log_path, 30)}"
+            ),
+            stacklevel=1,
+        )
         try:
             sess.manager.stop_current()
         except EngineError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            fail = str(exc)
+        if fail is not None:
+            pytest.fail(fail, pytrace=False)
 
 
 @pytest.fixture
@@ -54,6 +82,8 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Be
     """Runs workloads against ``mgpu_engine``: ``mgpu_bench.run(input_len=128, output_len=128,
     num_requests=256, request_rate=32.0)`` returns a :class:`~pytest_mgpu.results.BenchResult`
     and records it for the gate, the reports and ``--mgpu-update-baselines``."""
+    from .bench import Bench
+
     sess = session_of(request.config)
     item = request.node
     item.stash[ITEM_RESULTS_KEY] = []
@@ -77,6 +107,8 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Be
 
 def roofline_of(sess: MgpuSession, engine: RunningEngine) -> dict[str, Any] | None:
     """The engine layout's decode floor (computed once per engine), as a dict; None where unknown."""
+    from .regime import roofline_for_engine
+
     key = (engine.pid, engine.base_url)
     if key not in sess.rooflines:
         rl = roofline_for_engine(engine, sess.inventory)

@@ -55,13 +55,28 @@ class TestMarks:
 
     @classmethod
     def from_node(cls, node: pytest.Item, nodeid: str | None = None) -> TestMarks:
-        """Parse the marks of ``node`` (a test function's definition or item); MarkerError names the test."""
+        """Parse the marks of ``node`` (a test function's definition or item).
+
+        Every bad mark is reported: MarkerError names the test, one line per problem.
+        """
         nid = nodeid or node.nodeid
+        problems: list[str] = []
+
+        def parse(fn: Any, *args: Any) -> Any:
+            try:
+                return fn(*args, nid)
+            except MarkerError as exc:
+                problems.append(str(exc))
+                return None
+
+        layouts = parse(layouts_from_marks, reversed(list(node.iter_markers("layout"))))
+        model = parse(model_from_marks, node.iter_markers("model"))
+        opts = parse(engine_opts_from_marks, node.iter_markers("engine_opts"))
+        tolerances = parse(tolerances_from_marks, node.iter_markers("perf_tolerance"))
+        if problems:
+            raise MarkerError("\n".join(problems))
         return cls(
-            layouts=tuple(layouts_from_marks(reversed(list(node.iter_markers("layout"))), nid)),
-            model=model_from_marks(node.iter_markers("model"), nid),
-            engine_opts=tuple(sorted(engine_opts_from_marks(node.iter_markers("engine_opts"), nid).items())),
-            tolerances=tolerances_from_marks(node.iter_markers("perf_tolerance"), nid),
+            layouts=tuple(layouts), model=model, engine_opts=tuple(sorted(opts.items())), tolerances=tolerances
         )
 
 
@@ -106,8 +121,20 @@ def engine_opts_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[st
     for mark in reversed(list(marks)):
         if mark.args:
             raise MarkerError(f"{nodeid}: engine_opts() takes keywords only, e.g. engine_opts(speed=0.8)")
+        bad = [f"{k}={v!r}" for k, v in mark.kwargs.items() if not _is_scalar(v)]
+        if bad:
+            raise MarkerError(
+                f"{nodeid}: engine_opts() values must be scalars (str, int, float or bool), got {', '.join(bad)}; "
+                f"an engine option is one KEY=VALUE, e.g. engine_opts(max_num_seqs=128)"
+            )
         opts.update({k: _opt_str(v) for k, v in mark.kwargs.items()})
     return opts
+
+
+def _is_scalar(v: Any) -> bool:
+    if isinstance(v, float):
+        return v == v and v not in (float("inf"), float("-inf"))  # NaN and inf are no option values
+    return isinstance(v, (str, int, bool))
 
 
 def tolerances_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, Tolerance]:

@@ -10,8 +10,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 #: Latency metrics and the statistics reported for each of them.
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 LATENCY_STATS = ("mean", "p50", "p90", "p99", "std")
@@ -92,6 +90,8 @@ class RequestRecord:
 
 
 def _stats(prefix: str, values_s: Sequence[float]) -> dict[str, float]:
+    import numpy as np  # lazy: the plugin's hooks import this module's names; numpy only for a summary
+
     arr = np.asarray(values_s, dtype=float) * 1000.0
     if arr.size == 0:
         arr = np.zeros(1)

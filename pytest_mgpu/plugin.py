@@ -1,13 +1,20 @@
-"""pytest hooks of pytest-mgpu: hooks only, each a call into the session (:mod:`.session`) or a module function."""
+"""pytest hooks of pytest-mgpu: hooks only, each a call into the session (:mod:`.session`) or a module function.
+
+Loading the plugin costs a project without mgpu tests next to nothing: this module imports only
+the option registry and the session's light part; NVML, ``git``, the signal handler, the engines
+and numpy wait until collection finds an mgpu test (see :mod:`.session`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 import pytest
 
-from . import collection, gate, options
-from .session import configure, session_of, unconfigure
+from . import options
+from .errors import MarkerError
+from .session import ITEM_RESULTS_KEY, configure, session_of, unconfigure
 
 #: The fixtures (mgpu_layout, mgpu_engine, mgpu_bench) load with the plugin.
 pytest_plugins = ["pytest_mgpu.fixtures"]
@@ -20,30 +27,53 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Register markers, read the GPUs, choose the engine, start the session."""
+    """Register markers and check the options; the heavy parts of the session wait for mgpu items."""
     configure(config)
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    """One header line: engine (and why, if it fell back), devices, model, baselines."""
-    return session_of(config).header_lines()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Make one item per ``layout`` mark; reject bad markers and layouts the model cannot run."""
+    from . import collection
+
     collection.parametrize_layouts(session_of(metafunc.config), metafunc)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Generator[None, Any, Any]:
+    """A test whose mgpu marks are bad becomes one item that errors naming it; its module's other tests run."""
+    try:
+        return (yield)
+    except MarkerError as exc:  # from pytest_generate_tests below: pytest would drop the whole module
+        from . import collection
+
+        return collection.invalid_declaration(collector, name, obj, str(exc))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Attach engine specs, skip layouts that need more devices than visible, group by engine key."""
+    """Attach engine specs, skip layouts that need more devices than visible, group by engine key.
+
+    Runs last, after deselection (``-k``, ``-m``), so that a session whose mgpu tests were all
+    deselected does not start the plugin's machinery.
+    """
+    from . import collection
+
     collection.prepare_items(session_of(config), items)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    """The ``mgpu:`` line (engine and why, devices, model, baselines), only in a session with mgpu items."""
+    return session_of(config).header_lines()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """After the test body: gate its results against the baselines (re-measuring before a FAIL)."""
     result = yield
-    gate.gate_item(session_of(item.config), item)
+    if item.stash.get(ITEM_RESULTS_KEY, None):
+        from . import gate
+
+        gate.gate_item(session_of(item.config), item)
     return result
 
 

@@ -1,4 +1,16 @@
-"""The plugin's state for one pytest session: :class:`MgpuSession`, created at configure, kept in ``config.stash``."""
+"""The plugin's state for one pytest session: :class:`MgpuSession`, kept in ``config.stash``.
+
+Installing the plugin must not change the test runs of a project without mgpu tests, so the
+session is built in two stages. At configure only the options are parsed and checked (pure
+Python, no subprocess, no NVML). The heavy parts come when they are first needed:
+
+* :attr:`MgpuSession.devices` (NVML, the engine choice, the fingerprint) when the first mgpu
+  test function is collected;
+* :meth:`MgpuSession.start` (the SIGTERM handler, the sweep for engines left by a dead run, the
+  engine manager) when collection ends with mgpu items in it;
+* :attr:`MgpuSession.env_info` (two ``git`` subprocesses) when the first result is recorded or
+  an output file is written.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +22,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .engine_manager import EngineManager
-from .engines import EngineSpec, check_engine_options
-from .errors import EngineError
-from .gpus import GpuInventory, query_inventory
-from .machine import collect_env
 from .markers import TestMarks, register_markers
-from .models import Model, resolve_model
-from .outputs import write_outputs
-from .report import summary_lines
-from .results import BenchResult
-from .settings import Settings, build_settings, gate_config
-from .verdicts import Comparison, GateConfig
+from .settings import Settings, build_settings, choose_engine, gate_config
+
+if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at plugin load
+    from .engine_manager import EngineManager
+    from .engines import EngineSpec
+    from .gpus import GpuInventory
+    from .models import Model
+    from .results import BenchResult
+    from .verdicts import Comparison, GateConfig
 
 #: What ``signal.getsignal`` returns: a handler, SIG_DFL/SIG_IGN, or None.
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What the session runs on: the GPU inventory, the engine's fingerprint and visible devices."""
+
+    inventory: GpuInventory
+    fingerprint: str  # baseline key: sim-v100-16gb-x4, nvidia-h200-x4, cpu
+    visible: int
+    word: str  # "GPUs" or "CPU workers" or "sim GPUs"
 
 
 @dataclass
@@ -38,16 +58,12 @@ class MgpuSession:
     config: pytest.Config
     settings: Settings
     gate: GateConfig  # from the options, built once per session
-    inventory: GpuInventory
-    fingerprint: str
-    visible_devices: int
-    device_word: str  # "GPUs" or "CPU workers" or "sim GPUs"
-    manager: EngineManager
-    env_info: dict[str, Any] = field(default_factory=dict)
     results: list[BenchResult] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)  # baseline entries written this session
+    #: Lines printed under the ``mgpu:`` header line (e.g. engines of a dead run that were ended).
+    notes: list[str] = field(default_factory=list)
     prev_sigterm: SignalHandler = None
     #: Resolved models by directory: each model's config.json is read once per session.
     models: dict[Path, Model] = field(default_factory=dict)
@@ -58,39 +74,95 @@ class MgpuSession:
     #: Compact telemetry of the baseline entries the gate compared with, by entry id.
     base_telemetry: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    #: Whether collection ended with mgpu items (set by :meth:`start`).
+    started: bool = False
+    _devices: Devices | None = field(default=None, repr=False)
+    _manager: EngineManager | None = field(default=None, repr=False)
+    _env_info: dict[str, Any] | None = field(default=None, repr=False)
+
     @classmethod
-    def start(cls, config: pytest.Config) -> MgpuSession:
-        """Read the GPUs, validate the options, choose the engine; store the session in ``config.stash``."""
-        inventory = query_inventory()
-        settings = build_settings(config, inventory.count, inventory.error)
-        try:
-            check_engine_options(settings.engine, settings.engine_options)
-        except EngineError as exc:
-            raise pytest.UsageError(f"--mgpu-engine-opt: {exc}") from None
+    def configure(cls, config: pytest.Config) -> MgpuSession:
+        """Parse and check the options (no NVML, no subprocess); store the session in ``config.stash``."""
+        settings = build_settings(config)
         gate = gate_config(config)  # built now: a bad tolerance is a usage error, not a test failure
-        if settings.engine == "sim":
-            fingerprint = f"sim-{settings.sim_gpu}-x{settings.sim_gpus}"
-            visible, word = settings.sim_gpus, "sim GPUs"
-            # The sim never touches real GPUs; its inventory is empty so nothing waits on NVML.
-            inventory = GpuInventory(error=inventory.error)
-        elif inventory.count:
-            fingerprint, visible, word = inventory.fingerprint(), inventory.count, "GPUs"
-        else:
-            fingerprint, visible, word = "cpu", cpu_workers(), "CPU workers"
-        sess = cls(
-            config=config, settings=settings, gate=gate, inventory=inventory, fingerprint=fingerprint,
-            visible_devices=visible, device_word=word, manager=EngineManager(settings, inventory),
-        )
-        sess.env_info = collect_env(
-            fingerprint, inventory, cwd=config.rootpath, engine=settings.engine, sim_gpu=settings.sim_gpu
-        )
-        sess.prev_sigterm = install_sigterm_handler()
-        atexit.register(sess.manager.close)  # last resort: never leave an engine running
+        sess = cls(config=config, settings=settings, gate=gate)
         config.stash[SESSION_KEY] = sess
         return sess
 
+    # --- the heavy parts, built on first use ---------------------------------------------------
+    @property
+    def devices(self) -> Devices:
+        """NVML's inventory, the engine choice (sim without GPUs) and the fingerprint; read once."""
+        if self._devices is None:
+            from .gpus import GpuInventory, query_inventory  # lazy: NVML only for sessions with mgpu tests
+
+            inventory = query_inventory()
+            s = choose_engine(self.settings, inventory.count, inventory.error)
+            if s.engine == "sim":
+                # The sim never touches real GPUs; its inventory is empty so nothing waits on NVML.
+                self._devices = Devices(
+                    GpuInventory(error=inventory.error), f"sim-{s.sim_gpu}-x{s.sim_gpus}", s.sim_gpus, "sim GPUs"
+                )
+            elif inventory.count:
+                self._devices = Devices(inventory, inventory.fingerprint(), inventory.count, "GPUs")
+            else:
+                self._devices = Devices(inventory, "cpu", cpu_workers(), "CPU workers")
+        return self._devices
+
+    @property
+    def inventory(self) -> GpuInventory:
+        """The GPUs this session may use (empty for the sim)."""
+        return self.devices.inventory
+
+    @property
+    def fingerprint(self) -> str:
+        """The hardware key of baselines: ``sim-v100-16gb-x4``, ``nvidia-h200-x4``, ``cpu``."""
+        return self.devices.fingerprint
+
+    @property
+    def visible_devices(self) -> int:
+        """Devices a layout may use: GPUs, sim GPUs or CPU workers."""
+        return self.devices.visible
+
+    @property
+    def device_word(self) -> str:
+        """What a device is called in skips: ``GPUs``, ``sim GPUs`` or ``CPU workers``."""
+        return self.devices.word
+
+    @property
+    def manager(self) -> EngineManager:
+        """The engine manager (created on first use)."""
+        if self._manager is None:
+            from .engine_manager import EngineManager
+
+            self._manager = EngineManager(self.settings, self.inventory)
+        return self._manager
+
+    @property
+    def env_info(self) -> dict[str, Any]:
+        """The machine and commit recorded with every result (``git`` runs on first use)."""
+        if self._env_info is None:
+            from .machine import collect_env
+
+            s = self.settings
+            self._env_info = collect_env(
+                self.fingerprint, self.inventory, cwd=self.config.rootpath, engine=s.engine, sim_gpu=s.sim_gpu
+            )
+        return self._env_info
+
+    def start(self) -> None:
+        """Collection found mgpu items: take over SIGTERM and make sure engines are stopped at exit."""
+        if self.started:
+            return
+        self.started = True
+        self.prev_sigterm = install_sigterm_handler()
+        atexit.register(self.close)  # last resort: never leave an engine running
+
+    # --- what the hooks ask --------------------------------------------------------------------
     def resolve_model(self, ref: str, test_path: Path | None) -> Model:
         """The model ``ref`` names, searched beside the test file, then in the rootdir and the built-ins."""
+        from .models import resolve_model
+
         dirs = [Path(self.config.rootpath)]
         if test_path is not None:
             dirs.insert(0, test_path.parent)
@@ -98,7 +170,9 @@ class MgpuSession:
         return self.models.setdefault(model.path, model)
 
     def header_lines(self) -> list[str]:
-        """The ``mgpu:`` report-header line: engine (and why, if it fell back), devices, model, baselines."""
+        """The ``mgpu:`` line (engine and why, devices, baselines) and notes; none without mgpu items."""
+        if not self.started:
+            return []
         s = self.settings
         line = f"mgpu: engine={s.engine}"
         if s.fallback_reason:
@@ -111,7 +185,7 @@ class MgpuSession:
         else:
             line += f", no GPU: {self.visible_devices} CPU worker(s)"
         line += f", repeats={s.repeats}, baselines={s.baseline_dir}/{self.fingerprint}"
-        return [line]
+        return [line, *self.notes]
 
     def baseline_telemetry(self, result: BenchResult) -> dict[str, float] | None:
         """The compact GPU telemetry stored with ``result``'s baseline entry, if any (for clock warnings)."""
@@ -124,15 +198,24 @@ class MgpuSession:
 
     def finish(self, session: pytest.Session) -> None:
         """Stop engines and write the session's output files; a failed teardown fails the session."""
-        try:
-            self.manager.close()
-        except EngineError as exc:
-            self.errors.append(f"ERROR at engine teardown: {exc}")
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        write_outputs(self)
+        if self._manager is not None:
+            from .errors import EngineError
+
+            try:
+                self._manager.close()
+            except EngineError as exc:
+                self.errors.append(f"ERROR at engine teardown: {exc}")
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        s = self.settings
+        if s.json_path or s.report_md or s.benchmark_json:
+            from .outputs import write_outputs
+
+            write_outputs(self)
 
     def write_summary(self, tr: pytest.TerminalReporter) -> None:
         """Write the per-item table, the per-layout table and the gate summary to the terminal."""
+        from .report import summary_lines
+
         for sep, text in summary_lines(self, self.config.invocation_params.args):
             if sep:
                 tr.write_sep(sep, text)
@@ -141,22 +224,24 @@ class MgpuSession:
 
     def close(self) -> None:
         """Stop any engine still running and give SIGTERM back its previous handler."""
-        self.manager.close()
+        if self._manager is not None:
+            self._manager.close()
         restore_sigterm_handler(self.prev_sigterm)
+        self.prev_sigterm = None
 
 
 #: The session, in ``config.stash``.
 SESSION_KEY = pytest.StashKey[MgpuSession]()
 #: An mgpu item's engine spec, set at collection.
-SPEC_KEY = pytest.StashKey[EngineSpec]()
+SPEC_KEY: pytest.StashKey[EngineSpec] = pytest.StashKey()
 #: The results an item's ``mgpu_bench`` measured, for its gate.
-ITEM_RESULTS_KEY = pytest.StashKey[list[BenchResult]]()
+ITEM_RESULTS_KEY: pytest.StashKey[list[BenchResult]] = pytest.StashKey()
 
 
 def configure(config: pytest.Config) -> MgpuSession:
-    """Register the markers and start the session."""
+    """Register the markers and parse the options (the heavy parts wait for mgpu items)."""
     register_markers(config)
-    return MgpuSession.start(config)
+    return MgpuSession.configure(config)
 
 
 def session_of(config: pytest.Config) -> MgpuSession:

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +54,16 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None) -> Settings:
-    """Read and validate options; choose the engine (``sim`` fallback without GPUs)."""
+def build_settings(config: pytest.Config) -> Settings:
+    """Read and validate the options, without NVML or subprocesses.
+
+    The engine is the named one, else :data:`DEFAULT_ENGINE` until :func:`choose_engine` has
+    seen the GPUs.
+    """
     opt = config.getoption
     root = Path(config.rootpath)
     named = opt("mgpu_engine")
     engine = named or DEFAULT_ENGINE
-    fallback = None
-    if named is None and gpu_count == 0:
-        engine = "sim"
-        fallback = f"no GPU found ({nvml_error or 'NVML reports 0 devices'}); using the sim engine"
     repeats_raw = opt("mgpu_repeats")
     if repeats_raw is None:
         repeats_raw = config.getini("mgpu_repeats")
@@ -79,11 +80,6 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
         if not (v > 0 and math.isfinite(v)):
             raise pytest.UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
     engine_opts = dict(parse_kv(v, "--mgpu-engine-opt") for v in opt("mgpu_engine_opt"))
-    if engine != "sim" and opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:
-        raise pytest.UsageError(
-            f"--mgpu-sim-gpu only applies to the sim engine, but the engine is {engine}; "
-            f"drop it or add --mgpu-engine sim"
-        )
     python = opt("mgpu_engine_python") or sys.executable
     if opt("mgpu_engine_python") and not os.access(python, os.X_OK):
         raise pytest.UsageError(f"--mgpu-engine-python {python!r} is not an executable interpreter")
@@ -93,7 +89,7 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
 
     baseline_dir = _path(opt("mgpu_baseline_dir") or config.getini("mgpu_baseline_dir"))
     assert baseline_dir is not None
-    return Settings(
+    settings = Settings(
         engine=engine,
         engine_named=named is not None,
         engine_options=engine_opts,
@@ -113,9 +109,126 @@ def build_settings(config: pytest.Config, gpu_count: int, nvml_error: str | None
         confirm=opt("mgpu_confirm"),
         report_md=_path(opt("mgpu_report_md")),
         benchmark_json=_path(opt("mgpu_benchmark_json")),
-        fallback_reason=fallback,
         prompt=opt("mgpu_prompt"),
     )
+    check_paths(settings)
+    if opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:
+        check_sim_profile(settings.sim_gpu)
+    if named is not None:
+        check_engine_settings(settings)
+    return settings
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a directory we write into, or None."""
+    if path.exists() and not path.is_dir():
+        return "is a file, not a directory"
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        return f"cannot be created: {base} is a file"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"cannot be created or written: {base} is not writable"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why a file cannot be written (atomically, beside itself) at ``path``, or None.
+
+    Probes the directory with a temporary file, which also catches read-only file systems.
+    """
+    if path.is_dir():
+        return "is a directory; give a file name"
+    why = _dir_problem(path.parent)
+    if why:
+        return f"cannot be written: its directory {path.parent} {why}"
+    base = _nearest_existing(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mgpu-probe-", dir=base)
+    except OSError as exc:
+        return f"cannot be written: creating a file in {base} fails ({exc.strerror})"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_paths(settings: Settings) -> None:
+    """The baseline and log directories and the output files can be written; UsageError otherwise.
+
+    Checked at configure, before any engine starts, so that a bad path is not found at session
+    end after an hour of measurements.
+    """
+    dirs = (("--mgpu-baseline-dir", settings.baseline_dir), ("--mgpu-log-dir", settings.log_dir))
+    for name, path in dirs:
+        why = _dir_problem(path)
+        if why:
+            raise pytest.UsageError(f"{name} {path} {why}; give a directory that can be created or written")
+    files = (
+        ("--mgpu-json", settings.json_path),
+        ("--mgpu-report-md", settings.report_md),
+        ("--mgpu-benchmark-json", settings.benchmark_json),
+    )
+    for name, file in files:
+        if file is not None:
+            why = _file_problem(file)
+            if why:
+                raise pytest.UsageError(f"{name} {file} {why}")
+
+
+def check_sim_profile(name: str) -> None:
+    """An unknown ``--mgpu-sim-gpu`` profile is a UsageError listing the known ones."""
+    from .sim.model import GPU_PROFILES  # the sim's own list, without starting it
+
+    if name not in GPU_PROFILES:
+        raise pytest.UsageError(
+            f"--mgpu-sim-gpu {name!r} is not a sim GPU profile; choose one of: {', '.join(GPU_PROFILES)}"
+        )
+
+
+def check_sim_options(settings: Settings) -> None:
+    """``--mgpu-engine-opt`` keys and values the sim does not know are a UsageError (checked without starting it)."""
+    from .errors import SimOptionError
+    from .sim.model import SimOptions
+
+    try:
+        SimOptions.parse({"gpu": settings.sim_gpu, **settings.engine_options})
+    except SimOptionError as exc:
+        raise pytest.UsageError(f"--mgpu-engine-opt: {exc}") from None
+
+
+def choose_engine(settings: Settings, gpu_count: int, nvml_error: str | None) -> Settings:
+    """Settle the engine once NVML has been asked: the sim when none is named and no GPU is found."""
+    if not settings.engine_named:
+        if gpu_count == 0:
+            settings.engine = "sim"
+            settings.fallback_reason = f"no GPU found ({nvml_error or 'NVML reports 0 devices'}); using the sim engine"
+        check_engine_settings(settings)
+    return settings
+
+
+def check_engine_settings(settings: Settings) -> None:
+    """Options that only make sense for some engines; UsageError naming the conflict and the fix."""
+    if settings.engine != "sim" and settings.sim_gpu != DEFAULT_SIM_GPU:
+        raise pytest.UsageError(
+            f"--mgpu-sim-gpu only applies to the sim engine, but the engine is {settings.engine}; "
+            f"drop it or add --mgpu-engine sim"
+        )
+    if settings.engine == "sim":
+        check_sim_options(settings)
+    from .engines import check_engine_options
+    from .errors import EngineError
+
+    try:
+        check_engine_options(settings.engine, settings.engine_options)
+    except EngineError as exc:
+        raise pytest.UsageError(f"--mgpu-engine-opt: {exc}") from None
 
 
 def gate_config_from_options(

@@ -40,10 +40,13 @@ class Workload:
             raise WorkloadError(f"request_rate={self.request_rate!r} must be > 0 (inf = all at once)")
         if not self.burstiness > 0:
             raise WorkloadError(f"burstiness={self.burstiness!r} must be > 0")
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise WorkloadError(f"max_concurrency={self.max_concurrency!r} must be >= 1 or None")
-        if self.warmup_requests < 0:
-            raise WorkloadError(f"warmup_requests={self.warmup_requests!r} must be >= 0")
+        mc = self.max_concurrency
+        if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 1):
+            raise WorkloadError(f"max_concurrency={mc!r} must be an int >= 1 or None")
+        for name in ("warmup_requests", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise WorkloadError(f"{name}={v!r} must be an int >= 0")
         if self.prompt not in PROMPT_MODES:
             raise WorkloadError(f"prompt={self.prompt!r} must be one of {', '.join(PROMPT_MODES)}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy  # noqa: F401  # pytester's in-process runs restore sys.modules, and numpy cannot load twice
 from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]

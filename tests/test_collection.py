@@ -64,7 +64,7 @@ def test_layout_fixture_value_and_default(pytester: pytest.Pytester) -> None:
         ("perf_tolerance('5%')", "*test_bad*perf_tolerance() takes metric=tolerance keywords*"),
     ],
 )
-def test_bad_marker_is_a_collection_error_naming_the_test(pytester: pytest.Pytester, mark: str, message: str) -> None:
+def test_bad_marker_is_an_error_naming_the_test(pytester: pytest.Pytester, mark: str, message: str) -> None:
     pytester.makepyfile(
         f"""
         import pytest
@@ -78,8 +78,9 @@ def test_bad_marker_is_a_collection_error_naming_the_test(pytester: pytest.Pytes
         """
     )
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["*ERROR collecting*", message])
-    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_bad*", message])
+    result.assert_outcomes(errors=1, passed=1)  # the module's other test still runs
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 def test_duplicate_layout_rejected(pytester: pytest.Pytester) -> None:
@@ -144,15 +145,79 @@ def test_items_are_grouped_by_engine_key(pytester: pytest.Pytester) -> None:
 
 
 def test_header_says_sim_fallback_without_gpu(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_x():\n    pass\n")
+    pytester.makepyfile("def test_x(mgpu_layout):\n    pass\n")
     result = pytester.runpytest()
     result.stdout.fnmatch_lines(["mgpu: engine=sim (no GPU found (*); using the sim engine), sim GPU v100-16gb x4*"])
 
 
 def test_named_engine_does_not_fall_back(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_x():\n    pass\n")
+    pytester.makepyfile("def test_x(mgpu_layout):\n    pass\n")
     result = pytester.runpytest("--mgpu-engine", "vllm")
     result.stdout.fnmatch_lines(["mgpu: engine=vllm, no GPU: * CPU worker(s)*"])
+
+
+#: A conftest that records what the plugin does in a project: subprocesses, NVML, SIGTERM.
+SPY_CONFTEST = """
+import signal, subprocess, sys
+
+CALLS = []
+_popen_init = subprocess.Popen.__init__
+
+def _spy(self, args, *a, **kw):
+    CALLS.append(args)
+    _popen_init(self, args, *a, **kw)
+
+subprocess.Popen.__init__ = _spy
+
+def pytest_sessionfinish(session):
+    print(f"\\nSPY subprocesses={CALLS!r} pynvml={'pynvml' in sys.modules} numpy={'numpy' in sys.modules} "
+          f"sigterm={signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}")
+"""
+
+
+def _spy_line(result: pytest.RunResult) -> str:
+    (line,) = [line for line in result.stdout.lines if line.startswith("SPY ")]
+    return line
+
+
+def test_plugin_does_nothing_in_a_project_without_mgpu_tests(pytester: pytest.Pytester) -> None:
+    """No header line, no subprocess (git), no NVML, no numpy, no SIGTERM handler (issue 8)."""
+    pytester.makeconftest(SPY_CONFTEST)
+    pytester.makepyfile("\n".join(f"def test_{i}():\n    pass\n" for i in range(5)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=5)
+    assert not [line for line in result.stdout.lines if line.startswith("mgpu")]
+    # Exactly what the same run does without the plugin (other plugins may run subprocesses).
+    without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-p", "no:mgpu")
+    assert _spy_line(result) == _spy_line(without)
+    assert "pynvml=False numpy=False sigterm=True" in _spy_line(result)
+
+
+def test_plugin_does_nothing_when_mgpu_tests_are_deselected(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(SPY_CONFTEST)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.gpu
+        def test_perf(mgpu_bench):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-m", "not gpu")
+    result.assert_outcomes(passed=1, deselected=1)
+    assert not [line for line in result.stdout.lines if line.startswith("mgpu")]
+    assert "git" not in _spy_line(result)
+    assert "pynvml=False numpy=False sigterm=True" in _spy_line(result)
+
+
+def test_header_comes_after_collection_in_a_session_with_mgpu_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(mgpu_layout):\n    pass\n\ndef test_y():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mgpu-engine", "sim")
+    result.stdout.fnmatch_lines(["collected 2 items", "mgpu: engine=sim, sim GPU v100-16gb x4*"])
 
 
 @pytest.mark.parametrize(

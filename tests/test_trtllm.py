@@ -364,8 +364,8 @@ def test_skip_tokenizer_init_mark_is_a_collection_error(pytester: pytest.Pyteste
         """
     )
     r = pytester.runpytest("--mgpu-engine", "trtllm", "-p", "no:cacheprovider")
-    r.stdout.fnmatch_lines(["*ERROR collecting*", "*test_serve: engine_opts: engine option skip_tokenizer_init=true*400*"])
-    assert r.ret == pytest.ExitCode.INTERRUPTED
+    r.stdout.fnmatch_lines(["*ERROR at setup of test_serve*", "*test_serve[[]tp1-pp1[]]: engine_opts: engine option skip_tokenizer_init=true*400*"])
+    r.assert_outcomes(errors=1, passed=1)  # the module's other test still runs
 
 
 def test_synthetic_tokenizer_files(tmp_path: Path) -> None:

@@ -1,11 +1,17 @@
-"""Adapter registry: ``--mgpu-engine NAME`` picks the adapter that launches that kind of engine."""
+"""Adapter registry: ``--mgpu-engine NAME`` picks the adapter that launches that kind of engine.
+
+The adapters, and :mod:`.base` with its subprocess and HTTP machinery, are imported on first use,
+so that registering the options (which needs only the engine names) stays cheap.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from .base import EngineAdapter, EngineSpec, RunningEngine
+if TYPE_CHECKING:  # pragma: no cover - resolved lazily by __getattr__ at run time
+    from .base import EngineAdapter, EngineSpec, RunningEngine
 
 #: Engine name -> ``module:class`` of its adapter, imported only when that engine is chosen.
 ADAPTERS: dict[str, str] = {
@@ -13,6 +19,8 @@ ADAPTERS: dict[str, str] = {
     "vllm": "pytest_mgpu.engines.vllm:VllmAdapter",
     "trtllm": "pytest_mgpu.engines.trtllm:TrtllmAdapter",
 }
+
+_BASE_NAMES = ("EngineAdapter", "EngineSpec", "RunningEngine")
 
 
 def get_adapter(name: str) -> EngineAdapter:
@@ -38,6 +46,15 @@ def check_engine_options(name: str, options: Mapping[str, str]) -> None:
     check = getattr(getattr(importlib.import_module(module), cls), "check_options", None)
     if check is not None:
         check(options)
+
+
+def __getattr__(name: str) -> Any:
+    """``EngineAdapter``, ``EngineSpec`` and ``RunningEngine`` from :mod:`.base`, imported on first use."""
+    if name in _BASE_NAMES:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ADAPTERS", "EngineAdapter", "EngineSpec", "RunningEngine", "check_engine_options", "get_adapter"]

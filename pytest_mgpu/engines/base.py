@@ -115,6 +115,8 @@ class EngineAdapter:
     start_timeout_s = 600.0
     stop_timeout_s = 30.0
     memory_timeout_s = 120.0
+    #: Seconds an idle engine has to answer ``health_path`` before a test gets it.
+    health_timeout_s = 5.0
 
     # --- to override -------------------------------------------------------------------------
     def version(self, python: str) -> str:
@@ -219,6 +221,27 @@ class EngineAdapter:
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
+
+    def health_problem(self, running: RunningEngine, timeout_s: float | None = None) -> str | None:
+        """Why ``running`` cannot be handed to a test (dead, or no 200 from ``health_path`` in time), or None."""
+        if running.process is None:
+            return "it has no process"
+        rc = running.process.poll()
+        if rc is not None:
+            return f"it exited with code {rc}"
+        deadline = self.health_timeout_s if timeout_s is None else timeout_s
+        try:
+            with urllib.request.urlopen(running.base_url + self.health_path, timeout=deadline) as resp:
+                if resp.status == 200:
+                    return None
+                return f"GET {self.health_path} answered {resp.status}"
+        except urllib.error.HTTPError as exc:
+            return f"GET {self.health_path} answered {exc.code}"
+        except (urllib.error.URLError, ConnectionError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                return f"no answer to GET {self.health_path} within {deadline:g}s"
+            return f"GET {self.health_path} failed ({reason})"
 
     def stop(self, running: RunningEngine, check_memory: bool = True) -> None:
         """Stop the process group (TERM, then KILL), reap it, then wait for GPU memory to return."""

@@ -22,8 +22,8 @@ class Model:
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        """The parsed ``config.json`` (read once per Model)."""
-        return json.loads((self.path / "config.json").read_text())
+        """The parsed and checked ``config.json`` (read once per Model); ModelError names the model and file."""
+        return read_config(self.path / "config.json", self.name)
 
     @property
     def num_heads(self) -> int:
@@ -47,17 +47,64 @@ class Model:
         return int(self.config["vocab_size"])
 
 
+#: Keys every model's config.json must hold, as positive ints: the layout checks and sizes need them.
+REQUIRED_KEYS = ("num_attention_heads", "num_hidden_layers", "hidden_size", "vocab_size")
+#: Keys that may be absent or null, but must be positive ints when given.
+OPTIONAL_INT_KEYS = ("num_key_value_heads", "intermediate_size", "max_position_embeddings", "head_dim")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_config(path: Path, name: str) -> dict[str, Any]:
+    """Read and check a model's ``config.json``; a truncated, empty or non-object file is a ModelError.
+
+    The message names the model, the file and what is wrong with it.
+    """
+    where = f"model {name!r}: {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{where} cannot be read ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"{where} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            f"is it truncated? Restore the model's config.json"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelError(
+            f"{where} holds a JSON {type(data).__name__}, not an object of model settings "
+            f"(a Hugging Face config.json such as pytest_mgpu/models/tiny-llama/config.json)"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ModelError(f"{where} lacks {', '.join(missing)}; a model config needs {', '.join(REQUIRED_KEYS)}")
+    bad = [f"{k}={data[k]!r}" for k in REQUIRED_KEYS if not _positive_int(data[k])]
+    bad += [f"{k}={data[k]!r}" for k in OPTIONAL_INT_KEYS if data.get(k) is not None and not _positive_int(data[k])]
+    if bad:
+        raise ModelError(f"{where} has {', '.join(bad)}; these must be positive integers")
+    return data
+
+
 def builtin_names() -> list[str]:
     """Names of the models shipped in ``pytest_mgpu/models``."""
     return sorted(p.parent.name for p in BUILTIN_DIR.glob("*/config.json"))
 
 
 def resolve_model(ref: str, search: list[Path] | None = None) -> Model:
-    """Find a model by name (built-in or under ``search`` dirs) or by directory path."""
+    """Find a model by name (built-in or under ``search`` dirs) or by directory path.
+
+    Its ``config.json`` is read and checked here (:func:`read_config`).
+    """
     candidates = [Path(ref)] + [d / ref for d in (search or [])] + [BUILTIN_DIR / ref]
     for c in candidates:
         if (c / "config.json").is_file():
-            return Model(name=c.name, path=c.resolve())
+            model = Model(name=c.name, path=c.resolve())
+            model.config  # noqa: B018  # read and check it now: a broken config.json is an error here
+            return model
     raise ModelError(
         f"model {ref!r} not found: no config.json in {', '.join(str(c) for c in candidates)}; "
         f"built-in models: {', '.join(builtin_names())}"

@@ -8,7 +8,6 @@ architectures get an estimate of the same shape.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -119,11 +118,13 @@ class ModelShape:
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelShape:
         """Read ``path/config.json``."""
+        from . import read_config  # the package imports nothing from here at load time
+
         p = Path(path)
         cfg = p / "config.json"
         if not cfg.is_file():
             raise ModelError(f"no config.json in {p}; pass a model directory (e.g. pytest_mgpu/models/tiny-llama)")
-        return cls.from_config(json.loads(cfg.read_text()), name=p.name)
+        return cls.from_config(read_config(cfg, p.name), name=p.name)
 
     @property
     def mlp_matrices(self) -> int:

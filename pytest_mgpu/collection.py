@@ -92,7 +92,7 @@ def item_spec(sess: MgpuSession, item: pytest.Item, layout: Layout, marks: TestM
     options.update(marks.engine_opts)
     return EngineSpec(
         engine=s.engine, model=model, layout=layout, options=tuple(sorted(options.items())),
-        env=tuple(sorted(s.engine_env.items())), python=s.engine_python,
+        env=tuple(sorted(s.engine_env.items())), python=s.engine_python, cache_dir=s.cache_dir,
     )
 
 

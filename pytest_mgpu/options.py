@@ -92,6 +92,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Seconds one measured run may take before open requests count as failed (default: 1800)")
     add(f"{prefix}log-dir", metavar="DIR", default=None,
         help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
+    add(f"{prefix}cache-dir", metavar="DIR", default=None,
+        help="Where engines keep compile caches between starts, one folder per engine version "
+             "(default: <rootdir>/.mgpu/cache; vLLM: VLLM_CACHE_ROOT=DIR/vllm-VERSION unless set)")
     add(f"{prefix}json", metavar="PATH", default=None,
         help="Write every result with all its fields to this JSON file (schema: docs/results-schema.md)")
     add(f"{prefix}json-records", action="store_true", default=False,

@@ -52,6 +52,7 @@ class Settings:
     fallback_reason: str | None = None
     prompt: str | None = None  # --mgpu-prompt; None: text where the engine can tokenize
     extra: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None  # engines' compile caches, per engine version
 
 
 def build_settings(config: pytest.Config) -> Settings:
@@ -110,6 +111,7 @@ def build_settings(config: pytest.Config) -> Settings:
         report_md=_path(opt("mgpu_report_md")),
         benchmark_json=_path(opt("mgpu_benchmark_json")),
         prompt=opt("mgpu_prompt"),
+        cache_dir=_path(opt("mgpu_cache_dir")) or root / ".mgpu" / "cache",
     )
     check_paths(settings)
     if opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:

@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def gpus(info: GpuInfo, n: int) -> GpuInventory:
 
 
 def make_engine(monkeypatch: pytest.MonkeyPatch, version: str = "0.32.0") -> VllmAdapter:
-    monkeypatch.setattr(vmod, "python_dist_version", lambda python, dists: version)
+    monkeypatch.setattr(vmod, "python_dist_version", lambda python, dists, env=None: version)
     return VllmAdapter()
 
 
@@ -256,6 +257,20 @@ def test_gpu_environment_selects_gpus_without_cpu_settings(monkeypatch: pytest.M
     env = make_engine(monkeypatch, "0.26.0").environment(spec(tp=2), [2, 3], gpus(H200, 4))
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["NCCL_NVLS_ENABLE"] == "0"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env and "VLLM_CPU_KVCACHE_SPACE" not in env
+
+
+def test_compile_cache_root_per_version_unless_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    s = replace(spec(), cache_dir=tmp_path)
+    assert make_engine(monkeypatch, "0.26.0").environment(s, [0], gpus(H200, 1))["VLLM_CACHE_ROOT"] == str(
+        tmp_path / "vllm-0.26.0"
+    )
+    assert make_engine(monkeypatch, "0.25.1").environment(s, [0], gpus(H200, 1))["VLLM_CACHE_ROOT"] == str(
+        tmp_path / "vllm-0.25.1"
+    )
+    assert "VLLM_CACHE_ROOT" not in make_engine(monkeypatch).environment(spec(), [0], gpus(H200, 1))
+    monkeypatch.setenv("VLLM_CACHE_ROOT", "/mine")  # the user's choice wins
+    assert make_engine(monkeypatch).environment(s, [0], gpus(H200, 1))["VLLM_CACHE_ROOT"] == "/mine"
 
 
 def test_omp_threads_bind_examples() -> None:

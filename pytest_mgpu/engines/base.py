@@ -55,6 +55,8 @@ class EngineSpec:
     options: tuple[tuple[str, str], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     python: str = "python"
+    #: Where the engine may keep compile caches between starts (per engine version); None: its default.
+    cache_dir: Path | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -65,6 +67,11 @@ class EngineSpec:
     def options_dict(self) -> dict[str, str]:
         """Engine options as a dict."""
         return dict(self.options)
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        """The engine's own environment variables as a dict."""
+        return dict(self.env)
 
 
 @dataclass
@@ -119,8 +126,9 @@ class EngineAdapter:
     health_timeout_s = 5.0
 
     # --- to override -------------------------------------------------------------------------
-    def version(self, python: str) -> str:
-        """The engine's version as installed for ``python``; raise EngineUnavailable if absent."""
+    def version(self, python: str, env: Mapping[str, str] | None = None) -> str:
+        """The engine's version as installed for ``python`` run with ``env`` over this process's
+        environment (``PYTHONPATH`` may choose the install); raise EngineUnavailable if absent."""
         raise NotImplementedError
 
     def command(self, spec: EngineSpec, port: int, inventory: GpuInventory, gpu_ids: Sequence[int]) -> list[str]:
@@ -156,7 +164,7 @@ class EngineAdapter:
         start_timeout_s: float | None = None,
     ) -> RunningEngine:
         """Start the server and wait until it answers ``health_path``; clean up on any failure."""
-        version = self.version(spec.python)
+        version = self.version(spec.python, spec.env_dict)
         self.check_supported(spec, inventory, version)
         env = self.environment(spec, gpu_ids, inventory)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -296,10 +304,11 @@ def kill_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
         pass
 
 
-def python_dist_version(python: str, dists: Sequence[str]) -> str | None:
+def python_dist_version(python: str, dists: Sequence[str], env: Mapping[str, str] | None = None) -> str | None:
     """Version of the first installed distribution in ``dists`` for interpreter ``python``.
 
-    Runs in a subprocess so that the engine is never imported here.
+    Runs in a subprocess (so that the engine is never imported here), with ``env`` over this
+    process's environment: two installs told apart by ``PYTHONPATH`` report their own versions.
     """
     code = (
         "import json,sys\nfrom importlib import metadata\n"
@@ -309,7 +318,8 @@ def python_dist_version(python: str, dists: Sequence[str]) -> str | None:
     )
     try:
         out = subprocess.run(
-            [python, "-c", code, json.dumps(list(dists))], capture_output=True, text=True, timeout=60
+            [python, "-c", code, json.dumps(list(dists))], capture_output=True, text=True, timeout=60,
+            env={**os.environ, **env} if env else None,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import __version__
@@ -24,7 +24,7 @@ class SimAdapter(EngineAdapter):
     start_timeout_s = 60.0
     stop_timeout_s = 5.0
 
-    def version(self, python: str) -> str:
+    def version(self, python: str, env: Mapping[str, str] | None = None) -> str:
         """The plugin's version: the sim ships with it."""
         return __version__
 

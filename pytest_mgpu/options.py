@@ -113,6 +113,24 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Export results in pytest-benchmark's JSON format")
 
 
+def add_ab_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
+    """Register the same-job A/B options (``--mgpu-ab OLD_PYTHON`` and its old-side settings)."""
+    add = addoption
+    add(f"{prefix}ab", metavar="OLD_PYTHON", default=None,
+        help="A/B: measure every item with the old engine from OLD_PYTHON and the new one "
+             "(--mgpu-engine-python or this interpreter), interleaved, restarting the engine before each "
+             "measurement, and decide on the paired rounds (docs/gate.md, Same-job A/B)")
+    add(f"{prefix}ab-env", metavar="KEY=VALUE", action="append", default=[],
+        help="A/B: environment variable of the old side only, over --mgpu-engine-env, repeatable "
+             "(e.g. PYTHONPATH=/tmp/site25 to pick an older install for the same python)")
+    add(f"{prefix}ab-opt", metavar="KEY=VALUE", action="append", default=[],
+        help="A/B: engine option of the old side only, over --mgpu-engine-opt, repeatable")
+    add(f"{prefix}ab-rounds", metavar="N", type=int, default=None,
+        help="A/B: at most N rounds (one old and one new measurement each) per workload (default: 10)")
+    add(f"{prefix}ab-min-rounds", metavar="N", type=int, default=None,
+        help="A/B: rounds before the first decision (default: 3)")
+
+
 def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     """Register the gate options with ``addoption`` (pytest group or argparse parser).
 
@@ -180,5 +198,6 @@ def register(parser: pytest.Parser) -> None:
     """Register everything with pytest: the options in the ``mgpu`` group, then the ini keys."""
     group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
     add_options(group.addoption)
+    add_ab_options(group.addoption)
     add_gate_options(group.addoption)
     add_ini(parser.addini)

@@ -15,13 +15,18 @@ if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls write_ou
 
 
 def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
-    """The ``--mgpu-json`` document."""
-    return {
+    """The ``--mgpu-json`` document (with an ``ab`` block in A/B mode)."""
+    doc = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "fingerprint": sess.fingerprint,
         "env": sess.env_info,
         "results": [r.to_dict(with_records) for r in sess.results],
     }
+    if sess.ab is not None:
+        from .ab import ab_document  # lazy: the A/B module imports the session, which imports this one
+
+        doc["ab"] = ab_document(sess)
+    return doc
 
 
 def write_outputs(sess: MgpuSession) -> None:
@@ -31,8 +36,13 @@ def write_outputs(sess: MgpuSession) -> None:
         doc = results_document(sess, s.json_records)
         atomic_write_text(s.json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if s.report_md is not None:
-        title = f"pytest-mgpu: {s.engine} on {sess.fingerprint}"
-        atomic_write_text(s.report_md, render_markdown(sess.comparisons, title=title))
+        if sess.ab is not None:
+            from .ab import ab_markdown  # lazy, as above
+
+            text = ab_markdown(sess)
+        else:
+            text = render_markdown(sess.comparisons, title=f"pytest-mgpu: {s.engine} on {sess.fingerprint}")
+        atomic_write_text(s.report_md, text)
     if s.benchmark_json is not None:
         doc = to_benchmark_json(sess.results)
         atomic_write_text(s.benchmark_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")

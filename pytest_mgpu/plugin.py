@@ -68,12 +68,18 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """After the test body: gate its results against the baselines (re-measuring before a FAIL)."""
+    """After the test body: gate its results against the baselines (re-measuring before a FAIL), or decide its A/B."""
     result = yield
     if item.stash.get(ITEM_RESULTS_KEY, None):
-        from . import gate
+        sess = session_of(item.config)
+        if sess.ab is not None:
+            from . import ab
 
-        gate.gate_item(session_of(item.config), item)
+            ab.gate_item(sess, item)
+        else:
+            from . import gate
+
+            gate.gate_item(sess, item)
     return result
 
 

@@ -120,5 +120,16 @@ def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
         yield "-", "mgpu gate"
         for line in lines:
             yield None, line
+    if sess.ab is not None and sess.ab_results:
+        from .ab import ab_title  # lazy: the A/B module imports the session, which imports this one
+        from .render.ab import terminal_lines
+
+        yield "-", ab_title(sess).removeprefix("pytest-mgpu ").replace("→", "->")
+        for line in terminal_lines(sess.ab_results, sess.ab.rule):
+            yield None, line
+        if sess.settings.update_baselines:
+            n = len(sess.updated)
+            yield None, (f"recorded the new side as {n} baseline entr{'y' if n == 1 else 'ies'} under "
+                         f"{sess.settings.baseline_dir}/{sess.fingerprint}")
     for err in sess.errors:
         yield None, err

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .ab_settings import AbSettings, ab_settings
 from .markers import TestMarks, register_markers
 from .settings import Settings, build_settings, choose_engine, gate_config
 
 if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at plugin load
+    from .ab import AbResult
     from .engine_manager import EngineManager
     from .engines import EngineSpec
     from .gpus import GpuInventory
@@ -73,6 +75,9 @@ class MgpuSession:
     rooflines: dict[tuple[int, str], dict[str, Any] | None] = field(default_factory=dict)
     #: Compact telemetry of the baseline entries the gate compared with, by entry id.
     base_telemetry: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Same-job A/B (``--mgpu-ab``): the old side and the rule; None for the stored-baseline gate.
+    ab: AbSettings | None = None
+    ab_results: list[AbResult] = field(default_factory=list)
 
     #: Whether collection ended with mgpu items (set by :meth:`start`).
     started: bool = False
@@ -85,7 +90,7 @@ class MgpuSession:
         """Parse and check the options (no NVML, no subprocess); store the session in ``config.stash``."""
         settings = build_settings(config)
         gate = gate_config(config)  # built now: a bad tolerance is a usage error, not a test failure
-        sess = cls(config=config, settings=settings, gate=gate)
+        sess = cls(config=config, settings=settings, gate=gate, ab=ab_settings(config))
         config.stash[SESSION_KEY] = sess
         return sess
 
@@ -185,7 +190,11 @@ class MgpuSession:
         else:
             line += f", no GPU: {self.visible_devices} CPU worker(s)"
         line += f", repeats={s.repeats}, baselines={s.baseline_dir}/{self.fingerprint}"
-        return [line, *self.notes]
+        if self.ab is None:
+            return [line, *self.notes]
+        from .ab import header_line  # reads both sides' engine versions (subprocesses)
+
+        return [line, header_line(self), *self.notes]
 
     def baseline_telemetry(self, result: BenchResult) -> dict[str, float] | None:
         """The compact GPU telemetry stored with ``result``'s baseline entry, if any (for clock warnings)."""

@@ -1,0 +1,527 @@
+"""Same-job A/B of two engine builds (``--mgpu-ab OLD_PYTHON``): the old engine (A) against the new (B).
+
+In A/B mode nothing is compared with a stored baseline. Each ``mgpu_bench.run(...)`` measures its
+workload in rounds; a round starts the old engine, measures, stops it, starts the new one,
+measures, stops it (the order alternates: A B, then B A), so only one engine is ever on the GPUs
+and every measurement follows an engine restart. After each round the paired rule of
+:mod:`.ab_verdicts` decides; ``run()`` stops as soon as the verdict is clear (or at the cap) and
+returns the new side's result with the old side, the rounds and the decision attached
+(:class:`AbResult`). A test body therefore needs no change.
+
+The old side is ``--mgpu-ab PYTHON`` with ``--mgpu-ab-env KEY=VALUE`` and ``--mgpu-ab-opt
+KEY=VALUE`` over the new side's environment and engine options; the new side is
+``--mgpu-engine-python`` (default: this interpreter) with ``--mgpu-engine-env``/``--mgpu-engine-opt``.
+Each side's engine version is read from its own interpreter and environment.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .ab_verdicts import AbConfig, AbDecision, decide
+from .baseline import BaselineStore
+from .bench import Bench
+from .engines import EngineSpec, RunningEngine, get_adapter
+from .errors import BaselineError, EngineError, EngineUnavailable
+from .layout import Layout
+from .markers import MARKS_KEY
+from .models import Model
+from .render.ab import fail_message, markdown, summary
+from .results import BenchResult
+from .session import ITEM_RESULTS_KEY, MgpuSession
+from .verdicts import GateConfig, Verdict
+from .workload import Workload
+
+OLD, NEW = "old", "new"
+
+
+def new_side_describe(sess: MgpuSession) -> str:
+    """``python3 KEY=VALUE``: the new side's interpreter and its engine env."""
+    s = sess.settings
+    return " ".join([s.engine_python, *(f"{k}={v}" for k, v in sorted(s.engine_env.items()))])
+
+
+def header_line(sess: MgpuSession) -> str:
+    """The report header's A/B line: both sides with their versions, and the rule."""
+    assert sess.ab is not None
+    s, ab = sess.settings, sess.ab
+
+    def version(python: str, env: dict[str, str]) -> str:
+        try:
+            return get_adapter(s.engine).version(python, env)
+        except EngineUnavailable:
+            return "not installed"
+
+    new_env = dict(s.engine_env)
+    old_env = {**new_env, **dict(ab.old_env)}
+    new = new_side_describe(sess)
+    return (
+        f"mgpu A/B: old = {s.engine} {version(ab.old_python, old_env)} ({ab.describe_old()}), "
+        f"new = {s.engine} {version(s.engine_python, new_env)} ({new}); "
+        f"rounds {ab.rule.min_rounds}..{ab.rule.max_rounds}, {s.repeats} repeat(s) per engine start"
+    )
+
+
+# --- the engines of one item -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of an A/B: its name (old/new), engine spec and engine version."""
+
+    name: str
+    spec: EngineSpec
+    version: str
+
+
+def side_version(spec: EngineSpec) -> str:
+    """The engine version of ``spec``'s interpreter and environment (EngineUnavailable when absent)."""
+    return get_adapter(spec.engine).version(spec.python, spec.env_dict)
+
+
+class AbEngines:
+    """What ``mgpu_engine`` is in A/B mode: both sides of the item; an engine runs only inside ``run()``.
+
+    ``name``, ``version`` (the new side), ``old_version``, ``layout``, ``model``, ``num_gpus`` are
+    known without starting anything; ``base_url``, ``log_path``, ``pid`` and ``gpu_ids`` are the
+    engine running at the moment (during ``mgpu_bench.run``), else an error.
+    """
+
+    def __init__(self, manager: Any, old: Side, new: Side) -> None:
+        self._manager = manager
+        self.old, self.new = old, new
+        self.name = new.spec.engine
+        self.version = new.version
+        self.old_version = old.version
+        self.layout: Layout = new.spec.layout
+        self.model: Model = new.spec.model
+        self.spec = new.spec
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs (or CPU workers) one side's engine occupies: tp x pp."""
+        return self.layout.num_gpus
+
+    @property
+    def current(self) -> RunningEngine | None:
+        """The engine of this item running now, or None."""
+        cur: RunningEngine | None = self._manager.current
+        if cur is not None and cur.spec in (self.old.spec, self.new.spec):
+            return cur
+        return None
+
+    def _running(self) -> RunningEngine:
+        cur = self.current
+        if cur is None:
+            raise RuntimeError(
+                "in A/B mode (--mgpu-ab) an engine runs only inside mgpu_bench.run(), which restarts the old "
+                "and the new engine for every measurement; there is no engine to reach outside it"
+            )
+        return cur
+
+    @property
+    def base_url(self) -> str:
+        """URL of the engine running now (only during ``mgpu_bench.run``)."""
+        return self._running().base_url
+
+    @property
+    def log_path(self) -> Path:
+        """Log of the engine running now."""
+        return self._running().log_path
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        """GPUs of the engine running now."""
+        return self._running().gpu_ids
+
+    @property
+    def alive(self) -> bool:
+        """Whether one of this item's engines is running."""
+        cur = self.current
+        return cur is not None and cur.alive
+
+    def describe(self) -> str:
+        """One line: ``vllm 0.25.1 -> 0.26.0 tp2-pp1 model=llama-2-7b (A/B)``."""
+        return f"{self.name} {self.old_version} -> {self.version} {self.layout.id} model={self.model.name} (A/B)"
+
+
+def engines_for(sess: MgpuSession, spec: EngineSpec) -> AbEngines:
+    """Both sides of an item's A/B, with their versions read from their interpreters."""
+    assert sess.ab is not None
+    old_spec = sess.ab.old_spec(spec)
+    versions = {}
+    for name, s in ((OLD, old_spec), (NEW, spec)):
+        try:
+            versions[name] = side_version(s)
+        except EngineUnavailable as exc:
+            raise EngineUnavailable(f"A/B {name} side: {exc}") from None
+    return AbEngines(sess.manager, Side(OLD, old_spec, versions[OLD]), Side(NEW, spec, versions[NEW]))
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AbRound:
+    """One round: the workload measured on a fresh old and a fresh new engine, in ``order``."""
+
+    index: int
+    order: tuple[str, str]
+    old: BenchResult
+    new: BenchResult
+    start_s: dict[str, float] = field(default_factory=dict)  # launch to ready, incl. preflight, per side
+    measure_s: dict[str, float] = field(default_factory=dict)
+    stop_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (per-repeat summaries of both sides)."""
+        return {
+            "round": self.index, "order": list(self.order),
+            "start_s": self.start_s, "measure_s": self.measure_s, "stop_s": self.stop_s,
+            "old": [r.to_dict() for r in self.old.repeats], "new": [r.to_dict() for r in self.new.repeats],
+        }
+
+
+def per_round(results: Sequence[BenchResult], metric: str) -> list[float]:
+    """A side's value of ``metric`` in each round: the median of the repeats on that engine start."""
+    out = []
+    for r in results:
+        vals = r.samples(metric)
+        out.append(float(statistics.median(vals)) if vals else math.nan)
+    return out
+
+
+@dataclass
+class AbResult(BenchResult):
+    """The new side's result (every repeat of every round), with the old side, rounds and decision attached."""
+
+    old: BenchResult | None = None
+    decision: AbDecision | None = None
+    rounds: list[AbRound] = field(default_factory=list)
+    old_describe: str = ""
+    wall_s: float = 0.0  # the whole A/B, first start to last stop
+
+    @property
+    def verdict(self) -> Verdict:
+        """The A/B verdict (INVALID when there is no decision)."""
+        return self.decision.verdict if self.decision else Verdict.INVALID
+
+    @property
+    def old_version(self) -> str:
+        """The old side's engine version."""
+        return self.old.engine_version if self.old else "?"
+
+    @property
+    def gpu_seconds(self) -> float:
+        """GPU-seconds this verdict cost: the A/B's wall time (starts, measurements, stops) x GPUs."""
+        return self.wall_s * self.num_gpus
+
+    def cost(self) -> dict[str, float]:
+        """Engine starts, measurements and stops in seconds (both sides), and GPU-minutes."""
+        starts = [s for rd in self.rounds for s in rd.start_s.values()]
+        return {
+            "starts": len(starts),
+            "start_s": math.fsum(starts),
+            "measure_s": math.fsum(s for rd in self.rounds for s in rd.measure_s.values()),
+            "stop_s": math.fsum(s for rd in self.rounds for s in rd.stop_s.values()),
+            "wall_s": self.wall_s,
+            "gpu_minutes": self.gpu_seconds / 60.0,
+        }
+
+    def to_dict(self, with_records: bool = False) -> dict[str, Any]:
+        """The new side as in ``--mgpu-json``, plus ``ab``: old side, rounds, per-metric decision, cost."""
+        d = super().to_dict(with_records)
+        d["ab"] = {
+            "old_version": self.old_version,
+            "new_version": self.engine_version,
+            "old_side": self.old_describe,
+            "verdict": str(self.verdict),
+            "rounds": len(self.rounds),
+            "note": self.decision.note if self.decision else "",
+            "metrics": [m.to_dict() for m in self.decision.metrics] if self.decision else [],
+            "cost": self.cost(),
+            "old": self.old.to_dict(with_records) if self.old else None,
+            "per_round": [rd.to_dict() for rd in self.rounds],
+        }
+        return d
+
+
+def merge_rounds(results: Sequence[BenchResult]) -> BenchResult:
+    """One side's rounds as one result: every repeat of every round, in order."""
+    first = results[0]
+    return replace(first, repeats=[rep for r in results for rep in r.repeats])
+
+
+# --- the A/B bench -------------------------------------------------------------------------------
+
+
+class AbBench:
+    """``mgpu_bench`` in A/B mode: ``run()`` measures the old and the new engine in rounds and decides."""
+
+    def __init__(
+        self,
+        sess: MgpuSession,
+        engines: AbEngines,
+        *,
+        nodeid: str,
+        test_name: str,
+        module: str,
+        gate: GateConfig,
+        record: Callable[[BenchResult], None],
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sess = sess
+        self.engines = engines
+        self.engine = engines  # what Bench exposes as ``engine``
+        self.nodeid, self.test_name, self.module = nodeid, test_name, module
+        self.gate = gate
+        self.rule = sess.ab.rule if sess.ab else AbConfig()
+        self.repeats = sess.settings.repeats
+        self._record = record
+        self._progress = progress or (lambda line: None)
+        self.results: list[AbResult] = []
+        self._running_side: str | None = None
+
+    def _stop(self) -> tuple[str | None, float]:
+        """Stop the engine running now (if any); return its side and the seconds the stop took."""
+        manager = self.sess.manager
+        who, self._running_side = self._running_side, None
+        if manager.current is None:
+            return None, 0.0
+        t = time.monotonic()
+        manager.stop_current()
+        return who, time.monotonic() - t
+
+    def _measure(self, engine: RunningEngine, kwargs: dict[str, Any], repeats: int) -> BenchResult:
+        bench = Bench(
+            engine, nodeid=self.nodeid, test_name=self.test_name, module=self.module, repeats=repeats,
+            request_timeout_s=self.sess.settings.request_timeout_s, env=self.sess.env_info, record=lambda r: None,
+        )
+        return bench.run(**kwargs)
+
+    def run(
+        self,
+        input_len: int = 128,
+        output_len: int = 128,
+        num_requests: int = 256,
+        request_rate: float = 32.0,
+        *,
+        burstiness: float = 1.0,
+        max_concurrency: int | None = None,
+        warmup_requests: int = 4,
+        seed: int = 0,
+        label: str | None = None,
+        repeats: int | None = None,
+    ) -> AbResult:
+        """Measure the workload on the old and the new engine in rounds until the verdict is clear.
+
+        Same arguments as the plain ``mgpu_bench.run``; ``repeats`` (default ``--mgpu-repeats``) is
+        the number of measurements per engine start. Returns the new side's result; its ``old``,
+        ``rounds`` and ``decision`` hold the rest.
+        """
+        kwargs: dict[str, Any] = dict(
+            input_len=input_len, output_len=output_len, num_requests=num_requests, request_rate=request_rate,
+            burstiness=burstiness, max_concurrency=max_concurrency, warmup_requests=warmup_requests, seed=seed,
+            label=label, repeats=repeats or self.repeats,
+        )
+        # Check the arguments before any engine starts (Bench.run checks them again).
+        workload = Workload(
+            input_len=input_len, output_len=output_len, num_requests=num_requests, request_rate=float(request_rate),
+            burstiness=burstiness, max_concurrency=max_concurrency, warmup_requests=warmup_requests, seed=seed,
+            vocab_size=self.engines.model.vocab_size,
+        )
+        if label is not None and not label.strip():
+            raise ValueError("label must be a non-empty string or None")
+        name = label or workload.name
+        if any((r.label or r.workload.name) == name for r in self.results):
+            raise ValueError(
+                f"{self.nodeid}: workload {name!r} was already measured in this test; "
+                f"pass label= to tell two runs of the same workload apart"
+            )
+        try:
+            result = self._rounds(kwargs, name)
+        except EngineUnavailable as exc:
+            pytest.skip(str(exc))
+        except EngineError as exc:
+            pytest.fail(f"A/B {self.test_name}::{name}: {exc}", pytrace=False)
+        self.results.append(result)
+        self._record(result)
+        return result
+
+    def _rounds(self, kwargs: dict[str, Any], name: str) -> AbResult:
+        sides = {OLD: self.engines.old, NEW: self.engines.new}
+        rounds: list[AbRound] = []
+        decision: AbDecision | None = None
+        t0 = time.monotonic()
+        try:
+            for n in range(1, self.rule.max_rounds + 1):
+                order = (OLD, NEW) if n % 2 else (NEW, OLD)
+                measured: dict[str, BenchResult] = {}
+                start_s: dict[str, float] = {}
+                measure_s: dict[str, float] = {}
+                stop_s: dict[str, float] = {}
+                for side_name in order:
+                    stopped, took = self._stop()  # always restart, even an identical engine (A/A)
+                    if stopped is not None:
+                        stop_s[stopped] = stop_s.get(stopped, 0.0) + took
+                    t = time.monotonic()
+                    engine = self.sess.manager.acquire(sides[side_name].spec)
+                    self._running_side = side_name
+                    start_s[side_name] = time.monotonic() - t
+                    t = time.monotonic()
+                    measured[side_name] = self._measure(engine, kwargs, kwargs["repeats"])
+                    measure_s[side_name] = time.monotonic() - t
+                rd = AbRound(n, order, measured[OLD], measured[NEW], start_s, measure_s, stop_s)
+                rounds.append(rd)
+                decision = self._decide(rounds)
+                self._progress(self._progress_line(name, rd, decision))
+                if decision.done:
+                    break
+        finally:
+            stopped, took = self._stop()  # only one engine on the GPUs, and none between A/Bs
+            if stopped is not None and rounds:
+                rounds[-1].stop_s[stopped] = rounds[-1].stop_s.get(stopped, 0.0) + took
+        wall = time.monotonic() - t0
+        new = merge_rounds([rd.new for rd in rounds])
+        old = merge_rounds([rd.old for rd in rounds])
+        base = {f.name: getattr(new, f.name) for f in fields(BenchResult)}
+        assert self.sess.ab is not None
+        return AbResult(**base, old=old, decision=decision, rounds=rounds, old_describe=self.sess.ab.describe_old(),
+                        wall_s=wall)
+
+    def _decide(self, rounds: Sequence[AbRound]) -> AbDecision:
+        invalid = next(
+            (f"round {rd.index} {side}: {r.invalid}" for rd in rounds for side, r in ((OLD, rd.old), (NEW, rd.new))
+             if r.invalid),
+            None,
+        )
+        metrics = self.gate.metrics
+        old = {m: per_round([rd.old for rd in rounds], m) for m in metrics}
+        new = {m: per_round([rd.new for rd in rounds], m) for m in metrics}
+        return decide(old, new, self.gate, self.rule, invalid=invalid)
+
+    def _progress_line(self, name: str, rd: AbRound, d: AbDecision) -> str:
+        parts = []
+        for m in d.metrics:
+            if m.gated and m.old_values:
+                parts.append(f"{m.metric} {m.old_values[-1]:.4g} -> {m.new_values[-1]:.4g}")
+        starts = ", ".join(f"{k} start {v:.0f}s" for k, v in rd.start_s.items())
+        state = f"{d.verdict}" if d.done else "continue"
+        return f"A/B {self.test_name}::{name} round {rd.index} ({starts}): {'; '.join(parts)} -> {state}"
+
+
+def progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
+    """With ``-v``: a function that writes one A/B progress line per round to the terminal, uncaptured."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or config.getoption("verbose") <= 0:
+        return None
+
+    def write(line: str) -> None:
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                tr.write_line(line)
+        else:  # pragma: no cover - capture is always loaded unless -p no:capture
+            tr.write_line(line)
+
+    return write
+
+
+# --- the gate of an A/B item ---------------------------------------------------------------------
+
+
+def item_gate_config(sess: MgpuSession, item: pytest.Item) -> GateConfig:
+    """The session's gate config with the item's ``perf_tolerance`` marks applied."""
+    marks = item.stash.get(MARKS_KEY, None)
+    return sess.gate.with_overrides(marks.tolerances) if marks is not None else sess.gate
+
+
+def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
+    """After the test body in A/B mode: record the A/B results, JUnit properties; fail on FAIL.
+
+    With ``--mgpu-update-baselines`` the new side's measurements are written as the baselines
+    (and a FAIL is reported, not raised), as in the stored-baseline gate.
+    """
+    results = [r for r in item.stash.get(ITEM_RESULTS_KEY, []) if isinstance(r, AbResult)]
+    if not results:
+        return
+    s = sess.settings
+    strict = sess.gate.strict
+    failures: list[str] = []
+    for r in results:
+        sess.ab_results.append(r)
+        wl = r.label or r.workload.name
+        item.user_properties.append(("mgpu.ab.old_version", r.old_version))
+        item.user_properties.append(("mgpu.ab.new_version", r.engine_version))
+        item.user_properties.append((f"mgpu.{wl}.ab.verdict", str(r.verdict)))
+        item.user_properties.append((f"mgpu.{wl}.ab.rounds", len(r.rounds)))
+        item.user_properties.append((f"mgpu.{wl}.ab.gpu_minutes", round(r.gpu_seconds / 60.0, 3)))
+        if r.decision is not None:
+            for m in r.decision.metrics:
+                if m.old is None or m.new is None:
+                    continue
+                item.user_properties.append((f"mgpu.{wl}.{m.metric}.old", round(m.old, 3)))
+                item.user_properties.append((f"mgpu.{wl}.{m.metric}.new", round(m.new, 3)))
+                if m.delta_pct is not None:
+                    item.user_properties.append((f"mgpu.{wl}.{m.metric}.delta_pct", round(m.delta_pct, 2)))
+        v = r.verdict
+        if v is Verdict.INVALID or (v is Verdict.FAIL and not s.update_baselines):
+            failures.append(fail_message(r))
+        elif v is Verdict.WARN and strict and not s.update_baselines:
+            failures.append(fail_message(r) + "\n(--mgpu-strict fails on WARN too)")
+    if s.update_baselines:
+        store = BaselineStore(s.baseline_dir)
+        new_side = [r for r in results if r.valid]
+        try:
+            if new_side:
+                written = store.update(sess.fingerprint, results[0].module, new_side)
+                sess.updated.extend(written.written)
+        except BaselineError as exc:
+            sess.errors.append(str(exc))
+            pytest.fail(str(exc), pytrace=False)
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+# --- session-level outputs -----------------------------------------------------------------------
+
+
+def ab_title(sess: MgpuSession) -> str:
+    """``pytest-mgpu A/B: vllm 0.25.1 → 0.26.0 on nvidia-h100-80gb-hbm3-x2``."""
+    pairs = sorted({f"{r.engine} {r.old_version} → {r.engine_version}" for r in sess.ab_results})
+    return f"pytest-mgpu A/B: {'; '.join(pairs) or sess.settings.engine} on {sess.fingerprint}"
+
+
+def ab_markdown(sess: MgpuSession) -> str:
+    """The Markdown report of an A/B session (``--mgpu-report-md``)."""
+    assert sess.ab is not None
+    return markdown(sess.ab_results, sess.ab.rule, ab_title(sess))
+
+
+def ab_document(sess: MgpuSession) -> dict[str, Any]:
+    """The ``ab`` block of ``--mgpu-json``: both sides, the rule, the verdict counts and the GPU time."""
+    assert sess.ab is not None
+    counts: dict[str, int] = {}
+    for r in sess.ab_results:
+        counts[str(r.verdict)] = counts.get(str(r.verdict), 0) + 1
+    rule = sess.ab.rule
+    return {
+        "old_side": sess.ab.describe_old(),
+        "new_side": new_side_describe(sess),
+        "old_versions": sorted({r.old_version for r in sess.ab_results}),
+        "new_versions": sorted({r.engine_version for r in sess.ab_results}),
+        "rule": {"alpha": rule.alpha, "beta": rule.beta, "fail_fraction": rule.fail_fraction,
+                 "min_rounds": rule.min_rounds, "max_rounds": rule.max_rounds, "noise_floor": rule.noise_floor,
+                 "confirm": rule.confirm, "repeats_per_start": sess.settings.repeats},
+        "verdicts": counts,
+        "summary": summary(sess.ab_results),
+        "gpu_minutes": sum(r.gpu_seconds for r in sess.ab_results) / 60.0,
+    }

@@ -1,0 +1,156 @@
+"""Same-job A/B (``--mgpu-ab``) through the whole plugin, on the sim engine (pytester).
+
+The sim serves in real time on a shared 2-core host, so its TTFT carries host lag (several % run
+to run, with occasional outliers) until its modelled clock lands (issue 10). The tests therefore
+set the sim's own noise explicitly (``noise=0``), take 3 repeats per engine start (the median drops
+a single stalled run), and gate TTFT p50 at 20% in the test file; throughput and TPOT keep the 5%
+default, and a 10% speed change shows in both.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from pytest_mgpu.engines.vllm import VllmAdapter
+
+pytest_plugins = ["pytester"]
+
+SIM = ["--mgpu-engine", "sim", "--mgpu-sim-gpu", "h100-80gb", "-p", "no:cacheprovider", "--mgpu-engine-opt", "noise=0"]
+# "--opt=VALUE": pytest reads a path-like value of a plugin option as a test path when it picks the rootdir.
+AB = [*SIM, f"--mgpu-ab={sys.executable}", "--mgpu-repeats", "3"]
+
+AB_TEST = """
+import math, pytest
+
+# TTFT on the real-time sim carries host lag (see the module docstring of test_ab_plugin.py).
+pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b"), pytest.mark.perf_tolerance(ttft_p50="20%")]
+
+@pytest.mark.layout(tp=1)
+def test_serve(mgpu_bench, mgpu_engine):
+    with pytest.raises(RuntimeError, match="only inside mgpu_bench.run"):
+        mgpu_engine.base_url
+    r = mgpu_bench.run(input_len=64, output_len=16, num_requests=16, request_rate=math.inf, warmup_requests=2)
+    assert r.valid
+    print("SIDES", mgpu_engine.old_version, "->", mgpu_engine.version, r.verdict, len(r.rounds))
+"""
+
+
+def _ab(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict, str]:
+    pytester.makepyfile(test_ab=AB_TEST)
+    out, md = pytester.path / "ab.json", pytester.path / "ab.md"
+    r = pytester.runpytest(*AB, "-s", "--mgpu-json", str(out), "--mgpu-report-md", str(md), *args)
+    return r, json.loads(out.read_text()), md.read_text()
+
+
+def test_slower_new_engine_fails_confirmed_and_reports_both_sides(pytester: pytest.Pytester) -> None:
+    r, doc, md = _ab(pytester, "--mgpu-engine-opt", "speed=0.9", "--mgpu-ab-opt", "speed=1.0")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(
+        [
+            "mgpu A/B: old = sim * (*opt speed=1.0), new = sim * (*); rounds 3..10, 3 repeat(s) per engine start",
+            "FAIL: test_serve[[]tp1-pp1[]]::in64-out16-n16-qpsinf (sim * -> *, * rounds)",
+            "*output_throughput_per_gpu* is *% lower (worse) on the new side (sim *) than on the old side*",
+            "*A/B: sim * -> * on sim-h100-80gb-x4*",
+            "test_serve[[]tp1-pp1[]]::in64-out16-n16-qpsinf  FAIL  (sim * -> *, * rounds, * GPU-min)",
+            "  metric*old*new*change*90% CI*fail beyond*tol*verdict",
+            "GPU time per verdict*",
+            "  total*",
+            "mgpu A/B: 1 failed; 1 verdicts, * GPU-min (* per verdict)",
+        ]
+    )
+    (res,) = doc["results"]
+    ab = res["ab"]
+    assert ab["verdict"] == "FAIL" and ab["old_version"] == ab["new_version"] == res["engine_version"]
+    tput = next(m for m in ab["metrics"] if m["metric"] == "output_throughput_per_gpu")
+    tpot = next(m for m in ab["metrics"] if m["metric"] == "tpot_p50")
+    assert tput["new"] < tput["old"] and tpot["new"] > tpot["old"]
+    assert "FAIL" in (tput["verdict"], tpot["verdict"])
+    # A FAIL needs two looks in a row: at least min_rounds + 1 rounds, each with two engine starts.
+    assert 4 <= ab["rounds"] <= 10 and ab["cost"]["starts"] == 2 * ab["rounds"]
+    assert [rd["order"] for rd in ab["per_round"][:2]] == [["old", "new"], ["new", "old"]]
+    assert all(len(rd["old"]) == len(rd["new"]) == 3 for rd in ab["per_round"])
+    assert len(res["repeats"]) == 3 * ab["rounds"]  # the new side: every repeat of every round
+    assert doc["ab"]["verdicts"] == {"FAIL": 1} and doc["ab"]["gpu_minutes"] > 0
+    assert "sim 0.1.0 → 0.1.0" in md or "→" in md.splitlines()[0]
+    assert "**FAIL**" in md and "### GPU time per verdict" in md
+
+
+def test_unchanged_engine_passes_and_restarts_before_every_measurement(pytester: pytest.Pytester) -> None:
+    xml = pytester.path / "junit.xml"
+    r, doc, md = _ab(pytester, f"--junitxml={xml}")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["SIDES * -> * PASS *", "mgpu A/B: 1 passed; 1 verdicts, *"])
+    ab = doc["results"][0]["ab"]
+    assert ab["verdict"] == "PASS" and 3 <= ab["rounds"] <= 10
+    assert ab["cost"]["starts"] == 2 * ab["rounds"]
+    assert all(set(rd["start_s"]) == {"old", "new"} for rd in ab["per_round"])
+    props = {p.get("name"): p.get("value") for p in ET.parse(xml).iter("property")}
+    assert props["mgpu.ab.old_version"] == props["mgpu.ab.new_version"]
+    assert props["mgpu.in64-out16-n16-qpsinf.ab.verdict"] == "PASS"
+    assert float(props["mgpu.in64-out16-n16-qpsinf.output_throughput_per_gpu.old"]) > 0
+    assert "mgpu.in64-out16-n16-qpsinf.tpot_p50.new" in props
+    assert "**1 passed; 1 verdicts" in md
+
+
+def test_ab_result_recorded_as_baseline_is_the_new_side(pytester: pytest.Pytester) -> None:
+    r, doc, _ = _ab(pytester, "--mgpu-update-baselines", "--mgpu-ab-min-rounds", "3", "--mgpu-ab-rounds", "3")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["recorded the new side as 1 baseline entry under *sim-h100-80gb-x4"])
+    files = list((pytester.path / "baselines" / "sim-h100-80gb-x4").rglob("*.json"))
+    assert len(files) == 1
+    entry = json.loads(files[0].read_text())["entries"]["test_serve[tp1-pp1]::in64-out16-n16-qpsinf"]
+    # Nine samples: three rounds of three repeats, all from the new side.
+    new_tput = [rep["summary"]["output_throughput_per_gpu"] for rep in doc["results"][0]["repeats"]]
+    samples = entry["metrics"]["output_throughput_per_gpu"]["samples"]
+    assert len(samples) == 9 and samples == pytest.approx(new_tput, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mgpu-ab-env", "PYTHONPATH=/x"], "--mgpu-ab-env only apply to an A/B; add --mgpu-ab OLD_PYTHON"),
+        (["--mgpu-ab-rounds", "5"], "--mgpu-ab-rounds only apply to an A/B*"),
+        (["--mgpu-ab", "/no/such/python"], "--mgpu-ab '/no/such/python' is not an executable interpreter*"),
+        ([f"--mgpu-ab={sys.executable}", "--mgpu-ab-rounds", "2"], "--mgpu-ab-min-rounds/--mgpu-ab-rounds: max_rounds=2 is below*"),
+        ([f"--mgpu-ab={sys.executable}", "--mgpu-ab-opt", "speed"], "--mgpu-ab-opt expects KEY=VALUE*"),
+    ],
+)
+def test_bad_ab_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile(test_ab=AB_TEST)
+    r = pytester.runpytest(*SIM, *args)
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines([f"*{message}"])
+
+
+def _fake_vllm_site(root: Path, version: str) -> Path:
+    """A folder that makes ``importlib.metadata`` see vllm ``version`` when it is on PYTHONPATH."""
+    site = root / f"site-{version}"
+    info = site / f"vllm-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    return site
+
+
+def test_each_side_reads_its_version_under_its_own_pythonpath(tmp_path: Path) -> None:
+    """Two vLLM installs for one python, chosen by PYTHONPATH (the GPU machines' layout)."""
+    site25, site26 = _fake_vllm_site(tmp_path, "0.25.1"), _fake_vllm_site(tmp_path, "0.26.0")
+    adapter = VllmAdapter()
+    assert adapter.version(sys.executable, {"PYTHONPATH": str(site25)}) == "0.25.1"
+    assert adapter.version(sys.executable, {"PYTHONPATH": str(site26)}) == "0.26.0"
+
+
+def test_header_names_both_versions_from_pythonpath(pytester: pytest.Pytester) -> None:
+    site25, site26 = _fake_vllm_site(pytester.path, "0.25.1"), _fake_vllm_site(pytester.path, "0.26.0")
+    pytester.makepyfile(test_ab=AB_TEST)
+    r = pytester.runpytest(
+        "--co", "-p", "no:cacheprovider", "--mgpu-engine", "vllm", f"--mgpu-ab={sys.executable}",
+        "--mgpu-ab-env", f"PYTHONPATH={site25}", "--mgpu-engine-env", f"PYTHONPATH={site26}",
+    )
+    r.stdout.fnmatch_lines(
+        [f"mgpu A/B: old = vllm 0.25.1 (* PYTHONPATH={site25}), new = vllm 0.26.0 (* PYTHONPATH={site26}); rounds 3..10*"]
+    )

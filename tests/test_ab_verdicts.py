@@ -1,0 +1,188 @@
+"""The paired A/B rule (pytest_mgpu.ab_verdicts): Student's t, one look, the sequential decision, properties."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_mgpu.ab_verdicts import (
+    AbConfig,
+    LookState,
+    decide,
+    decide_metric,
+    log_tolerance,
+    look,
+    t_quantile,
+    t_sf,
+)
+from pytest_mgpu.verdicts import GateConfig, Verdict
+
+TPUT, TPOT = "output_throughput_per_gpu", "tpot_p50"
+CFG = AbConfig()
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [(0.99, 2, 6.964557), (0.995, 2, 9.924843), (0.975, 10, 2.228139), (0.95, 1, 6.313752), (0.99, 30, 2.457262)],
+)
+def test_t_quantile_matches_tables(p: float, df: int, expected: float) -> None:
+    assert t_quantile(p, df) == pytest.approx(expected, rel=1e-6)
+    assert t_quantile(1 - p, df) == pytest.approx(-expected, rel=1e-6)
+
+
+@given(st.floats(-30, 30), st.integers(1, 60))
+def test_t_sf_matches_scipy(t: float, df: int) -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert t_sf(t, df) == pytest.approx(float(scipy_stats.t.sf(t, df)), abs=1e-12)
+
+
+def test_log_tolerance_is_the_linear_tolerance_line() -> None:
+    # A throughput at 0.95x and a latency at 1.05x sit exactly on a 5% tolerance.
+    assert math.exp(-log_tolerance(TPUT, 0.05)) == pytest.approx(0.95)
+    assert math.exp(log_tolerance(TPOT, 0.05)) == pytest.approx(1.05)
+
+
+def test_look_states() -> None:
+    delta = log_tolerance(TPOT, 0.05)
+    assert look([0.10, 0.11, 0.09, 0.10], delta, CFG).state is LookState.REGRESSED
+    assert look([-0.10, -0.11, -0.09, -0.10], delta, CFG).state is LookState.IMPROVED
+    assert look([0.001, -0.002, 0.0, 0.001], delta, CFG).state is LookState.INSIDE
+    # Worse on average by more than half the tolerance, but far too noisy to tell: undecided.
+    assert look([0.30, -0.20, 0.10], delta, CFG).state is LookState.UNDECIDED
+    # Significant but smaller than half the tolerance: never a regression; here inside.
+    assert look([0.02, 0.021, 0.019, 0.02], delta, CFG).state is LookState.INSIDE
+
+
+def test_noise_floor_keeps_identical_rounds_from_being_infinitely_significant() -> None:
+    lk = look([0.0, 0.0, 0.0], log_tolerance(TPOT, 0.05), CFG)
+    assert lk.sd == pytest.approx(math.sqrt(2) * CFG.noise_floor)
+    assert lk.state is LookState.INSIDE
+
+
+def _series(ratio: float, n: int, jitter: float = 0.01) -> tuple[list[float], list[float]]:
+    """Old values around 100, new = old * ratio, with a deterministic zig-zag of +-jitter."""
+    old = [100.0 * (1 + (jitter if i % 2 else -jitter)) for i in range(n)]
+    new = [o * ratio * (1 + (-jitter if i % 3 else jitter) / 2) for i, o in enumerate(old)]
+    return old, new
+
+
+def test_a_clear_regression_fails_only_when_confirmed_at_the_next_look() -> None:
+    old, new = _series(1.20, 3)  # latency 20% worse
+    at3 = decide_metric(TPOT, old, new, 0.05, True, CFG, final=False)
+    assert at3.state is LookState.UNDECIDED and at3.verdict is Verdict.WARN and "confirm" in at3.note
+    old, new = _series(1.20, 4)
+    at4 = decide_metric(TPOT, old, new, 0.05, True, CFG, final=False)
+    assert at4.verdict is Verdict.FAIL and at4.note == "regressed at rounds 3 and 4"
+    assert at4.delta_pct == pytest.approx(20, abs=2) and at4.ci_low_pct < at4.delta_pct < at4.ci_high_pct
+    no_confirm = decide_metric(TPOT, *_series(1.20, 3), 0.05, True, replace(CFG, confirm=False), final=False)
+    assert no_confirm.verdict is Verdict.FAIL
+
+
+def test_a_warn_only_metric_never_fails() -> None:
+    m = decide_metric("tpot_p99", *_series(1.5, 5), 0.10, False, CFG, final=False)
+    assert m.verdict is Verdict.WARN and m.note.startswith("regressed")
+
+
+def test_throughput_direction() -> None:
+    worse = decide_metric(TPUT, *_series(0.80, 5), 0.05, True, CFG, final=False)
+    better = decide_metric(TPUT, *_series(1.25, 5), 0.05, True, CFG, final=False)
+    assert worse.verdict is Verdict.FAIL and worse.delta_pct == pytest.approx(-20, abs=2)
+    assert better.verdict is Verdict.IMPROVED
+
+
+def test_non_positive_values_make_the_metric_invalid_never_fail() -> None:
+    m = decide_metric(TPOT, [5.0, 5.0, 5.0], [0.0, 9.0, 9.0], 0.05, True, CFG, final=False)
+    assert m.verdict is Verdict.INVALID and m.state is LookState.INVALID
+    d = decide({TPOT: [5.0, 5.0, 5.0]}, {TPOT: [0.0, 9.0, 9.0]}, GateConfig(), CFG)
+    assert d.done and d.verdict is Verdict.INVALID
+
+
+def test_unequal_rounds_are_an_error() -> None:
+    with pytest.raises(ValueError, match="paired"):
+        decide_metric(TPOT, [1.0, 2.0], [1.0], 0.05, True, CFG, final=False)
+
+
+GATE = GateConfig()
+
+
+def _decide(ratios: dict[str, float], n: int, cfg: AbConfig = CFG, jitter: float = 0.01) -> object:
+    old = {m: _series(1.0, n, jitter)[0] for m in GATE.metrics}
+    new = {m: _series(ratios.get(m, 1.0), n, jitter)[1] for m in GATE.metrics}
+    return decide(old, new, GATE, cfg)
+
+
+def test_decide_waits_for_min_rounds_then_passes_an_unchanged_engine() -> None:
+    d2 = _decide({}, 2)
+    assert not d2.done and d2.verdict is Verdict.WARN
+    d3 = _decide({}, 3)
+    assert d3.done and d3.verdict is Verdict.PASS and d3.rounds == 3
+
+
+def test_decide_stops_at_a_confirmed_fail_and_names_it() -> None:
+    assert not _decide({TPOT: 1.3}, 3).done
+    d = _decide({TPOT: 1.3}, 4)
+    assert d.done and d.verdict is Verdict.FAIL
+    assert [m.metric for m in d.failed_metrics] == [TPOT]
+    assert d.note.startswith("regression: tpot_p50 +")
+
+
+def test_decide_at_the_cap_turns_undecided_into_warn() -> None:
+    cfg = replace(CFG, max_rounds=4)
+    # A 4% latency rise measured with +-4% jitter: not provably inside 5%, not beyond it.
+    d = _decide({TPOT: 1.04}, 4, cfg, jitter=0.04)
+    assert d.done and d.verdict is Verdict.WARN
+    assert "tpot_p50: inconclusive after 4 rounds" in d.note
+
+
+def test_decide_reports_invalid_runs() -> None:
+    d = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3}, GATE, CFG, invalid="round 2 new: 3 requests failed")
+    assert d.done and d.verdict is Verdict.INVALID and "3 requests failed" in d.note
+
+
+@given(
+    st.lists(st.floats(-0.3, 0.3), min_size=3, max_size=12),
+    st.floats(0.01, 0.2),
+)
+def test_swapping_sides_mirrors_the_verdict(d: list[float], tol: float) -> None:
+    """A/B symmetry: old and new swapped turns a regression into an improvement and vice versa."""
+    old = [100.0] * len(d)
+    new = [100.0 * math.exp(x) for x in d]
+    ab = decide_metric(TPOT, old, new, tol, True, replace(CFG, confirm=False), final=True)
+    ba = decide_metric(TPOT, new, old, tol, True, replace(CFG, confirm=False), final=True)
+    if ab.state is LookState.REGRESSED:
+        assert ba.state is LookState.IMPROVED
+    if ab.state is LookState.IMPROVED:
+        assert ba.state is LookState.REGRESSED
+
+
+@given(st.lists(st.floats(-0.2, 0.2), min_size=3, max_size=10), st.floats(0.0, 0.5))
+def test_monotone_making_new_worse_never_improves_the_state(d: list[float], extra: float) -> None:
+    order = {LookState.IMPROVED: 0, LookState.INSIDE: 1, LookState.UNDECIDED: 2, LookState.REGRESSED: 3}
+    delta = log_tolerance(TPOT, 0.05)
+    cfg = replace(CFG, confirm=False)
+    before = look(d, delta, cfg).state
+    after = look([x + extra for x in d], delta, cfg).state
+    # Shifting every round worse raises the mean, the t statistic and the upper bound together.
+    assert order[after] >= order[before]
+
+
+@given(st.lists(st.floats(0.5, 2.0), min_size=3, max_size=8), st.sampled_from([0.25, 0.5, 2.0, 4.0]))
+def test_scale_invariance(ratios: list[float], scale: float) -> None:
+    old = [10.0 + i for i in range(len(ratios))]
+    new = [o * r for o, r in zip(old, ratios)]
+    a = decide_metric(TPOT, old, new, 0.05, True, CFG, final=True)
+    b = decide_metric(TPOT, [o * scale for o in old], [x * scale for x in new], 0.05, True, CFG, final=True)
+    assert a.verdict is b.verdict and a.state is b.state
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="min_rounds"):
+        AbConfig(min_rounds=1)
+    with pytest.raises(ValueError, match="max_rounds"):
+        AbConfig(min_rounds=5, max_rounds=4)
+    with pytest.raises(ValueError, match="alpha"):
+        AbConfig(alpha=0.7)

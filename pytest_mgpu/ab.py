@@ -362,6 +362,13 @@ class AbBench:
         self._record(result)
         return result
 
+    def sweep(self, *args: Any, **kwargs: Any) -> Any:
+        """Not in A/B mode: a sweep is many workloads on one engine; skips the test and says so."""
+        pytest.skip(
+            "mgpu_bench.sweep() is not run in A/B mode (--mgpu-ab): an A/B restarts both engines for every "
+            "measurement; compare single workloads with mgpu_bench.run() instead"
+        )
+
     def _rounds(self, kwargs: dict[str, Any], name: str) -> AbResult:
         sides = {OLD: self.engines.old, NEW: self.engines.new}
         rounds: list[AbRound] = []

@@ -155,3 +155,18 @@ def test_header_names_both_versions_from_pythonpath(pytester: pytest.Pytester) -
     r.stdout.fnmatch_lines(
         [f"mgpu A/B: old = vllm 0.25.1 (* PYTHONPATH={site25}), new = vllm 0.26.0 (* PYTHONPATH={site26}); rounds 3..10*"]
     )
+
+
+def test_sweep_is_skipped_in_ab_mode_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_sweep="""
+import pytest
+pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b")]
+
+def test_knee(mgpu_bench):
+    mgpu_bench.sweep(concurrency=[1, 2])
+"""
+    )
+    r = pytester.runpytest(*AB, "-rs")
+    r.assert_outcomes(skipped=1)
+    r.stdout.fnmatch_lines(["*mgpu_bench.sweep() is not run in A/B mode (--mgpu-ab)*"])

@@ -10,6 +10,7 @@ default, and a 10% speed change shows in both.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -40,6 +41,22 @@ def test_serve(mgpu_bench, mgpu_engine):
 """
 
 
+def _host_busy() -> str | None:
+    """Why this host is too busy for verdicts timed in real time, or None.
+
+    A real-time sim measured on a host running more than two jobs per core moves by tens of
+    percent from run to run (seen here at load average 5 on 2 cores): an A/A then ends inconclusive.
+    """
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 2 * cores:
+        return f"host too busy for a real-time sim A/B verdict (load average {load:.1f} on {cores} cores)"
+    return None
+
+
+#: The verdict tests time the real-time sim; they wait for a quieter host rather than flake.
+needs_quiet_host = pytest.mark.skipif(_host_busy() is not None, reason=_host_busy() or "")
+
+
 def _ab(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict, str]:
     pytester.makepyfile(test_ab=AB_TEST)
     out, md = pytester.path / "ab.json", pytester.path / "ab.md"
@@ -47,6 +64,7 @@ def _ab(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict, 
     return r, json.loads(out.read_text()), md.read_text()
 
 
+@needs_quiet_host
 def test_slower_new_engine_fails_confirmed_and_reports_both_sides(pytester: pytest.Pytester) -> None:
     r, doc, md = _ab(pytester, "--mgpu-engine-opt", "speed=0.9", "--mgpu-ab-opt", "speed=1.0")
     r.assert_outcomes(failed=1)
@@ -81,6 +99,7 @@ def test_slower_new_engine_fails_confirmed_and_reports_both_sides(pytester: pyte
     assert "**FAIL**" in md and "### GPU time per verdict" in md
 
 
+@needs_quiet_host
 def test_unchanged_engine_passes_and_restarts_before_every_measurement(pytester: pytest.Pytester) -> None:
     xml = pytester.path / "junit.xml"
     r, doc, md = _ab(pytester, f"--junitxml={xml}")

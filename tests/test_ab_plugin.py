@@ -3,8 +3,9 @@
 The sim serves in real time on a shared 2-core host, so its TTFT carries host lag (several % run
 to run, with occasional outliers) until its modelled clock lands (issue 10). The tests therefore
 set the sim's own noise explicitly (``noise=0``), take 3 repeats per engine start (the median drops
-a single stalled run), and gate TTFT p50 at 20% in the test file; throughput and TPOT keep the 5%
-default, and a 10% speed change shows in both.
+a single stalled run), and set the tolerances in the test file: 10% for throughput and TPOT (so a
+change beyond 5% FAILs: ``speed=0.9`` makes both 10-13% worse) and 20% for TTFT; at the 5% default
+an unchanged sim ended inconclusive at load average 3 on this 2-core host.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ AB_TEST = """
 import math, pytest
 
 # TTFT on the real-time sim carries host lag (see the module docstring of test_ab_plugin.py).
-pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b"), pytest.mark.perf_tolerance(ttft_p50="20%")]
+pytestmark = [
+    pytest.mark.gpu, pytest.mark.model("llama-2-7b"),
+    pytest.mark.perf_tolerance(output_throughput_per_gpu="10%", tpot_p50="10%", ttft_p50="20%"),
+]
 
 @pytest.mark.layout(tp=1)
 def test_serve(mgpu_bench, mgpu_engine):

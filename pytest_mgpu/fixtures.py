@@ -7,7 +7,7 @@ without mgpu tests imports no engine code and no numpy.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -106,16 +106,16 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
         sess.record(item, result)
 
     if sess.ab is not None:
-        from .ab import AbBench, AbEngines, item_gate_config, progress_writer
+        from . import ab
 
-        assert isinstance(mgpu_engine, AbEngines)
-        return AbBench(
+        assert isinstance(mgpu_engine, ab.AbEngines)
+        return ab.AbBench(
             sess, mgpu_engine, nodeid=item.nodeid, test_name=item.name, module=item.nodeid.split("::", 1)[0],
-            gate=item_gate_config(sess, item), record=record, progress=progress_writer(request.config),
+            gate=ab.item_gate_config(sess, item), record=record, progress=ab.progress_writer(request.config),
         )
-    assert not isinstance(mgpu_engine, AbEngines)
+    engine = cast("RunningEngine", mgpu_engine)
     return Bench(
-        mgpu_engine,
+        engine,
         nodeid=item.nodeid,
         test_name=item.name,
         module=item.nodeid.split("::", 1)[0],
@@ -124,7 +124,7 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
         env=sess.env_info,
         record=record,
         prompt=sess.settings.prompt,
-        roofline=roofline_of(sess, mgpu_engine),
+        roofline=roofline_of(sess, engine),
     )
 
 

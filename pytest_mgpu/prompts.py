@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,8 +87,47 @@ def build_prompts(
         )
     server = ServerTokenizer(base_url, timeout_s)
     rng = np.random.default_rng([workload.seed, 7])
-    texts, lens = server.texts(measured_ids + warm_ids, workload.vocab_size, rng)
+    vocab, specials = tokenizer_vocab(tokenizer.path)
+    vocab = min(vocab or workload.vocab_size, workload.vocab_size)
+    ids = [allowed_ids(p, vocab, specials) for p in measured_ids + warm_ids]
+    texts, lens = server.texts(ids, vocab, rng, specials)
     return PromptSet(texts[:n], texts[n:], lens[:n])
+
+
+def tokenizer_vocab(path: Path | None) -> tuple[int | None, set[int]]:
+    """(vocabulary size, special ids) from a directory's ``tokenizer.json``, read as plain JSON; (None, {}) if absent.
+
+    ``/detokenize`` silently drops an id beyond the tokenizer's vocabulary (which may be smaller
+    than the model's ``vocab_size``), so prompt ids are kept below it and off the special ids.
+    """
+    f = path / "tokenizer.json" if path is not None else None
+    if f is None or not f.is_file():
+        return None, set()
+    try:
+        data = json.loads(f.read_text())
+        vocab = data.get("model", {}).get("vocab")
+        ids: list[int] = []
+        if isinstance(vocab, dict):
+            ids = [int(v) for v in vocab.values()]
+        elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+            ids = list(range(len(vocab)))
+        added = data.get("added_tokens") or []
+        ids += [int(t["id"]) for t in added]
+        specials = {int(t["id"]) for t in added if t.get("special")}
+        return (max(ids) + 1 if ids else None), specials
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None, set()
+
+
+def allowed_ids(ids: Sequence[int], vocab: int, specials: set[int]) -> list[int]:
+    """``ids`` moved into ``[0, vocab)`` and off ``specials`` (deterministically: the next allowed id)."""
+    out = []
+    for i in ids:
+        j = i % vocab
+        while j in specials:
+            j = (j + 1) % vocab
+        out.append(j)
+    return out
 
 
 class ServerTokenizer:
@@ -128,19 +168,22 @@ class ServerTokenizer:
         return len(self.encode("", add_special_tokens=True))
 
     def texts(
-        self, id_prompts: Sequence[Sequence[int]], vocab_size: int, rng: np.random.Generator
+        self, id_prompts: Sequence[Sequence[int]], vocab_size: int, rng: np.random.Generator,
+        special_ids: set[int] | None = None,
     ) -> tuple[list[str], list[int]]:
         """Texts that encode to ``len(ids) - specials`` tokens each, and the prompt tokens the server will count.
 
         As ``vllm bench serve``'s ``gen_prompt_decode_to_target_len``: decode, re-encode; truncate when
-        too long, append random ids when too short; up to :data:`MAX_RETRIES` rounds. A prompt that
-        still misses its length is an error (vLLM's benchmark only warns).
+        too long, append random ids when too short; up to :data:`MAX_RETRIES` rounds. Byte-level
+        tokenizers can oscillate there (random ids decode to partial UTF-8), so then the longest
+        character prefix that encodes to at most the target is searched for (:meth:`fit_prefix`).
+        A prompt that still misses its length is an error (vLLM's benchmark only warns).
         """
-        specials = self.num_special_tokens()
+        added = self.num_special_tokens()
         texts: list[str] = []
         lens: list[int] = []
         for ids in id_prompts:
-            target = max(1, len(ids) - specials)
+            target = max(1, len(ids) - added)
             seq = list(ids[:target])
             text = ""
             for _ in range(MAX_RETRIES + 1):
@@ -149,17 +192,47 @@ class ServerTokenizer:
                 if len(seq) == target:
                     break
                 if len(seq) < target:
-                    seq += rng.integers(0, vocab_size, size=target - len(seq)).tolist()
+                    extra = rng.integers(0, vocab_size, size=target - len(seq)).tolist()
+                    seq += allowed_ids(extra, vocab_size, special_ids or set())
                 else:
                     seq = seq[:target]
             else:
-                raise PromptError(
-                    f"could not build a text prompt of {target} tokens with the server's tokenizer in "
-                    f"{MAX_RETRIES} rounds (last: {len(seq)}); use --mgpu-prompt token-ids"
-                )
+                text = self.fit_prefix(text, target, vocab_size, rng, special_ids or set())
             texts.append(text)
-            lens.append(target + specials)
+            lens.append(target + added)
         return texts, lens
 
+    def fit_prefix(
+        self, text: str, target: int, vocab_size: int, rng: np.random.Generator, special_ids: set[int]
+    ) -> str:
+        """The longest character prefix of ``text`` (made long enough first) that encodes to ``target`` tokens.
 
-__all__ = ["TEXT", "TOKEN_IDS", "PromptSet", "ServerTokenizer", "build_prompts", "resolve_mode"]
+        Token counts are nearly monotone in the prefix length: binary search for the longest prefix
+        with at most ``target`` tokens, then try a few characters more. Raises :class:`PromptError`.
+        """
+        text = text.replace("\ufffd", "")
+        for _ in range(MAX_RETRIES):
+            if len(self.encode(text)) >= target:
+                break
+            more = allowed_ids(rng.integers(0, vocab_size, size=target).tolist(), vocab_size, special_ids)
+            text += self.decode(more).replace("\ufffd", "")
+        lo, hi = 0, len(text)
+        while lo < hi:  # longest prefix with count <= target
+            mid = (lo + hi + 1) // 2
+            if len(self.encode(text[:mid])) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        for cut in range(lo, min(lo + 4, len(text)) + 1):
+            if len(self.encode(text[:cut])) == target:
+                return text[:cut]
+        raise PromptError(
+            f"could not build a text prompt of {target} tokens with the server's tokenizer in {MAX_RETRIES} "
+            f"decode/encode rounds nor by a prefix search; use --mgpu-prompt token-ids"
+        )
+
+
+__all__ = [
+    "TEXT", "TOKEN_IDS", "PromptSet", "ServerTokenizer", "allowed_ids", "build_prompts", "resolve_mode",
+    "tokenizer_vocab",
+]

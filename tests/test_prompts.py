@@ -24,7 +24,7 @@ from pytest_mgpu.models.tokenizer import (
     synthetic_tokenizer_dir,
     write_synthetic_tokenizer,
 )
-from pytest_mgpu.prompts import build_prompts, resolve_mode
+from pytest_mgpu.prompts import allowed_ids, build_prompts, resolve_mode, tokenizer_vocab
 from pytest_mgpu.workload import Workload
 
 SYN = TokenizerRef("synthetic")
@@ -106,6 +106,7 @@ class FakeTokenizerServer(BaseHTTPRequestHandler):
 
     calls: ClassVar[list[str]] = []
     serve_tokenize = True
+    doubling = False  # a character tokenizer whose decode writes every character twice: never converges
 
     def log_message(self, *args: object) -> None:
         pass
@@ -113,11 +114,16 @@ class FakeTokenizerServer(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeTokenizerServer.calls.append(self.path)
-        if self.path == "/tokenize" and self.serve_tokenize:
+        if self.doubling and self.path == "/tokenize":
+            ids = [ord(c) for c in body["prompt"]]
+            out: dict[str, object] = {"count": len(ids), "tokens": ids}
+        elif self.doubling and self.path == "/detokenize":
+            out = {"prompt": "".join(chr(97 + i % 26) * 2 for i in body["tokens"])}
+        elif self.path == "/tokenize" and self.serve_tokenize:
             ids = [int(w[1:]) for w in body["prompt"].split()]
             if body.get("add_special_tokens", True):
                 ids = [1, *ids]
-            out: dict[str, object] = {"count": len(ids), "tokens": ids}
+            out = {"count": len(ids), "tokens": ids}
         elif self.path == "/detokenize" and self.serve_tokenize:
             out = {"prompt": " ".join(f"w{i // 2} w{i - i // 2}" if i >= 900 else f"w{i}" for i in body["tokens"])}
         else:
@@ -137,6 +143,7 @@ class FakeTokenizerServer(BaseHTTPRequestHandler):
 def fake_server() -> Iterator[str]:
     FakeTokenizerServer.calls = []
     FakeTokenizerServer.serve_tokenize = True
+    FakeTokenizerServer.doubling = False
     srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeTokenizerServer)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -162,3 +169,26 @@ def test_engine_without_tokenize_endpoint_says_use_token_ids(fake_server: str) -
     wl = Workload(input_len=8, num_requests=1, warmup_requests=0, prompt="text")
     with pytest.raises(PromptError, match="HTTP 404.*serves /tokenize and /detokenize.*--mgpu-prompt token-ids"):
         build_prompts(wl, TokenizerRef("model", Path("/m")), fake_server)
+
+
+def test_a_tokenizer_that_never_converges_gets_a_prefix_search(fake_server: str) -> None:
+    FakeTokenizerServer.doubling = True
+    wl = Workload(input_len=33, num_requests=3, warmup_requests=0, prompt="text", seed=5)
+    ps = build_prompts(wl, TokenizerRef("model", None), fake_server)
+    # decode -> encode doubles every time (vLLM's loop alone would only warn); the prefix search fits.
+    assert [len(t) for t in ps.measured] == [33, 33, 33] and ps.expected_lens == [33] * 3  # type: ignore[arg-type]
+
+
+def test_prompt_ids_stay_inside_the_tokenizers_vocabulary(tmp_path: Path) -> None:
+    write_synthetic_tokenizer(tmp_path, 1000)
+    vocab, specials = tokenizer_vocab(tmp_path)
+    assert (vocab, specials) == (1000, {0, 1, 2})
+    assert tokenizer_vocab(tmp_path / "none") == (None, set())
+    assert allowed_ids([5, 999, 1000, 1001, 2002], 1000, {0, 1, 2}) == [5, 999, 3, 3, 3]
+
+
+@given(ids=st.lists(st.integers(0, 10**6), max_size=50), vocab=st.integers(10, 5000),
+       specials=st.sets(st.integers(0, 9), max_size=5))
+def test_allowed_ids_property(ids: list[int], vocab: int, specials: set[int]) -> None:
+    out = allowed_ids(ids, vocab, specials)
+    assert len(out) == len(ids) and all(0 <= i < vocab and i not in specials for i in out)

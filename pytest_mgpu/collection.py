@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .engines import EngineSpec, check_engine_options
+from .engines import ADAPTERS, EngineSpec, check_engine_options
 from .errors import EngineError, MarkerError, ModelError
 from .layout import Layout
 from .markers import MARK_NAMES, MARKS_KEY, TestMarks
@@ -134,6 +134,7 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
     sess.start()
     order: dict[Any, int] = {}
     keyed: list[tuple[int, int, pytest.Item]] = []
+    need_engine: list[pytest.Item] = []
     for pos, item in enumerate(items):
         if not is_mgpu_item(item):
             keyed.append((-1, pos, item))
@@ -165,7 +166,48 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
             item.add_marker(
                 pytest.mark.skip(reason=f"needs {need} {sess.device_word}, {sess.visible_devices} visible{hint}")
             )
+        elif any(f in item.fixturenames for f in ("mgpu_engine", "mgpu_bench")):  # type: ignore[attr-defined]
+            need_engine.append(item)
+        if "mgpu_bench" in item.fixturenames:  # type: ignore[attr-defined]
+            sess.measuring.add(item.nodeid)
         keyed.append((order.setdefault(spec.key, len(order)), pos, item))
+    if need_engine:
+        why = engine_missing(sess.settings.engine, sess.settings.engine_python)
+        if why is not None:
+            if not sess.settings.engine_optional:
+                raise pytest.UsageError(missing_engine_message(sess, why))
+            for item in need_engine:  # an optional engine: the user asked for this skip
+                item.add_marker(pytest.mark.skip(reason=f"optional engine {sess.settings.engine}? missing: {why}"))
     # Non-mgpu items keep their place at the front; mgpu items run grouped by engine key.
     keyed.sort(key=lambda t: (t[0] >= 0, t[0], t[1]))
     items[:] = [it for _, _, it in keyed]
+
+
+def engine_missing(engine: str, python: str) -> str | None:
+    """Why ``engine`` cannot be started by ``python`` (not installed: the install hint), or None.
+
+    Asks the adapter for the engine's version, as a start would (a subprocess; the engine is
+    never imported here).
+    """
+    from .engines import get_adapter
+    from .errors import EngineUnavailable
+
+    try:
+        get_adapter(engine).version(python)
+    except EngineUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def missing_engine_message(sess: MgpuSession, why: str) -> str:
+    """The usage error for a required engine that is not installed: why, how to install, how to choose another."""
+    s = sess.settings
+    if s.engine_named:
+        what = f"--mgpu-engine {s.engine}"
+    else:
+        what = f"the default engine {s.engine} ({sess.inventory.count} GPU(s) found; no --mgpu-engine given)"
+    others = " or ".join(f"--mgpu-engine {name}" for name in sorted(ADAPTERS) if name != s.engine)
+    return (
+        f"{what} cannot run: {why}. Or choose another engine ({others}; sim needs no GPU), "
+        f"or make it optional with --mgpu-engine '{s.engine}?' to skip its tests"
+    )

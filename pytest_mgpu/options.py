@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,6 +34,34 @@ DEFAULT_SIM_GPU = "v100-16gb"
 SIM_PROFILES_HINT = "v100-16gb, a100-80gb, h100-80gb, h200-141gb"
 
 AddOption = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """One engine named by ``--mgpu-engine``: ``vllm`` (required) or ``vllm?`` (optional).
+
+    A required engine that is not installed is a usage error before any test runs; an optional
+    one's tests are skipped with the install hint (the user asked for that skip).
+    """
+
+    name: str
+    optional: bool = False
+
+    def __str__(self) -> str:
+        return self.name + ("?" if self.optional else "")
+
+
+def parse_engine_choice(text: str) -> EngineChoice:
+    """``vllm`` or ``vllm?`` -> :class:`EngineChoice`; an unknown name lists the known ones."""
+    raw = text.strip()
+    optional = raw.endswith("?")
+    name = raw.removesuffix("?").strip()
+    if name not in ADAPTERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown engine {text!r}; choose one of: {', '.join(sorted(ADAPTERS))} "
+            f"(add ? to make it optional, e.g. vllm?)"
+        )
+    return EngineChoice(name, optional)
 
 
 def parse_noise_k(text: str) -> float:
@@ -67,9 +96,10 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     """Register the engine, measurement and output options with ``addoption``."""
     add = addoption
     engines = ", ".join(sorted(ADAPTERS))
-    add(f"{prefix}engine", metavar="NAME", default=None, choices=sorted(ADAPTERS),
-        help=f"Engine to measure: {engines} (default: {DEFAULT_ENGINE}; "
-             "sim when NVML finds no GPU and no engine is named)")
+    add(f"{prefix}engine", metavar="NAME[?]", default=None, type=parse_engine_choice,
+        help=f"Engine to measure: {engines} (default: {DEFAULT_ENGINE}; sim when NVML finds no GPU and "
+             "no engine is named). An engine that is not installed stops the run before any test; "
+             "NAME? makes it optional: its tests are skipped instead")
     add(f"{prefix}engine-opt", metavar="KEY=VALUE", action="append", default=[],
         help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=)")
     add(f"{prefix}engine-env", metavar="KEY=VALUE", action="append", default=[],

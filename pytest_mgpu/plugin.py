@@ -83,6 +83,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Note how each test that uses ``mgpu_bench`` ended: a session that measured nothing fails."""
+    report = yield
+    sess = session_of(item.config)
+    if item.nodeid in sess.measuring:
+        sess.note_outcome(report)
+    return report
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop engines; write baselines (on update), JSON, Markdown and pytest-benchmark exports."""
     session_of(session.config).finish(session)

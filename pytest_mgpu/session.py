@@ -81,6 +81,10 @@ class MgpuSession:
 
     #: Whether collection ended with mgpu items (set by :meth:`start`).
     started: bool = False
+    #: Node ids of the selected items that use ``mgpu_bench`` (they are meant to measure).
+    measuring: set[str] = field(default_factory=set)
+    #: How each of those ended: node id -> (outcome, skip reason or '').
+    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
     _devices: Devices | None = field(default=None, repr=False)
     _manager: EngineManager | None = field(default=None, repr=False)
     _env_info: dict[str, Any] | None = field(default=None, repr=False)
@@ -215,11 +219,48 @@ class MgpuSession:
             except EngineError as exc:
                 self.errors.append(f"ERROR at engine teardown: {exc}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.check_something_measured(session)
         s = self.settings
         if s.json_path or s.report_md or s.benchmark_json:
             from .outputs import write_outputs
 
             write_outputs(self)
+
+    def note_outcome(self, report: pytest.TestReport) -> None:
+        """Remember how a measuring item ended (for :meth:`check_something_measured`)."""
+        if report.nodeid not in self.measuring:
+            return
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.outcomes[report.nodeid] = ("skipped", reason.removeprefix("Skipped: "))
+        elif report.failed:
+            self.outcomes[report.nodeid] = ("failed" if report.when == "call" else "error", "")
+        elif report.when == "call":
+            self.outcomes.setdefault(report.nodeid, ("passed", ""))
+
+    def check_something_measured(self, session: pytest.Session) -> None:
+        """Nothing measured must not pass: a session whose ``mgpu_bench`` tests measured no result fails.
+
+        Skips the user asked for (layouts larger than the machine, an optional engine) stay skips,
+        but when every measuring test was skipped or measured nothing, the session fails, saying so.
+        """
+        if not self.measuring or self.results or not self.outcomes or self.config.option.collectonly:
+            return
+        counts: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        for outcome, reason in self.outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if reason:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        n = len(self.outcomes)
+        how = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        line = f"mgpu: no result was measured: {n} test{'s use' if n != 1 else ' uses'} mgpu_bench ({how})"
+        if reasons:
+            line += "; skipped because: " + "; ".join(f"{r} ({c}x)" for r, c in sorted(reasons.items()))
+        line += ". A perf run that measures nothing fails; select tests this machine can run"
+        self.errors.append(line)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def write_summary(self, tr: pytest.TerminalReporter) -> None:
         """Write the per-item table, the per-layout table and the gate summary to the terminal."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .options import DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SIM_GPU
+from .options import DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SIM_GPU, EngineChoice
 from .verdicts import GateConfig, Tolerance, parse_metric_tolerance
 
 
@@ -50,6 +50,8 @@ class Settings:
     report_md: Path | None
     benchmark_json: Path | None
     fallback_reason: str | None = None
+    #: ``--mgpu-engine NAME?``: a missing engine skips its tests instead of stopping the run.
+    engine_optional: bool = False
     prompt: str | None = None  # --mgpu-prompt; None: text where the engine can tokenize
     extra: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # engines' compile caches, per engine version
@@ -63,8 +65,8 @@ def build_settings(config: pytest.Config) -> Settings:
     """
     opt = config.getoption
     root = Path(config.rootpath)
-    named = opt("mgpu_engine")
-    engine = named or DEFAULT_ENGINE
+    named: EngineChoice | None = opt("mgpu_engine")
+    engine = named.name if named is not None else DEFAULT_ENGINE
     repeats_raw = opt("mgpu_repeats")
     if repeats_raw is None:
         repeats_raw = config.getini("mgpu_repeats")
@@ -93,6 +95,7 @@ def build_settings(config: pytest.Config) -> Settings:
     settings = Settings(
         engine=engine,
         engine_named=named is not None,
+        engine_optional=named is not None and named.optional,
         engine_options=engine_opts,
         engine_env=dict(parse_kv(v, "--mgpu-engine-env") for v in opt("mgpu_engine_env")),
         engine_python=python,

@@ -281,9 +281,9 @@ def test_slow(mgpu_engine):
     assert not _alive(engine_pid)
 
 
-def test_missing_engine_skips_with_install_hint(pytester: pytest.Pytester, pid_log: Path) -> None:
-    """TensorRT-LLM is not installed here: its tests are skipped, never faked as passing."""
+def test_missing_engine_stops_the_run_with_install_hint(pytester: pytest.Pytester, pid_log: Path) -> None:
+    """TensorRT-LLM is not installed here: the run stops before any test, never green with nothing measured."""
     pytester.makepyfile(test_perf=PERF_TEST)
     r = pytester.runpytest("--mgpu-engine", "trtllm", "-p", "no:cacheprovider", "-rs", "-k", "tp1")
-    r.assert_outcomes(skipped=1)
-    r.stdout.fnmatch_lines(["*SKIPPED*pip install tensorrt-llm*--mgpu-engine-python*"])
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["ERROR: --mgpu-engine trtllm cannot run: *pip install tensorrt-llm*--mgpu-engine-python*"])

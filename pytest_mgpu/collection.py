@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,11 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
             sess.measuring.add(item.nodeid)
         keyed.append((order.setdefault(spec.key, len(order)), pos, item))
     if need_engine:
-        why = engine_missing(sess.settings.engine, sess.settings.engine_python)
+        s = sess.settings
+        why = engine_missing(s.engine, s.engine_python, s.engine_env)
+        if why is None and sess.ab is not None:  # the A/B's old side must be there too
+            old = engine_missing(s.engine, sess.ab.old_python, {**s.engine_env, **dict(sess.ab.old_env)})
+            why = f"the A/B's old side ({sess.ab.describe_old()}): {old}" if old else None
         if why is not None:
             if not sess.settings.engine_optional:
                 raise pytest.UsageError(missing_engine_message(sess, why))
@@ -183,17 +188,17 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
     items[:] = [it for _, _, it in keyed]
 
 
-def engine_missing(engine: str, python: str) -> str | None:
-    """Why ``engine`` cannot be started by ``python`` (not installed: the install hint), or None.
+def engine_missing(engine: str, python: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Why ``engine`` cannot be started by ``python`` under ``env`` (not installed: the install hint), or None.
 
     Asks the adapter for the engine's version, as a start would (a subprocess; the engine is
-    never imported here).
+    never imported here), with the engine's own environment (a ``PYTHONPATH`` may pick the install).
     """
     from .engines import get_adapter
     from .errors import EngineUnavailable
 
     try:
-        get_adapter(engine).version(python)
+        get_adapter(engine).version(python, env)
     except EngineUnavailable as exc:
         return str(exc)
     return None

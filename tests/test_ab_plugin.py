@@ -193,3 +193,28 @@ def test_knee(mgpu_bench):
     r = pytester.runpytest(*AB, "-rs")
     r.assert_outcomes(skipped=1)
     r.stdout.fnmatch_lines(["*mgpu_bench.sweep() is not run in A/B mode (--mgpu-ab)*"])
+
+
+def test_old_side_without_the_engine_is_a_usage_error_naming_it(pytester: pytest.Pytester) -> None:
+    site26, empty = _fake_vllm_site(pytester.path, "0.26.0"), pytester.path / "empty"
+    empty.mkdir()
+    pytester.makepyfile(test_ab=AB_TEST)
+    r = pytester.runpytest(
+        "-p", "no:cacheprovider", "--mgpu-engine", "vllm", f"--mgpu-ab={sys.executable}",
+        "--mgpu-ab-env", f"PYTHONPATH={empty}", "--mgpu-engine-env", f"PYTHONPATH={site26}",
+    )
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines([f"*the A/B's old side (* PYTHONPATH={empty}): vLLM is not installed for * with PYTHONPATH={empty}*"])
+
+
+def test_engine_env_pythonpath_is_where_the_install_check_looks(pytester: pytest.Pytester) -> None:
+    """The early "engine not installed" check reads the version under --mgpu-engine-env, as a start does."""
+    site26 = _fake_vllm_site(pytester.path, "0.26.0")
+    pytester.makepyfile(test_ab=AB_TEST)
+    r = pytester.runpytest(
+        "-p", "no:cacheprovider", "--mgpu-engine", "vllm", "--mgpu-engine-env", f"PYTHONPATH={site26}",
+        "--mgpu-start-timeout", "20",
+    )
+    # vLLM 0.26.0 is "installed" there (a fake dist-info), so this is no usage error: the start itself fails.
+    assert r.ret != pytest.ExitCode.USAGE_ERROR, r.stderr.str()
+    assert "cannot run" not in r.stderr.str()

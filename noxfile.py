@@ -133,8 +133,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit and plugin (pytester) tests, on the sim engine; no GPU, no real engine needed."""
-    session.install("-e", ".[test]")
+    """Unit and plugin (pytester) tests, on the sim engine; no GPU, no real engine needed.
+
+    nox itself too: tests/test_pins.py loads this file to check how it reads engine-pins.toml.
+    """
+    session.install("-e", ".[test]", "nox")
     session.run("pytest", "tests", "--ignore=tests/e2e", *session.posargs, env={"CI": os.environ.get("CI", "")})
 
 

@@ -28,7 +28,14 @@
 #   bash scripts/gpu_ab.sh aa         # $OUT gets report-aa.md, results-aa.json, log-aa.txt, vllm-aa.txt
 #
 # Environment: OUT (reports; default /tmp/mgpu-out), MGPU_NEW_SITE (/tmp/site), MGPU_OLD_SITE
-# (/tmp/site25), MGPU_REGRESS_GB (15: the new side's cap in step regress), MGPU_STEP_TIMEOUT (570).
+# (/tmp/site25), MGPU_REGRESS_GB (15: the new side's cap in step regress), MGPU_STEP_TIMEOUT (570),
+# MGPU_START_TIMEOUT (400). Extra arguments go to pytest.
+#
+# Risk in up2: the known-issue table turns vLLM's FlashInfer all-reduce fusion off for TP>1 only for
+# 0.26.x (TP=2 hung with it on 2-GPU hosts); whether 0.25.1 needs it too is unknown. If the old
+# side's TP=2 start hangs, the step fails after MGPU_START_TIMEOUT; then rerun it with
+#   bash scripts/gpu_ab.sh up2 --mgpu-ab-opt 'compilation-config={"pass_config": {"fuse_allreduce_rms": false}}'
+# (and MGPU_START_TIMEOUT=240 to fail faster) -- that the old version needs it is itself a finding.
 set -uo pipefail
 step=${1:?usage: bash scripts/gpu_ab.sh aa|regress|up1|up2 [pytest args]}
 shift
@@ -65,7 +72,7 @@ rm -rf "$logs"
 nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv | tee "$out/log-$step.txt"
 
 timeout -s TERM "${MGPU_STEP_TIMEOUT:-570}" python3 -m pytest -p pytest_mgpu.plugin -p no:cacheprovider -m gpu -v -rs \
-  --mgpu-engine vllm --mgpu-start-timeout 400 --mgpu-repeats 1 --mgpu-ab-min-rounds 3 --mgpu-ab-rounds 4 \
+  --mgpu-engine vllm --mgpu-start-timeout "${MGPU_START_TIMEOUT:-400}" --mgpu-repeats 1 --mgpu-ab-min-rounds 3 --mgpu-ab-rounds 4 \
   --mgpu-cache-dir=/tmp/mgpu-cache --mgpu-log-dir="$logs" --mgpu-report-md="$out/report-$step.md" --mgpu-json="$out/results-$step.json" \
   "${args[@]}" "$suite" -k "$sel" "$@" 2>&1 | tee -a "$out/log-$step.txt"
 rc=${PIPESTATUS[0]}

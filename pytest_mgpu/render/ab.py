@@ -57,10 +57,11 @@ def title(r: AbResult) -> str:
     return f"{r.entry_id}  {r.verdict}  ({versions(r)}, {len(r.rounds)} rounds, {r.gpu_seconds / 60:.1f} GPU-min)"
 
 
-def legend(rule: AbConfig) -> str:
-    """What the columns mean, in one line."""
+def legend(rule: AbConfig, markdown: bool = False) -> str:
+    """What the columns mean, in one line (the terminal marks gated metrics with ``*``, Markdown says "gated")."""
+    gated = "(gated) metrics can FAIL" if markdown else "* gated"
     return (
-        f"* gated; the others only warn. change = paired estimate of new/old over the rounds. FAIL: worse than "
+        f"{gated}; the others only warn. change = paired estimate of new/old over the rounds. FAIL: worse than "
         f"'fail beyond' on average and significant (one-sided paired t, p < {rule.alpha:g}) at two looks in a row; "
         f"PASS: the {100 * (1 - rule.beta):.0f}% upper bound is inside the tolerance"
     )
@@ -179,5 +180,5 @@ def markdown(results: Sequence[AbResult], rule: AbConfig, title_text: str) -> st
     out += ["### GPU time per verdict", "", "| " + " | ".join(COST_HEADERS) + " |",
             "|---|" + "---:|" * (len(COST_HEADERS) - 1)]
     out += ["| " + " | ".join(_md(str(c)) for c in row_) + " |" for row_ in cost_rows(results)]
-    out += ["", legend(rule).lstrip("* ").replace("*", "\\*"), ""]
+    out += ["", legend(rule, markdown=True), ""]
     return "\n".join(out).rstrip() + "\n"

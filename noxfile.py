@@ -252,6 +252,13 @@ def perf(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def soak(session: nox.Session) -> None:
+    """200 start/measure/stop cycles of the sim engine with crash, hang and kill -9 faults: nothing may leak."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session(default=False)
 def calibrate(session: nox.Session) -> None:
     """Gate calibration: A/A false-fail and injected-regression detection rates (prints the table).
 

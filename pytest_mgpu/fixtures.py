@@ -73,7 +73,7 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
 
         from .errors import EngineRestartWarning, log_tail
 
-        rc = engine.process.poll() if engine.process is not None else None
+        rc = engine.exit_code()
         warnings.warn(
             EngineRestartWarning(
                 f"engine stopped answering: {engine.describe()}: it exited with code {rc} during "

@@ -166,6 +166,7 @@ class MgpuSession:
         self.started = True
         self.prev_sigterm = install_sigterm_handler()
         atexit.register(self.close)  # last resort: never leave an engine running
+        self.notes.extend(end_orphaned_engines())
 
     # --- what the hooks ask --------------------------------------------------------------------
     def resolve_model(self, ref: str, test_path: Path | None) -> Model:
@@ -330,6 +331,22 @@ def restore_sigterm_handler(prev: SignalHandler) -> None:
     """Undo :func:`install_sigterm_handler`."""
     if prev is not None:
         signal.signal(signal.SIGTERM, prev)
+
+
+def end_orphaned_engines() -> list[str]:
+    """End engine processes left by a pytest run that died (their ``MGPU_OWNER`` is gone); say which."""
+    from .engines import supervisor
+
+    ended = supervisor.sweep_orphans()
+    if not ended:
+        return []
+    owners = sorted({owner.partition(":")[0] for _, owner, _ in ended})
+    lines = [
+        f"mgpu: ended {len(ended)} engine process{'es' if len(ended) != 1 else ''} left by a dead pytest run "
+        f"(pid {', '.join(owners)}):"
+    ]
+    lines += [f"mgpu:   {pid} {cmd[:160] or '?'}" for pid, _, cmd in ended]
+    return lines
 
 
 def cpu_workers() -> int:

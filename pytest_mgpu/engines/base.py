@@ -3,7 +3,8 @@
 An *adapter* (:class:`EngineAdapter`) knows how to launch one kind of engine; a *running engine*
 (:class:`RunningEngine`) is one started server: an OpenAI-compatible HTTP server run as a
 subprocess in its own process group (``start_new_session``), bound to 127.0.0.1 on a free port.
-The pytest process never imports an engine.
+The group is led by :mod:`.supervisor`, which ends the engine and everything it started when
+pytest dies (even by ``kill -9``). The pytest process never imports an engine.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
 from ..layout import Layout
 from ..models import Model
 from ..models.tokenizer import TokenizerRef
+from . import supervisor
 
 #: Environment variables always handed on to an engine (when set), in addition to its own.
 #: NCCL's safety switches (NVLink multicast off, etc.) must survive into every subprocess.
@@ -93,6 +97,10 @@ class RunningEngine:
     started_s: float = 0.0  # seconds from launch to ready
     #: The tokenizer the engine serves with; None when it cannot tokenize text prompts.
     tokenizer: TokenizerRef | None = None
+    #: ``MGPU_ENGINE`` in the environment of every process of this start (see :mod:`.supervisor`).
+    tag: str = ""
+    #: The engine's own process, a child of the supervisor whose pid is :attr:`pid` (0: unknown).
+    engine_pid: int = 0
 
     @property
     def num_gpus(self) -> int:
@@ -101,8 +109,19 @@ class RunningEngine:
 
     @property
     def alive(self) -> bool:
-        """Whether the server process is still running."""
-        return self.process is not None and self.process.poll() is None
+        """Whether the server is still running: its supervisor and the engine process under it."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        return not self.engine_pid or supervisor.alive(self.engine_pid)
+
+    def exit_code(self, wait_s: float = 2.0) -> int | None:
+        """The engine's exit code (negative: killed by that signal), waiting up to ``wait_s`` for it."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def describe(self) -> str:
         """One line for headers and errors."""
@@ -173,17 +192,23 @@ class EngineAdapter:
         argv = self.command(spec, port, inventory, gpu_ids)
         log_path = log_dir / f"{spec.engine}-{spec.layout.id}-{port}.log"
         before = memory_used_mb(gpu_ids) if inventory.count else {}
+        # Tags that every process of this engine inherits: who owns it (a later run ends the engines
+        # of a dead one) and which start it belongs to (its stop ends exactly these).
+        tag = uuid.uuid4().hex
+        env[supervisor.OWNER_ENV] = supervisor.owner_token()
+        env[supervisor.ENGINE_ENV] = tag
         with open(log_path, "wb") as log:
             log.write(("$ " + " ".join(argv) + "\n").encode())
             log.flush()
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                supervised(argv, self.stop_timeout_s), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
         running = RunningEngine(
             name=spec.engine, version=version, base_url=f"http://127.0.0.1:{port}", layout=spec.layout,
             model=spec.model, log_path=log_path, gpu_ids=list(gpu_ids), pid=proc.pid, command=argv,
             spec=spec, process=proc, memory_before_mb=before, tokenizer=self.tokenizer(spec, log_dir),
+            tag=tag, engine_pid=supervisor.first_child(proc.pid),
         )
         t0 = time.monotonic()
         try:
@@ -234,9 +259,8 @@ class EngineAdapter:
         """Why ``running`` cannot be handed to a test (dead, or no 200 from ``health_path`` in time), or None."""
         if running.process is None:
             return "it has no process"
-        rc = running.process.poll()
-        if rc is not None:
-            return f"it exited with code {rc}"
+        if not running.alive:
+            return f"it exited with code {running.exit_code()}"
         deadline = self.health_timeout_s if timeout_s is None else timeout_s
         try:
             with urllib.request.urlopen(running.base_url + self.health_path, timeout=deadline) as resp:
@@ -252,12 +276,26 @@ class EngineAdapter:
             return f"GET {self.health_path} failed ({reason})"
 
     def stop(self, running: RunningEngine, check_memory: bool = True) -> None:
-        """Stop the process group (TERM, then KILL), reap it, then wait for GPU memory to return."""
+        """Stop the process group (TERM, then KILL) and every process tagged with this start, then wait for GPU memory.
+
+        The group is led by the engine's supervisor, which stops the engine's descendants that
+        left the group too; processes carrying the start's tag are ended here in case the
+        supervisor itself was killed.
+        """
         proc = running.process
         if proc is not None:
             kill_group(proc, self.stop_timeout_s)
+        if running.tag:
+            supervisor.end_processes(supervisor.tagged(supervisor.ENGINE_ENV, running.tag), self.stop_timeout_s)
         if check_memory and running.memory_before_mb:
             wait_memory_back(running.memory_before_mb, timeout_s=self.memory_timeout_s)
+
+
+def supervised(argv: Sequence[str], grace_s: float) -> list[str]:
+    """``argv`` run under :mod:`.supervisor` (by this interpreter, isolated), which ends it when pytest dies."""
+    return [
+        sys.executable, "-I", supervisor.__file__, "--owner", str(os.getpid()), "--grace", f"{grace_s:g}", "--", *argv,
+    ]
 
 
 def http_error_summary(exc: urllib.error.HTTPError, limit: int = 240) -> str:

@@ -1,0 +1,184 @@
+"""``kill -9`` of pytest must not leave an engine running (issue 8).
+
+These tests really kill a pytest process (and, in one, the engine's supervisor with it) and then
+look at /proc and the engine's port: nothing of the engine may be left, including children that
+left its process group (as TensorRT-LLM's MPI ranks do). Linux only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_mgpu.engines import supervisor
+
+pytest_plugins = ["pytester"]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux only")
+
+#: An "engine interpreter" that starts two children before it becomes the sim: one in its process
+#: group, one that leaves it (setsid), both sleeping for minutes.
+WRAPPER = """#!/bin/sh
+sleep 301 </dev/null >/dev/null 2>&1 &
+echo $! >> "$KIDS_LOG"
+setsid sleep 302 </dev/null >/dev/null 2>&1 &
+echo $! >> "$KIDS_LOG"
+exec {python} "$@"
+"""
+
+HOLD_TEST = """
+import json, os, time
+import pytest
+
+@pytest.mark.model("tiny-llama")
+def test_hold(mgpu_engine):
+    port = int(mgpu_engine.base_url.rsplit(":", 1)[1])
+    info = {"supervisor": mgpu_engine.pid, "engine": mgpu_engine.engine_pid, "port": port}
+    with open(os.environ["INFO"], "w") as fh:
+        json.dump(info, fh)
+    time.sleep(300)
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(cond: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return bool(cond())  # type: ignore[operator]
+
+
+def _start_pytest_holding_an_engine(pytester: pytest.Pytester) -> tuple[subprocess.Popen[bytes], dict[str, int], list[int]]:
+    """A pytest process (its own session) whose test holds a sim engine with two children; its pids."""
+    wrapper = pytester.path / "engine-python"
+    wrapper.write_text(WRAPPER.format(python=sys.executable))
+    wrapper.chmod(0o755)
+    kids_log = pytester.path / "kids.txt"
+    info = pytester.path / "info.json"
+    pytester.makepyfile(test_hold=HOLD_TEST)
+    env = dict(os.environ, INFO=str(info))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "--mgpu-engine", "sim",
+         "--mgpu-engine-python", str(wrapper), "--mgpu-engine-env", f"KIDS_LOG={kids_log}", str(pytester.path)],
+        cwd=pytester.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    assert _wait(info.exists, 60), "the inner test never got its engine"
+    time.sleep(0.2)  # the file is written in one go, but give the writer a moment
+    pids = json.loads(info.read_text())
+    kids = [int(x) for x in kids_log.read_text().split()]
+    assert len(kids) == 2
+    assert supervisor.alive(pids["supervisor"]) and supervisor.alive(pids["engine"]) and _listening(pids["port"])
+    assert all(supervisor.alive(k) for k in kids)
+    return proc, pids, kids
+
+
+def _gone(pids: list[int], port: int) -> bool:
+    return not any(supervisor.alive(p) for p in pids) and not _listening(port)
+
+
+def test_kill_9_of_pytest_ends_the_engine_and_all_it_started(pytester: pytest.Pytester) -> None:
+    proc, pids, kids = _start_pytest_holding_an_engine(pytester)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        everything = [pids["supervisor"], pids["engine"], *kids]
+        assert _wait(lambda: _gone(everything, pids["port"]), 15), (
+            f"left running after kill -9 of pytest: {[p for p in everything if supervisor.alive(p)]}, "
+            f"port {pids['port']} listening: {_listening(pids['port'])}"
+        )
+    finally:
+        supervisor.end_processes([proc.pid, pids["supervisor"], pids["engine"], *kids], 1.0)
+    log = next((pytester.path / ".mgpu" / "logs").glob("sim-*.log")).read_text()
+    assert f"pytest (pid {proc.pid}) died; stopping the engine" in log
+
+
+def test_a_new_run_ends_engines_left_by_a_dead_one_and_says_so(pytester: pytest.Pytester) -> None:
+    """pytest and the supervisor both killed (say ``pkill -9 -f pytest``): the engine's children
+    survive, re-parented to init; the next run finds them by their tag and ends them."""
+    proc, pids, kids = _start_pytest_holding_an_engine(pytester)
+    try:
+        os.kill(pids["supervisor"], signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        # The engine itself dies with its supervisor (parent-death signal); its children do not.
+        assert _wait(lambda: not supervisor.alive(pids["engine"]), 10)
+        time.sleep(0.5)
+        assert all(supervisor.alive(k) for k in kids), "the test needs orphans to find"
+        owner = supervisor.environ(kids[0])[supervisor.OWNER_ENV]
+        assert owner.startswith(f"{proc.pid}:") and not supervisor.owner_alive(owner)
+
+        (pytester.path / "test_hold.py").unlink()
+        pytester.makepyfile(test_next="def test_layout(mgpu_layout):\n    pass\n")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mgpu-engine", "sim")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(
+            [f"mgpu: ended 2 engine processes left by a dead pytest run (pid {proc.pid}):", "mgpu:   * sleep 30*"]
+        )
+        assert _wait(lambda: not any(supervisor.alive(k) for k in kids), 10)
+    finally:
+        supervisor.end_processes([proc.pid, pids["supervisor"], pids["engine"], *kids], 1.0)
+
+
+def test_sweep_leaves_engines_of_live_runs_alone(tmp_path: Path) -> None:
+    """Only processes whose owner is gone are ended: this run's (and another live run's) stay."""
+    dead = subprocess.Popen(["true"])
+    dead_token = supervisor.owner_token(dead.pid)
+    dead.wait()
+    assert not supervisor.owner_alive(dead_token) and supervisor.owner_alive(supervisor.owner_token())
+    mine = subprocess.Popen(["sleep", "60"], env={**os.environ, supervisor.OWNER_ENV: supervisor.owner_token()})
+    orphan = subprocess.Popen(["sleep", "61"], env={**os.environ, supervisor.OWNER_ENV: dead_token})
+    try:
+        time.sleep(0.2)
+        ended = supervisor.sweep_orphans(grace_s=2.0)
+        assert orphan.pid in [pid for pid, _, _ in ended]
+        assert mine.pid not in [pid for pid, _, _ in ended]
+        assert orphan.wait(5) == -signal.SIGTERM
+        assert mine.poll() is None
+    finally:
+        mine.kill()
+        orphan.kill()
+        mine.wait()
+
+
+def test_supervisor_exits_as_the_engine_did(tmp_path: Path) -> None:
+    """pytest reads the engine's own exit status through its supervisor: a code, or a signal."""
+    def run(script: str) -> int:
+        p = subprocess.Popen(
+            [sys.executable, "-I", supervisor.__file__, "--owner", str(os.getpid()), "--grace", "2", "--",
+             "sh", "-c", script],
+            start_new_session=True,
+        )
+        return p.wait(20)
+
+    assert run("exit 3") == 3
+    assert run("kill -9 $$") == -signal.SIGKILL
+
+
+def test_supervisor_ends_the_children_an_engine_leaves_behind(tmp_path: Path) -> None:
+    """An engine that exits leaving a child (in or out of its group) does not leave it running."""
+    kids = tmp_path / "kids"
+    script = f"sleep 300 & echo $! >> {kids}; setsid sleep 301 & echo $! >> {kids}; exit 0"
+    p = subprocess.Popen(
+        [sys.executable, "-I", supervisor.__file__, "--owner", str(os.getpid()), "--grace", "2", "--", "sh", "-c", script],
+        start_new_session=True, stderr=subprocess.PIPE,
+    )
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0
+    pids = [int(x) for x in kids.read_text().split()]
+    assert len(pids) == 2 and not any(supervisor.alive(x) for x in pids)
+    assert b"ended 2 process(es) it left" in err

@@ -1,11 +1,17 @@
-"""The baseline store: one JSON file per hardware fingerprint and test module.
+"""The baseline store: one JSON file per hardware fingerprint and test module, with history.
 
 Layout: ``<root>/<fingerprint>/<module path>.json``, e.g.
 ``baselines/sim-v100-16gb-x4/perf_tests/test_llama.py.json``. Each file holds
-``{"schema_version": 1, "fingerprint": ..., "module": ..., "entries": {entry_id: {...}}}``.
-Writes are sorted, indented, atomic (temp file + fsync + ``os.replace``) and merge with the
-entries already there. A broken file raises :class:`BaselineError` and is never overwritten
-unless ``force=True``.
+``{"schema_version": 2, "fingerprint": ..., "module": ..., "entries": {entry_id: {...}}}``; an
+entry holds its identity (:data:`~pytest_mgpu.results.IDENTITY_FIELDS`) and its last
+``history`` recordings (oldest first), each with the samples of every stored metric, the engine
+version, the environment, the engine options and the gate settings in effect. Schema 1 files
+(one recording per entry) are read and migrated; they are written back as schema 2 on update.
+
+Writes are sorted, indented, atomic (temp file + fsync + ``os.replace``), follow the umask,
+merge with the entries already there and keep unknown top-level keys. A broken file (bad JSON,
+missing keys, corrupt numbers) raises :class:`BaselineError` naming the file and the entry, and
+is never overwritten unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -14,22 +20,35 @@ import json
 import math
 import os
 import re
-import statistics
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import METRIC_DEFINITION_VERSION, __version__
 from .errors import BaselineError
-from .results import BenchResult
-from .verdicts import DEFAULT_CONFIG, DEFAULT_GATED, DEFAULT_WARN_ONLY, Comparison, GateConfig, compare, log_std
+from .results import BenchResult, Identity, test_id_of
+from .verdicts import (
+    DEFAULT_CONFIG,
+    DEFAULT_GATED,
+    DEFAULT_NOISE_FLOOR,
+    DEFAULT_WARN_ONLY,
+    BaselineStats,
+    Comparison,
+    GateConfig,
+    Verdict,
+    baseline_stats,
+    compare,
+)
 
-#: Version of the baseline file format.
-SCHEMA_VERSION = 1
+#: Version of the baseline file format written; :data:`READ_SCHEMA_VERSIONS` are read.
+SCHEMA_VERSION = 2
+READ_SCHEMA_VERSIONS = (1, 2)
 DEFAULT_ROOT = "baselines"
+#: How many recordings an entry keeps by default (ini ``mgpu_baseline_history``).
+DEFAULT_HISTORY = 5
 
 #: Metrics every baseline entry records (the gated and warn-only ones plus context for humans).
 STORED_METRICS: tuple[str, ...] = DEFAULT_GATED + DEFAULT_WARN_ONLY + (
@@ -43,7 +62,6 @@ STORED_METRICS: tuple[str, ...] = DEFAULT_GATED + DEFAULT_WARN_ONLY + (
     "e2el_p99",
 )
 
-_ENTRY_KEYS = ("engine", "engine_version", "model", "layout", "workload", "metrics", "env")
 _FINGERPRINT_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]*$")
 
 
@@ -54,44 +72,181 @@ def _sig(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
-@dataclass(frozen=True)
-class MetricRecord:
-    """One metric of a baseline entry: the value of each repeat, their median and log-std noise."""
+def check_samples(values: Any, what: str) -> tuple[float, ...]:
+    """A metric's samples as floats: a non-empty list of finite numbers > 0, else ValueError naming ``what``.
 
-    samples: tuple[float, ...]
-    median: float
-    noise: float
+    NaN, infinities, zero or negative values, an empty list or a non-list are corrupt numbers:
+    the gate must never silently skip them (that would turn it off).
+    """
+    if isinstance(values, Mapping):  # schema 1: {"samples": [...], "median": ..., "noise": ...}
+        values = values.get("samples")
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{what}: samples must be a non-empty list of numbers, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{what}: sample {v!r} is not a number")
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{what}: sample {v!r} is not a finite number > 0")
+        out.append(float(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording of an entry: every stored metric's samples, and what was running.
+
+    ``engine_options`` and ``gate_settings`` are None for recordings made before they were
+    recorded (schema 1). ``new_level`` marks a recording that moved a gated metric beyond
+    tolerance and noise (an accepted improvement or regression): earlier recordings measured
+    something else, so the gate uses this one and later ones only.
+    """
+
+    metrics: dict[str, tuple[float, ...]]
+    engine_version: str
+    env: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 0
+    engine_options: dict[str, str] | None = None
+    gate_settings: dict[str, Any] | None = None
+    new_level: bool = False
 
     @classmethod
-    def from_samples(cls, samples: Sequence[float]) -> MetricRecord:
-        """Round the samples and derive the median and noise from the rounded values."""
-        vals = tuple(_sig(float(v)) for v in samples)
-        return cls(vals, _sig(float(statistics.median(vals))), _sig(log_std(vals)))
+    def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> Recording:
+        """A recording of a valid result: :data:`STORED_METRICS` plus ``metrics``, rounded.
+
+        A metric that is not positive in every repeat (TPOT of a one-token workload) is not
+        recorded: it could never be compared. Raises BaselineError for an invalid result.
+        """
+        if result.invalid:
+            raise BaselineError(f"{result.entry_id}: an invalid result cannot become a baseline ({result.invalid})")
+        names = list(dict.fromkeys([*STORED_METRICS, *metrics, *((result.gate_settings or {}).get("metrics", ()))]))
+        recs: dict[str, tuple[float, ...]] = {}
+        for m in names:
+            vals = result.samples(m)
+            if not vals:
+                continue
+            bad = [v for v in vals if not math.isfinite(v)]
+            if bad:
+                raise BaselineError(f"{result.entry_id}: non-finite values in {m} cannot become a baseline")
+            if all(v > 0 for v in vals):
+                recs[m] = tuple(_sig(float(v)) for v in vals)
+        if not recs:
+            raise BaselineError(f"{result.entry_id}: no metric with positive values; nothing to record")
+        env = dict(result.env)
+        env.setdefault("plugin_version", __version__)
+        env.setdefault("metric_definition_version", METRIC_DEFINITION_VERSION)
+        return cls(
+            metrics=recs, engine_version=result.engine_version, env=env, repeats=len(result.repeats),
+            engine_options=dict(result.engine_options), gate_settings=result.gate_settings,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"samples": list(self.samples), "median": self.median, "noise": self.noise}
+        d: dict[str, Any] = {
+            "engine_version": self.engine_version,
+            "env": self.env,
+            "repeats": self.repeats,
+            "metrics": {k: list(v) for k, v in sorted(self.metrics.items())},
+        }
+        if self.engine_options is not None:
+            d["engine_options"] = dict(sorted(self.engine_options.items()))
+        if self.gate_settings is not None:
+            d["gate_settings"] = self.gate_settings
+        if self.new_level:
+            d["new_level"] = True
+        return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MetricRecord:
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(float(v) for v in data["samples"]), float(data["median"]), float(data["noise"]))
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> Recording:
+        """Inverse of :meth:`to_dict`; ValueError/KeyError/TypeError name ``where`` on bad data."""
+        pre = f"{where}: " if where else ""
+        metrics = data["metrics"]
+        if not isinstance(metrics, Mapping) or not metrics:
+            raise ValueError(f"{pre}'metrics' is empty; a baseline needs at least one metric's samples")
+        opts = data.get("engine_options")
+        return cls(
+            metrics={str(k): check_samples(v, f"{pre}metric {k!r}") for k, v in metrics.items()},
+            engine_version=str(data["engine_version"]),
+            env=dict(data.get("env") or {}),
+            repeats=int(data.get("repeats", 0)),
+            engine_options={str(k): str(v) for k, v in opts.items()} if isinstance(opts, Mapping) else None,
+            gate_settings=dict(data["gate_settings"]) if isinstance(data.get("gate_settings"), Mapping) else None,
+            new_level=bool(data.get("new_level", False)),
+        )
 
 
 @dataclass(frozen=True)
 class BaselineEntry:
-    """What one result recorded as the baseline: context, per-repeat metric values, environment."""
+    """A baseline entry: the identity of what was measured and its recordings, oldest first.
+
+    As the gate's ``Measured``: :meth:`samples` are the latest recording's repeats, :meth:`history`
+    the earlier recordings of the same level (see :attr:`Recording.new_level`).
+    """
 
     entry_id: str
-    engine: str
-    engine_version: str
-    model: str
-    layout: dict[str, Any]
-    workload: dict[str, Any]
-    metrics: dict[str, MetricRecord]
-    env: dict[str, Any] = field(default_factory=dict)
+    identity: Identity
+    recordings: tuple[Recording, ...]
     nodeid: str = ""
-    repeats: int = 0
+
+    # --- identity and the latest recording -------------------------------------------------
+    def _id(self, name: str) -> Any:
+        return self.identity.as_dict()[name]
+
+    @property
+    def engine(self) -> str:
+        """Engine name (identity)."""
+        return str(self._id("engine"))
+
+    @property
+    def model(self) -> str:
+        """Model name (identity)."""
+        return str(self._id("model"))
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """Layout (identity)."""
+        return dict(self._id("layout"))
+
+    @property
+    def workload(self) -> dict[str, Any]:
+        """Workload (identity; without the model's vocabulary size)."""
+        return dict(self._id("workload"))
+
+    @property
+    def latest(self) -> Recording:
+        """The newest recording."""
+        return self.recordings[-1]
+
+    @property
+    def active(self) -> tuple[Recording, ...]:
+        """The recordings the gate uses: the latest level's (from the last ``new_level`` on)."""
+        start = max((i for i, r in enumerate(self.recordings) if r.new_level), default=0)
+        return self.recordings[start:]
+
+    @property
+    def engine_version(self) -> str:
+        """The engine version of the latest recording."""
+        return self.latest.engine_version
+
+    @property
+    def engine_options(self) -> dict[str, str] | None:
+        """The engine options of the latest recording (None: not recorded)."""
+        return self.latest.engine_options
+
+    @property
+    def env(self) -> dict[str, Any]:
+        """The environment of the latest recording."""
+        return self.latest.env
+
+    @property
+    def repeats(self) -> int:
+        """Repeats of the latest recording."""
+        return self.latest.repeats
+
+    @property
+    def metrics(self) -> dict[str, tuple[float, ...]]:
+        """The latest recording's samples per metric."""
+        return self.latest.metrics
 
     @property
     def invalid(self) -> str | None:
@@ -99,73 +254,53 @@ class BaselineEntry:
         return None
 
     def samples(self, metric: str) -> list[float]:
-        """The metric's value in each recorded repeat (empty if not recorded)."""
-        rec = self.metrics.get(metric)
-        return list(rec.samples) if rec else []
+        """The metric's value in each repeat of the latest recording (empty if not recorded)."""
+        return list(self.latest.metrics.get(metric, ()))
+
+    def history(self, metric: str) -> list[list[float]]:
+        """The metric's samples in each earlier recording of the latest level, oldest first."""
+        return [list(r.metrics[metric]) for r in self.active[:-1] if metric in r.metrics]
+
+    def stats(self, metric: str, noise_floor: float = DEFAULT_NOISE_FLOOR) -> BaselineStats:
+        """The baseline value and noise the gate uses for ``metric`` (``pytest-mgpu show`` prints them)."""
+        return baseline_stats([*self.history(metric), self.samples(metric)] if self.samples(metric) else [],
+                              noise_floor)
 
     def median(self, metric: str) -> float | None:
-        """The recorded median of a metric."""
-        rec = self.metrics.get(metric)
-        return rec.median if rec else None
+        """The baseline value the gate compares ``metric`` with (derived, never stored)."""
+        return self.stats(metric).value
 
+    # --- building, reading, writing -------------------------------------------------------
     @classmethod
     def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> BaselineEntry:
-        """Build an entry from a valid result; ``metrics`` are recorded beside :data:`STORED_METRICS`."""
-        if result.invalid:
-            raise BaselineError(f"{result.entry_id}: an invalid result cannot become a baseline ({result.invalid})")
-        names = list(dict.fromkeys([*STORED_METRICS, *metrics]))
-        recs = {m: MetricRecord.from_samples(s) for m in names if (s := result.samples(m))}
-        bad = sorted(m for m, r in recs.items() if not all(math.isfinite(v) for v in r.samples))
-        if bad:
-            raise BaselineError(f"{result.entry_id}: non-finite values in {', '.join(bad)} cannot become a baseline")
-        env = dict(result.env)
-        env.setdefault("plugin_version", __version__)
-        env.setdefault("metric_definition_version", METRIC_DEFINITION_VERSION)
-        return cls(
-            entry_id=result.entry_id,
-            engine=result.engine,
-            engine_version=result.engine_version,
-            model=result.model,
-            layout=result.layout.to_dict(),
-            workload=result.workload.to_dict(),
-            metrics=recs,
-            env=env,
-            nodeid=result.nodeid,
-            repeats=len(result.repeats),
-        )
+        """A new entry (one recording) from a valid result."""
+        return cls(result.entry_id, result.identity, (Recording.from_result(result, metrics),), result.nodeid)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the entry id is the key in the file, not repeated here)."""
-        return {
-            "nodeid": self.nodeid,
-            "engine": self.engine,
-            "engine_version": self.engine_version,
-            "model": self.model,
-            "layout": self.layout,
-            "workload": self.workload,
-            "repeats": self.repeats,
-            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
-            "env": self.env,
-        }
+        return {"nodeid": self.nodeid, **self.identity.as_dict(), "recordings": [r.to_dict() for r in self.recordings]}
 
     @classmethod
-    def from_dict(cls, entry_id: str, data: Mapping[str, Any]) -> BaselineEntry:
-        """Inverse of :meth:`to_dict`; raises KeyError/TypeError/ValueError on a malformed entry."""
-        missing = [k for k in _ENTRY_KEYS if k not in data]
-        if missing:
-            raise KeyError(f"entry {entry_id!r} lacks {', '.join(missing)}")
-        return cls(
-            entry_id=entry_id,
-            engine=str(data["engine"]),
-            engine_version=str(data["engine_version"]),
-            model=str(data["model"]),
-            layout=dict(data["layout"]),
-            workload=dict(data["workload"]),
-            metrics={k: MetricRecord.from_dict(v) for k, v in data["metrics"].items()},
-            env=dict(data["env"]),
-            nodeid=str(data.get("nodeid", "")),
-            repeats=int(data.get("repeats", 0)),
-        )
+    def from_dict(cls, entry_id: str, data: Mapping[str, Any], schema: int = SCHEMA_VERSION) -> BaselineEntry:
+        """Inverse of :meth:`to_dict` (schema 2), or a schema 1 entry migrated to one recording.
+
+        Raises KeyError/TypeError/ValueError on a malformed entry or corrupt numbers.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"entry {entry_id!r} is not a JSON object")
+        nodeid = str(data.get("nodeid", ""))
+        ident = dict(data)
+        if "test" not in ident:  # schema 1: the test lives in the node id (or the entry id)
+            ident["test"] = test_id_of(nodeid) if nodeid else entry_id.rsplit("::", 1)[0]
+        identity = Identity.from_mapping(ident)
+        if schema == 1:
+            recordings: tuple[Recording, ...] = (Recording.from_dict(data, ""),)
+        else:
+            raw = data["recordings"]
+            if not isinstance(raw, list) or not raw:
+                raise ValueError("'recordings' must be a non-empty list")
+            recordings = tuple(Recording.from_dict(r, f"recording {i + 1}") for i, r in enumerate(raw))
+        return cls(entry_id, identity, recordings, nodeid)
 
 
 # --- file I/O ----------------------------------------------------------------------------------
@@ -200,26 +335,33 @@ def parse_baseline_data(data: Any, path: Path | str = "<data>") -> tuple[dict[st
     if not isinstance(data, dict):
         raise BaselineError(f"baseline file {p} does not hold a JSON object; {_fix_hint(p)}")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READ_SCHEMA_VERSIONS:
         raise BaselineError(
-            f"baseline file {p} has schema_version {version!r}, this pytest-mgpu reads {SCHEMA_VERSION}; "
-            f"upgrade pytest-mgpu, or {_fix_hint(p)}"
+            f"baseline file {p} has schema_version {version!r}, this pytest-mgpu reads "
+            f"{' and '.join(map(str, READ_SCHEMA_VERSIONS))}; upgrade pytest-mgpu, or {_fix_hint(p)}"
         )
     if not isinstance(data.get("entries"), dict) or "fingerprint" not in data:
         raise BaselineError(f"baseline file {p} lacks 'fingerprint' or 'entries'; {_fix_hint(p)}")
     entries: dict[str, BaselineEntry] = {}
     for eid, raw in data["entries"].items():
         try:
-            entries[eid] = BaselineEntry.from_dict(eid, raw)
+            entries[eid] = BaselineEntry.from_dict(eid, raw, schema=version)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BaselineError(f"baseline file {p}: malformed entry {eid!r} ({exc}); {_fix_hint(p)}") from None
+            msg = str(exc).strip("\"'")
+            raise BaselineError(f"baseline file {p}: broken entry {eid!r}: {msg}; {_fix_hint(p)}") from None
     header = {k: v for k, v in data.items() if k != "entries"}
     return header, entries
 
 
-def dumps_baseline(fingerprint: str, module: str, entries: Mapping[str, BaselineEntry]) -> str:
-    """The stable, diff-friendly text of a baseline file (sorted keys, indent 2, final newline)."""
+def dumps_baseline(
+    fingerprint: str, module: str, entries: Mapping[str, BaselineEntry], extra: Mapping[str, Any] | None = None
+) -> str:
+    """The stable, diff-friendly text of a baseline file (sorted keys, indent 2, final newline).
+
+    ``extra`` holds top-level keys this version does not know (kept from the file being updated).
+    """
     doc = {
+        **(extra or {}),
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fingerprint,
         "module": module,
@@ -228,11 +370,30 @@ def dumps_baseline(fingerprint: str, module: str, entries: Mapping[str, Baseline
     return json.dumps(doc, sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows; else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same dir, fsync, ``os.replace``."""
+    """Write ``text`` to ``path`` atomically: temp file in the same dir, fsync, ``os.replace``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask), not the
+    0600 of a temp file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
             fh.flush()
@@ -271,6 +432,16 @@ def _dir_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def _moves_level(result: BenchResult, entry: BaselineEntry) -> bool:
+    """Whether ``result`` moved a gated metric of ``entry`` beyond tolerance and noise (either way)."""
+    try:
+        config = GateConfig.from_dict(result.gate_settings) if result.gate_settings else DEFAULT_CONFIG
+    except (ValueError, TypeError):
+        config = DEFAULT_CONFIG
+    c = compare(result, entry, config)
+    return any(m.gated and m.verdict in (Verdict.FAIL, Verdict.IMPROVED) for m in c.metrics)
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -281,6 +452,10 @@ class UpdateResult:
     path: Path
     written: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # entry id -> why (invalid results)
+    #: entry id -> why the old entry was replaced rather than extended (another identity)
+    replaced: dict[str, str] = field(default_factory=dict)
+    #: entry ids whose new recording starts a new level (moved beyond tolerance and noise)
+    new_level: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -363,34 +538,59 @@ class BaselineStore:
         *,
         force: bool = False,
         metrics: Sequence[str] = (),
+        history: int = DEFAULT_HISTORY,
     ) -> UpdateResult:
-        """Write the valid ``results`` into the file, keeping every entry they do not replace.
+        """Record the valid ``results`` in the file, keeping every entry they do not touch.
 
+        A result of the same identity as its entry adds a recording (the last ``history`` are
+        kept); one of another identity (model, workload, ...) replaces the entry, listed in
+        ``replaced``. A recording that moves a gated metric beyond tolerance and noise (judged
+        with the result's own gate settings) starts a new level (:attr:`Recording.new_level`).
         Invalid results are skipped (listed in ``skipped``). A broken existing file raises
         BaselineError unless ``force=True``, which replaces it with the new entries only.
         """
+        if history < 1:
+            raise BaselineError(f"the baseline history must keep at least 1 recording, got {history}")
         path = self.path(fingerprint, module)
         res = UpdateResult(path)
-        new: dict[str, BaselineEntry] = {}
+        new: dict[str, tuple[BenchResult, Recording]] = {}
         for r in results:
             if check_module(r.module) != check_module(module):
                 raise BaselineError(f"{r.entry_id} belongs to {r.module}, not {module}")
             if r.invalid:
                 res.skipped[r.entry_id] = r.invalid
                 continue
-            new[r.entry_id] = BaselineEntry.from_result(r, metrics)
+            if r.entry_id in new:
+                raise BaselineError(
+                    f"two results of {module} share the entry id {r.entry_id!r}; pass label= to tell them apart"
+                )
+            new[r.entry_id] = (r, Recording.from_result(r, metrics))
         if not new:
             return res
         with _dir_lock(path.parent):
             entries: dict[str, BaselineEntry] = {}
+            extra: dict[str, Any] = {}
             if path.exists():
                 try:
-                    entries = read_baseline_file(path)[1]
+                    header, entries = read_baseline_file(path)
+                    extra = {k: v for k, v in header.items() if k not in ("schema_version", "fingerprint", "module")}
                 except BaselineError:
                     if not force:
                         raise
-            entries.update(new)
-            atomic_write_text(path, dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items()))))
+            for eid, (r, rec) in new.items():
+                old = entries.get(eid)
+                if old is None:
+                    entries[eid] = BaselineEntry(eid, r.identity, (rec,), r.nodeid)
+                elif old.identity != r.identity:
+                    res.replaced[eid] = old.identity.describe_mismatch(r.identity)
+                    entries[eid] = BaselineEntry(eid, r.identity, (rec,), r.nodeid)
+                else:
+                    if _moves_level(r, old):
+                        rec = replace(rec, new_level=True)
+                        res.new_level.append(eid)
+                    entries[eid] = BaselineEntry(eid, r.identity, (*old.recordings, rec)[-history:], r.nodeid)
+            text = dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items())), extra)
+            atomic_write_text(path, text)
         res.written = sorted(new)
         return res
 

@@ -107,8 +107,7 @@ class Bench:
             raise WorkloadError(f"{self.nodeid}: mgpu_bench.run(): {exc}") from None
         if label is not None and not label.strip():
             raise ValueError("label must be a non-empty string or None")
-        entry = f"{self.test_name}::{label or workload.name}"
-        if any(r.entry_id == entry for r in self.results):
+        if any((r.label or r.workload.name) == (label or workload.name) for r in self.results):
             raise ValueError(
                 f"{self.nodeid}: workload {label or workload.name!r} was already measured in this test; "
                 f"pass label= to tell two runs of the same workload apart"
@@ -117,6 +116,7 @@ class Bench:
             nodeid=self.nodeid, test_name=self.test_name, module=self.module, workload=workload,
             layout=self.engine.layout, engine=self.engine.name, engine_version=self.engine.version,
             model=self.engine.model.name, env=dict(self.env), label=label,
+            engine_options=dict(self.engine.spec.options) if self.engine.spec is not None else {},
         )
         result.roofline = self.roofline
         result.repeats = self.measure(workload, self.repeats if repeats is None else repeats)

@@ -1,6 +1,8 @@
-"""``pytest-mgpu``: compare two baseline/results files, show the baseline store, export to pytest-benchmark.
+"""``pytest-mgpu``: compare two baseline/results files, show the baseline store, accept a finished run,
+export to pytest-benchmark.
 
-Exit codes: 0 no regression, 1 a regression (FAIL, or WARN with ``--strict``), 2 a usage or file error.
+Exit codes: 0 nothing fails, 1 a result fails (:func:`~pytest_mgpu.verdicts.fails`: INVALID or
+FAIL; with ``--strict`` also WARN, MISMATCH and NEW), 2 a usage or file error.
 """
 
 from __future__ import annotations
@@ -8,21 +10,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .baseline import DEFAULT_ROOT, BaselineStore, parse_baseline_data
+from .baseline import (
+    DEFAULT_HISTORY,
+    DEFAULT_ROOT,
+    BaselineEntry,
+    BaselineStore,
+    check_fingerprint,
+    parse_baseline_data,
+)
 from .benchmark_export import to_benchmark_json
 from .errors import BaselineError, CliError
 from .options import add_gate_options
 from .render.markdown import render_markdown
-from .render.table import fmt_number
+from .render.table import fmt_number, format_table
 from .render.text import render_table, summary_line
 from .results import BenchResult
-from .settings import gate_config_from_options
-from .verdicts import DEFAULT_GATED, Comparison, GateConfig, Measured, compare
+from .verdicts import DEFAULT_GATED, Comparison, GateConfig, Measured, Tolerance, Verdict, compare, fails
 
 
 @dataclass
@@ -46,27 +54,31 @@ def _load_json(path: Path) -> Any:
         raise CliError(f"{path}: cannot read ({exc})") from None
 
 
+def _results(data: Mapping[str, Any], p: Path) -> list[tuple[BenchResult, Mapping[str, Any]]]:
+    """The results of a ``--mgpu-json`` document, each with its raw dict; CliError names a malformed one."""
+    out = []
+    for i, raw in enumerate(data["results"]):
+        try:
+            out.append((BenchResult.from_dict(raw), raw))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CliError(
+                f"{p}: result #{i + 1} is malformed ({exc!r}); regenerate the file with --mgpu-json"
+            ) from None
+    return out
+
+
 def load_side(path: str | Path) -> Side:
     """Read a baseline file (``entries``) or a ``--mgpu-json`` results file (``results``)."""
     p = Path(path)
     data = _load_json(p)
     if isinstance(data, dict) and "entries" in data:
-        try:
-            header, entries = parse_baseline_data(data, p)
-        except BaselineError as exc:
-            raise CliError(str(exc)) from None
+        header, entries = parse_baseline_data(data, p)  # BaselineError: exit 2, naming file and entry
         module = header.get("module")
         return Side(p, "baseline", {(module, e.entry_id): e for e in entries.values()}, header.get("fingerprint"))
     if isinstance(data, dict) and isinstance(data.get("results"), list):
         items: dict[tuple[str | None, str], Measured] = {}
-        fp = None
-        for i, raw in enumerate(data["results"]):
-            try:
-                r = BenchResult.from_dict(raw)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CliError(
-                    f"{p}: result #{i + 1} is malformed ({exc!r}); regenerate the file with --mgpu-json"
-                ) from None
+        fp = data.get("fingerprint")
+        for r, _ in _results(data, p):
             items[(r.module, r.entry_id)] = r
             fp = fp or r.env.get("fingerprint")
         return Side(p, "results", items, fp)
@@ -83,26 +95,78 @@ def _match(base: Side, module: str | None, entry_id: str) -> Measured | None:
     return same[0] if len(same) == 1 else None
 
 
-def compare_sides(base: Side, now: Side, config: GateConfig) -> tuple[list[Comparison], list[str]]:
-    """Compare every item of ``now`` with its match in ``base``; also list base items not in ``now``."""
+def recorded_settings(m: Measured | None) -> dict[str, Any] | None:
+    """The gate settings recorded with a result, or with a baseline entry's latest recording."""
+    if isinstance(m, BenchResult):
+        return m.gate_settings
+    if isinstance(m, BaselineEntry):
+        return m.latest.gate_settings
+    return None
+
+
+def effective_config(recorded: Mapping[str, Any] | None, args: argparse.Namespace) -> GateConfig:
+    """The suite's recorded gate settings (defaults if none), with the options given on the command line on top."""
+    try:
+        cfg = GateConfig.from_dict(recorded) if recorded else GateConfig()
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise CliError(f"recorded gate settings are malformed ({exc}); pass the gate options explicitly") from None
+    def given(name: str, recorded_value: float) -> float:
+        value = getattr(args, name, None)
+        return recorded_value if value is None else float(value)
+
+    cfg = replace(cfg, noise_k=given("noise_k", cfg.noise_k), noise_floor=given("noise_floor", cfg.noise_floor),
+                  drift=given("drift", cfg.drift))
+    tol: dict[str, Tolerance] = dict(args.tolerance or [])
+    gate = [m for group in (args.gate or []) for m in group]
+    return replace(cfg.with_overrides(tol, gate), strict=bool(args.strict))
+
+
+def compare_sides(
+    base: Side, now: Side, config: GateConfig | argparse.Namespace
+) -> tuple[list[Comparison], list[str], dict[str, int]]:
+    """Compare every item of ``now`` with its match in ``base``; also list base items not in ``now``.
+
+    ``config`` is one :class:`GateConfig` for all, or the CLI's arguments: then each item is judged
+    with the gate settings recorded with it (the now side's, else the base's), the given options on
+    top. The third value counts where the settings came from.
+    """
     out: list[Comparison] = []
     used: set[int] = set()
+    sources = {"recorded": 0, "defaults": 0}
     for (module, eid), item in sorted(now.items.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
         b = _match(base, module, eid)
         if b is not None:
             used.add(id(b))
-        out.append(compare(item, b, config, fingerprint=base.fingerprint))
+        if isinstance(config, GateConfig):
+            cfg = config
+        else:
+            rec = recorded_settings(item) or recorded_settings(b)
+            sources["recorded" if rec else "defaults"] += 1
+            cfg = effective_config(rec, config)
+        out.append(compare(item, b, cfg, fingerprint=base.fingerprint))
     missing = sorted(e for (_, e), v in base.items.items() if id(v) not in used)
-    return out, missing
+    return out, missing, sources
+
+
+def _given_overrides(args: argparse.Namespace) -> list[str]:
+    out = [f"--tolerance {m}={t}" for m, t in (args.tolerance or [])]
+    out += [f"--gate {','.join(g)}" for g in (args.gate or [])]
+    out += [f"--{n.replace('_', '-')} {getattr(args, n)}" for n in ("noise_k", "noise_floor", "drift")
+            if getattr(args, n, None) is not None]
+    return out
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``pytest-mgpu compare A B``: A is the base, B the new measurement."""
-    config = gate_config_from_options(lambda n: getattr(args, n), prefix="")
     base, now = load_side(args.base), load_side(args.now)
-    comps, missing = compare_sides(base, now, config)
+    comps, missing, sources = compare_sides(base, now, args)
     print(f"base: {base.path} ({base.kind}{', ' + base.fingerprint if base.fingerprint else ''})")
     print(f"now:  {now.path} ({now.kind}{', ' + now.fingerprint if now.fingerprint else ''})")
+    how = f"gate settings: as recorded by the suite for {sources['recorded']} result(s)"
+    if sources["defaults"]:
+        how += f", the defaults for {sources['defaults']} (none recorded)"
+    given = _given_overrides(args)
+    print(how + ("; overridden on the command line: " + " ".join(given) if given else ""))
     if base.fingerprint and now.fingerprint and base.fingerprint != now.fingerprint:
         print(f"warning: comparing different hardware ({base.fingerprint} vs {now.fingerprint})")
     print()
@@ -115,11 +179,51 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.markdown:
         Path(args.markdown).write_text(render_markdown(comps, title=args.title), encoding="utf-8")
         print(f"wrote {args.markdown}")
-    return 1 if any(config.is_failure(c.verdict) for c in comps) else 0
+    return 1 if any(fails(c.verdict, args.strict) for c in comps) else 0
+
+
+def _entry_lines(e: BaselineEntry) -> list[str]:
+    """One entry for ``show``: identity, the numbers the gate uses, and the history of recordings."""
+    lay, wl = e.layout, e.workload
+    lat = e.latest
+    date = str(lat.env.get("date", "?"))
+    commit = str(lat.env.get("commit") or "?")[:10]
+    lines = [f"    {e.entry_id}  {e.engine} {e.engine_version}  {date}  commit {commit}  repeats {e.repeats}"]
+    opts = lat.engine_options
+    optext = ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) if opts is not None else "not recorded"
+    lines.append(f"      model {e.model}, layout tp{lay.get('tp')}-pp{lay.get('pp')}"
+                 + (f"-mem{lay['gpu_mem_gb']:g}" if lay.get("gpu_mem_gb") else "")
+                 + f", workload in{wl.get('input_len')}-out{wl.get('output_len')}-n{wl.get('num_requests')}"
+                 + f"-qps{wl.get('request_rate')}; engine options: {optext}")
+    used = len(e.active)
+    parts = []
+    for m in DEFAULT_GATED:
+        st = e.stats(m)
+        if st.value is None:
+            continue
+        spread = st.var_between**0.5 if st.recordings >= 2 else st.latest_noise
+        parts.append(f"{m}={fmt_number(st.value)} ±{100 * spread:.1f}%")
+    if parts:
+        src = f"geometric mean of {used} recordings, ± their spread" if used >= 2 else "1 recording, ± its repeats"
+        lines.append(f"      gate baseline ({src}): " + "  ".join(parts))
+    rows = []
+    first_active = len(e.recordings) - used
+    for i, r in enumerate(e.recordings):
+        row: list[Any] = [
+            str(i + 1) + ("" if i >= first_active else " (not used)") + (" new level" if r.new_level else ""),
+            str(r.env.get("date", "?")), r.engine_version, str(r.env.get("commit") or "?")[:10], r.repeats,
+        ]
+        for m in DEFAULT_GATED:
+            vals = sorted(r.metrics.get(m, ()))
+            row.append(fmt_number(vals[len(vals) // 2]) if vals else "-")
+        rows.append(row)
+    headers = ("recording", "date", "version", "commit", "repeats", *(f"{m} median" for m in DEFAULT_GATED))
+    lines += format_table(headers, rows, align="llllr" + "r" * len(DEFAULT_GATED), indent="      ")
+    return lines
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """``pytest-mgpu show [ROOT]``: fingerprints, files and entries with their key metrics."""
+    """``pytest-mgpu show [ROOT]``: fingerprints, files and entries with their history and gate numbers."""
     root = Path(args.root)
     if not root.is_dir():
         raise CliError(f"{root}: no such directory; baselines are written there by pytest --mgpu-update-baselines")
@@ -138,33 +242,87 @@ def cmd_show(args: argparse.Namespace) -> int:
             broken += 1
             print(f"  {f.module}  BROKEN: {f.error}")
             continue
-        print(f"  {f.module}  ({len(f.entries)} entr{'y' if len(f.entries) == 1 else 'ies'})")
-        for eid, e in sorted(f.entries.items()):
-            date = str(e.env.get("date", "?"))
-            commit = str(e.env.get("commit") or "?")[:10]
-            print(f"    {eid}  {e.engine} {e.engine_version}  {date}  commit {commit}  repeats {e.repeats}")
-            key = "  ".join(
-                f"{m}={fmt_number(e.median(m))}" + (f"±{100 * e.metrics[m].noise:.1f}%" if e.metrics[m].noise else "")
-                for m in DEFAULT_GATED
-                if m in e.metrics
-            )
-            if key:
-                print(f"      {key}")
+        entries = {k: v for k, v in sorted(f.entries.items()) if not args.entry or args.entry in k}
+        print(f"  {f.module}  ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'})")
+        for e in entries.values():
+            for line in _entry_lines(e):
+                print(line)
     if broken:
         print(f"{broken} broken file{'s' if broken != 1 else ''}", file=sys.stderr)
         return 2
     return 0
 
 
+def _parse_only(text: str | None) -> set[Verdict] | None:
+    if not text:
+        return None
+    out = set()
+    for word in text.split(","):
+        try:
+            out.add(Verdict(word.strip().upper()))
+        except ValueError:
+            raise CliError(f"--only {text!r}: {word!r} is not a verdict; use e.g. new,improved") from None
+    return out
+
+
+def cmd_accept(args: argparse.Namespace) -> int:
+    """``pytest-mgpu accept RESULTS``: record a finished run's results as baselines, without re-running it.
+
+    The same checks as ``--mgpu-update-baselines``: invalid results are skipped, corrupt numbers
+    and broken baseline files are refused, an entry of another identity is replaced and said so.
+    """
+    p = Path(args.results)
+    data = _load_json(p)
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise CliError(f"{p}: not a --mgpu-json results file (no 'results' list)")
+    pairs = _results(data, p)
+    fingerprint = data.get("fingerprint") or next((r.env.get("fingerprint") for r, _ in pairs), None)
+    if not fingerprint:
+        raise CliError(f"{p}: records no hardware fingerprint; regenerate it with --mgpu-json")
+    try:
+        check_fingerprint(str(fingerprint))
+    except BaselineError as exc:
+        raise CliError(f"{p}: {exc}") from None
+    only = _parse_only(args.only)
+    if args.history < 1:
+        raise CliError(f"--history must be >= 1, got {args.history}")
+    by_module: dict[str, list[BenchResult]] = {}
+    left_out = 0
+    for r, raw in pairs:
+        if only is not None:
+            comp = raw.get("comparison")
+            if not isinstance(comp, Mapping):
+                raise CliError(f"{p}: {r.entry_id} has no verdict (the file predates them); accept without --only")
+            if Verdict(str(comp.get("verdict"))) not in only:
+                left_out += 1
+                continue
+        by_module.setdefault(r.module, []).append(r)
+    store = BaselineStore(args.baseline_dir)
+    written = 0
+    for module, results in sorted(by_module.items()):
+        res = store.update(str(fingerprint), module, results, history=args.history)
+        written += len(res.written)
+        if res.written:
+            print(f"{res.path}: recorded {len(res.written)} entr{'y' if len(res.written) == 1 else 'ies'}")
+        for eid, why in res.skipped.items():
+            print(f"  skipped {eid}: invalid ({why})")
+        for eid, why in res.replaced.items():
+            print(f"  replaced {eid}: {why}")
+        for eid in res.new_level:
+            print(f"  {eid}: new level (beyond tolerance and noise); earlier recordings kept but not used by the gate")
+    tail = f"; {left_out} left out by --only" if left_out else ""
+    print(f"recorded {written} result(s) under {Path(args.baseline_dir) / str(fingerprint)} "
+          f"(keeping the last {args.history} recordings of each){tail}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``pytest-mgpu export-benchmark RESULTS OUT``: write pytest-benchmark JSON."""
-    data = _load_json(Path(args.results))
+    p = Path(args.results)
+    data = _load_json(p)
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise CliError(f"{args.results}: not a --mgpu-json results file (no 'results' list)")
-    try:
-        results = [BenchResult.from_dict(r) for r in data["results"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CliError(f"{args.results}: malformed result ({exc!r}); regenerate it with --mgpu-json") from None
+    results = [r for r, _ in _results(data, p)]
     Path(args.out).write_text(json.dumps(to_benchmark_json(results), indent=4) + "\n", encoding="utf-8")
     print(f"wrote {args.out}; read it with: pytest-benchmark compare {args.out}")
     return 0
@@ -172,18 +330,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pytest-mgpu`` argument parser."""
-    ap = argparse.ArgumentParser(prog="pytest-mgpu", description="Compare and inspect pytest-mgpu baselines")
+    ap = argparse.ArgumentParser(prog="pytest-mgpu", description="Compare, inspect and record pytest-mgpu baselines")
     sub = ap.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="Compare B against the base A; exit 1 on a regression")
+    c = sub.add_parser("compare", help="Compare B against the base A; exit 1 when a result fails")
     c.add_argument("base", help="Baseline file or --mgpu-json results file (the base)")
     c.add_argument("now", help="Baseline file or --mgpu-json results file (the new measurement)")
     c.add_argument("--markdown", metavar="PATH", help="Also write a Markdown report (for a PR comment)")
     c.add_argument("--title", default="Performance comparison", help="Title of the Markdown report")
-    add_gate_options(c.add_argument, prefix="--")
+    add_gate_options(c.add_argument, prefix="--", recorded=True)
     c.set_defaults(func=cmd_compare)
-    s = sub.add_parser("show", help="List baseline fingerprints, files and entries")
+    s = sub.add_parser("show", help="List baseline fingerprints, files and entries, with each entry's history")
     s.add_argument("root", nargs="?", default=DEFAULT_ROOT, help=f"Baseline directory (default {DEFAULT_ROOT}/)")
+    s.add_argument("--entry", metavar="TEXT", help="Only entries whose id contains TEXT")
     s.set_defaults(func=cmd_show)
+    a = sub.add_parser("accept", help="Record a finished run (--mgpu-json or .mgpu/last-results.json) as baselines")
+    a.add_argument("results", help="A --mgpu-json results file, e.g. .mgpu/last-results.json")
+    a.add_argument("--baseline-dir", default=DEFAULT_ROOT, metavar="DIR",
+                   help=f"Baseline store (default {DEFAULT_ROOT}/)")
+    a.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
+                   help=f"Recordings each entry keeps (default {DEFAULT_HISTORY}, as ini mgpu_baseline_history)")
+    a.add_argument("--only", metavar="VERDICT[,VERDICT]",
+                   help="Only results with these verdicts in that run, e.g. new,improved,mismatch")
+    a.set_defaults(func=cmd_accept)
     e = sub.add_parser("export-benchmark", help="Convert a --mgpu-json results file to pytest-benchmark JSON")
     e.add_argument("results", help="A --mgpu-json results file")
     e.add_argument("out", help="Where to write the pytest-benchmark JSON")

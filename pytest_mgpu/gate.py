@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from .baseline import BaselineStore
@@ -12,67 +10,89 @@ from .markers import MARKS_KEY
 from .render.text import side_by_side
 from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, MgpuSession
-from .verdicts import Verdict, compare, confirm
+from .verdicts import Comparison, Verdict, compare, confirm, fails
 
 #: Key metrics written to the JUnit XML through ``record_property``.
 JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")
 
 
-def _remeasure(item: pytest.Item, result: BenchResult) -> BenchResult:
-    """Measure ``result``'s workload again, on the same engine, for the confirm step."""
+def _remeasure(item: pytest.Item, result: BenchResult) -> None:
+    """Measure ``result``'s workload again on the same engine; the result keeps both measurements.
+
+    The re-measurement becomes ``result.repeats`` (what the confirmed verdict describes) and the
+    first is kept as ``result.first_repeats``, so every report shows the verdict's numbers.
+    """
     bench = item.funcargs.get("mgpu_bench")  # type: ignore[attr-defined]
-    repeats = bench.measure(result.workload, len(result.repeats))
-    return replace(result, repeats=repeats)
+    again = bench.measure(result.workload, len(result.repeats))
+    result.first_repeats, result.repeats = result.repeats, again
+
+
+def failure_message(c: Comparison, result: BenchResult, strict: bool) -> str:
+    """Why a result fails the test, by verdict (the rule itself is :func:`~pytest_mgpu.verdicts.fails`)."""
+    if c.verdict is Verdict.INVALID:
+        return f"INVALID {result.entry_id}: {c.note or result.invalid}"
+    if c.verdict is Verdict.FAIL:
+        return side_by_side(c)
+    if c.verdict is Verdict.WARN:
+        return side_by_side(c) + "\n(--mgpu-strict fails on WARN too)"
+    return f"{c.verdict} {result.entry_id}: {c.note} (--mgpu-strict fails on {c.verdict} too)"
 
 
 def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     """Compare this item's results with the baselines; fail the test on a confirmed regression.
 
-    Also records each result's key metrics as JUnit properties and, with
-    ``--mgpu-update-baselines``, writes them to the store at once (so an aborted session loses
-    nothing that was measured).
+    Records the gate settings with each result, the key metrics of the measurement the verdict
+    used as JUnit properties and, with ``--mgpu-update-baselines``, writes the results to the
+    store at once (so an aborted session loses nothing that was measured).
     """
     results = item.stash.get(ITEM_RESULTS_KEY, [])
     if not results:
         return
     s = sess.settings
-    for r in results:
-        for m in JUNIT_METRICS:
-            if r.repeats and r.valid:
-                item.user_properties.append((f"mgpu.{r.label or r.workload.name}.{m}", round(r.median.get(m, 0.0), 3)))
     marks = item.stash.get(MARKS_KEY, None)
     cfg = sess.gate.with_overrides(marks.tolerances) if marks is not None else sess.gate
     store = BaselineStore(s.baseline_dir)
     failures: list[str] = []
     for r in results:
+        r.gate_settings = cfg.to_dict()
+        broken = None
         try:
             base = store.get(sess.fingerprint, r.module, r.entry_id)
             have = [] if base is not None else store.fingerprints_with(r.module, r.entry_id, exclude=sess.fingerprint)
         except BaselineError as exc:
-            sess.errors.append(str(exc))
-            pytest.fail(str(exc), pytrace=False)
+            broken = str(exc)
+        if broken is not None:  # failed outside the except block: the message is printed once
+            sess.errors.append(broken)
+            pytest.fail(broken, pytrace=False)
         c = compare(r, base, cfg, fingerprint=sess.fingerprint, have=have)
         if c.verdict is Verdict.FAIL and s.confirm and not s.update_baselines:
-            again = _remeasure(item, r)
-            c = confirm(c, compare(again, base, cfg, fingerprint=sess.fingerprint))
-            if c.verdict is not Verdict.FAIL:
-                # Keep the measurement that the verdict describes.
-                r.repeats = again.repeats
+            _remeasure(item, r)
+            c = confirm(c, compare(r, base, cfg, fingerprint=sess.fingerprint))
         sess.comparisons.append(c)
-        if c.verdict is Verdict.INVALID:
-            failures.append(f"INVALID {r.entry_id}: {r.invalid}")
-        elif c.verdict is Verdict.FAIL and not s.update_baselines:
-            failures.append(side_by_side(c))
-        elif c.verdict is Verdict.NEW and cfg.strict and not s.update_baselines:
-            failures.append(f"NEW {r.entry_id}: {c.note} (--mgpu-strict fails on a missing baseline)")
-        elif c.verdict is Verdict.WARN and cfg.strict and not s.update_baselines:
-            failures.append(side_by_side(c) + "\n(--mgpu-strict fails on WARN too)")
+        sess.result_comparisons[(r.module, r.entry_id)] = c
+        if r.repeats and r.valid:
+            for m in JUNIT_METRICS:
+                item.user_properties.append((f"mgpu.{r.label or r.workload.name}.{m}", round(r.median.get(m, 0.0), 3)))
+        # Recording a run fails only on what cannot be recorded; otherwise the one rule decides.
+        if s.update_baselines:
+            if c.verdict is Verdict.INVALID:
+                failures.append(failure_message(c, r, cfg.strict))
+        elif fails(c.verdict, cfg.strict):
+            failures.append(failure_message(c, r, cfg.strict))
     if s.update_baselines:
+        written = None
         try:
-            written = store.update(sess.fingerprint, results[0].module, results)
+            written = store.update(sess.fingerprint, results[0].module, results, history=s.baseline_history)
         except BaselineError as exc:
+            failures.append(str(exc))
             sess.errors.append(str(exc))
-            pytest.fail(str(exc), pytrace=False)
+        if written is None:  # failed outside the except block: the message is printed once
+            pytest.fail("\n\n".join(failures), pytrace=False)
         sess.updated.extend(written.written)
+        sess.update_notes.extend(f"replaced {eid}: {why}" for eid, why in written.replaced.items())
+        sess.update_notes.extend(
+            f"{eid}: new level (beyond tolerance and noise); earlier recordings kept but not used by the gate"
+            for eid in written.new_level
+        )
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)

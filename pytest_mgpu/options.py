@@ -23,6 +23,7 @@ from .verdicts import (
     DEFAULT_NOISE_K,
     DEFAULT_TAIL_TOLERANCE,
     DEFAULT_TOLERANCE,
+    STRICT_HELP,
     Tolerance,
     parse_metric_list,
     parse_metric_tolerance,
@@ -134,7 +135,8 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     add(f"{prefix}baseline-dir", metavar="DIR", default=None,
         help="Baseline store (default: <rootdir>/baselines; ini mgpu_baseline_dir)")
     add(f"{prefix}update-baselines", action="store_true", default=False,
-        help="Record this run's results as the new baselines (atomic writes)")
+        help="Record this run's results in the baselines: adds a recording to each entry, keeping the last "
+             "ini mgpu_baseline_history (default 5); pytest-mgpu accept does the same from a finished run")
     add(f"{prefix}no-confirm", dest=_dest(prefix, "confirm"), action="store_false", default=True,
         help="Do not re-measure before a FAIL is final (default: confirm)")
     add(f"{prefix}report-md", metavar="PATH", default=None,
@@ -161,13 +163,16 @@ def add_ab_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="A/B: rounds before the first decision (default: 3)")
 
 
-def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
+def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-", *, recorded: bool = False) -> None:
     """Register the gate options with ``addoption`` (pytest group or argparse parser).
 
     Dests follow the option names: ``mgpu_tolerance``, ``mgpu_gate``, ``mgpu_noise_k``,
     ``mgpu_noise_floor``, ``mgpu_drift``, ``mgpu_strict`` (without ``mgpu_`` for the CLI).
+    ``recorded`` (the CLI): the numeric options default to None, meaning "as recorded with the
+    results", so that only the options given override the settings the suite judged with.
     """
     gated = ", ".join(DEFAULT_GATED)
+    src = "as recorded with the results, else " if recorded else ""
     addoption(
         f"{prefix}tolerance",
         action="append",
@@ -175,7 +180,7 @@ def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         default=None,
         metavar="METRIC=PCT",
         help=_h(
-            f"Tolerance of a metric, e.g. tpot_p50=8% (repeatable). Defaults: {DEFAULT_TOLERANCE:.0%}, "
+            f"Tolerance of a metric, e.g. tpot_p50=8% (repeatable). Defaults: {src}{DEFAULT_TOLERANCE:.0%}, "
             f"{DEFAULT_TAIL_TOLERANCE:.0%} for p90/p99. Naming a metric gates it"
         ),
     )
@@ -185,34 +190,35 @@ def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         type=parse_metric_list,
         default=None,
         metavar="METRIC[,METRIC]",
-        help=f"Also gate these metrics (repeatable); always gated: {gated}",
+        help=f"Also gate these metrics (repeatable); always gated: {gated}"
+        + (" and those gated when the results were recorded" if recorded else ""),
     )
     addoption(
         f"{prefix}noise-k",
         type=parse_noise_k,
-        default=DEFAULT_NOISE_K,
+        default=None if recorded else DEFAULT_NOISE_K,
         metavar="K",
-        help=f"A regression must exceed K times the noise of the repeats to fail (default {DEFAULT_NOISE_K:g})",
+        help=f"A regression must exceed K times the noise of the difference to fail (default {src}{DEFAULT_NOISE_K:g})",
     )
     addoption(
         f"{prefix}noise-floor",
         type=parse_noise_floor,
-        default=DEFAULT_NOISE_FLOOR,
+        default=None if recorded else DEFAULT_NOISE_FLOOR,
         metavar="PCT",
-        help=_h(f"Lower bound on the per-run noise estimate (default {DEFAULT_NOISE_FLOOR:.1%})"),
+        help=_h(f"Lower bound on the per-run noise estimate (default {src}{DEFAULT_NOISE_FLOOR:.1%})"),
     )
     addoption(
         f"{prefix}drift",
         type=parse_noise_floor,
-        default=DEFAULT_DRIFT,
+        default=None if recorded else DEFAULT_DRIFT,
         metavar="PCT",
-        help=_h("Expected day-to-day drift between the baseline and this run, added to the noise (default 0%)"),
+        help=_h(f"Expected day-to-day drift between the baseline and this run, added to the noise (default {src}0%)"),
     )
     addoption(
         f"{prefix}strict",
         action="store_true",
         default=False,
-        help="Fail on WARN too: regressions beyond tolerance but within noise, unconfirmed and warn-only ones",
+        help=STRICT_HELP,
     )
 
 
@@ -220,6 +226,8 @@ def add_ini(addini: Callable[..., None]) -> None:
     """Register the ``mgpu_*`` ini keys (defaults of their options)."""
     addini("mgpu_repeats", "Default --mgpu-repeats", default="3")
     addini("mgpu_baseline_dir", "Default --mgpu-baseline-dir", default="baselines")
+    addini("mgpu_baseline_history", "Recordings each baseline entry keeps (--mgpu-update-baselines, "
+           "pytest-mgpu accept); from two on, their spread enters the noise band", default="5")
     addini("mgpu_tolerance", "Per-metric gate tolerances, e.g. 'tpot_p50=8% output_throughput_per_gpu=3%'",
            type="args", default=[])
 

@@ -1,8 +1,15 @@
-"""Files written at session end: ``--mgpu-json`` results, the Markdown report, the pytest-benchmark export."""
+"""Files written at session end: ``--mgpu-json`` results, the Markdown report, the pytest-benchmark export,
+and ``.mgpu/last-results.json`` (what ``pytest-mgpu accept`` records without a re-run).
+
+Each file is written on its own: one that fails is reported as a session error and never keeps
+the others, or the terminal summary, from being written.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .baseline import atomic_write_text
@@ -13,14 +20,23 @@ from .results import RESULTS_SCHEMA_VERSION
 if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls write_outputs
     from .session import MgpuSession
 
+#: Where every session with results leaves them for ``pytest-mgpu accept``, under the rootdir.
+LAST_RESULTS = Path(".mgpu") / "last-results.json"
+
 
 def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
-    """The ``--mgpu-json`` document (with an ``ab`` block in A/B mode)."""
+    """The ``--mgpu-json`` document: every result, with its comparison when it was gated."""
+    results = []
+    for r in sess.results:
+        d = r.to_dict(with_records)
+        c = sess.result_comparisons.get((r.module, r.entry_id))
+        d["comparison"] = c.to_dict() if c is not None else None
+        results.append(d)
     doc = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "fingerprint": sess.fingerprint,
         "env": sess.env_info,
-        "results": [r.to_dict(with_records) for r in sess.results],
+        "results": results,
     }
     if sess.ab is not None:
         from .ab import ab_document  # lazy: the A/B module imports the session, which imports this one
@@ -29,20 +45,41 @@ def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
     return doc
 
 
-def write_outputs(sess: MgpuSession) -> None:
-    """Write whichever output files were asked for."""
+def _json_text(doc: Any) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def last_results_path(sess: MgpuSession) -> Path:
+    """``<rootdir>/.mgpu/last-results.json``."""
+    return Path(sess.config.rootpath) / LAST_RESULTS
+
+
+def write_outputs(sess: MgpuSession) -> list[str]:
+    """Write whichever output files were asked for, each independently; return one error line per failure.
+
+    The errors are also appended to ``sess.errors`` (the summary prints them).
+    """
     s = sess.settings
+    jobs: list[tuple[str, Path, Callable[[], str]]] = []
+    if sess.results:
+        jobs.append(("last results", last_results_path(sess), lambda: _json_text(results_document(sess, False))))
     if s.json_path is not None:
-        doc = results_document(sess, s.json_records)
-        atomic_write_text(s.json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        jobs.append(("--mgpu-json", s.json_path, lambda: _json_text(results_document(sess, s.json_records))))
     if s.report_md is not None:
         if sess.ab is not None:
-            from .ab import ab_markdown  # lazy, as above
+            from .ab import ab_markdown  # lazy: the A/B module imports the session, which imports this one
 
-            text = ab_markdown(sess)
+            jobs.append(("--mgpu-report-md", s.report_md, lambda: ab_markdown(sess)))
         else:
-            text = render_markdown(sess.comparisons, title=f"pytest-mgpu: {s.engine} on {sess.fingerprint}")
-        atomic_write_text(s.report_md, text)
+            title = f"pytest-mgpu: {s.engine} on {sess.fingerprint}"
+            jobs.append(("--mgpu-report-md", s.report_md, lambda: render_markdown(sess.comparisons, title=title)))
     if s.benchmark_json is not None:
-        doc = to_benchmark_json(sess.results)
-        atomic_write_text(s.benchmark_json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        jobs.append(("--mgpu-benchmark-json", s.benchmark_json, lambda: _json_text(to_benchmark_json(sess.results))))
+    errors = []
+    for what, path, render in jobs:
+        try:
+            atomic_write_text(path, render())
+        except Exception as exc:  # any failure of one export must not lose the others
+            errors.append(f"ERROR writing {what} {path}: {type(exc).__name__}: {exc}")
+    sess.errors.extend(errors)
+    return errors

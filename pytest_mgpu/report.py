@@ -6,15 +6,19 @@ terminal. Each line is ``(sep, text)``: ``sep`` is ``"="`` or ``"-"`` for a sect
 
 from __future__ import annotations
 
+import os
 import shlex
 import statistics
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis import analysis_lines
+from .baseline import DEFAULT_HISTORY, DEFAULT_ROOT
 from .layout import Layout
+from .outputs import last_results_path
 from .render.table import format_table
-from .render.text import render_table, summary_line
+from .render.text import VERDICT_WORDS, render_table, summary_line
 from .results import BenchResult
 from .verdicts import Comparison, Verdict
 
@@ -39,7 +43,7 @@ def item_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
             r.engine, r.engine_version, r.layout.id, r.num_gpus,
             m.get("output_throughput"), m.get("output_throughput_per_gpu"),
             m.get("ttft_p50"), m.get("ttft_p99"), m.get("tpot_p50"), m.get("tpot_p99"),
-            "ok" if r.valid else "INVALID",
+            ("ok" if r.valid else "INVALID") + (", re-measured" if r.first_repeats else ""),
         ])
     return rows
 
@@ -74,13 +78,28 @@ def scaling_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
     return rows
 
 
-def rerun_command(args: Sequence[str], extra: str) -> str:
-    """The exact command that re-runs a session invoked with ``args``, with ``extra`` added."""
-    return shlex.join(["pytest", *(a for a in args if a != extra), extra])
+def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
+    """The exact ``pytest-mgpu accept`` command that records this session's results (no re-run)."""
+    s = sess.settings
+
+    def rel(p: Path) -> str:
+        try:
+            return os.path.relpath(p)
+        except ValueError:  # pragma: no cover - another drive on Windows
+            return str(p)
+
+    args = ["pytest-mgpu", "accept", rel(last_results_path(sess))]
+    if Path(s.baseline_dir).resolve() != (Path.cwd() / DEFAULT_ROOT).resolve():
+        args += ["--baseline-dir", rel(Path(s.baseline_dir))]
+    if s.baseline_history != DEFAULT_HISTORY:
+        args += ["--history", str(s.baseline_history)]
+    if only:
+        args += ["--only", ",".join(str(v).lower() for v in only)]
+    return shlex.join(args)
 
 
 def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
-    """Gate section of the summary: table, counts, and the commands to act on it."""
+    """Gate section of the summary: table, counts, and the command to act on it."""
     comparisons: list[Comparison] = sess.comparisons
     if not comparisons:
         return []
@@ -91,10 +110,16 @@ def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
     s = sess.settings
     if s.update_baselines:
         n = len(sess.updated)
-        lines.append(f"updated {n} baseline entr{'y' if n == 1 else 'ies'} under {s.baseline_dir}/{sess.fingerprint}")
-    elif verdicts & {Verdict.NEW, Verdict.IMPROVED}:
-        lines.append("to record new baselines and accept improvements, re-run with:")
-        lines.append("  " + rerun_command(args, "--mgpu-update-baselines"))
+        lines.append(f"recorded {n} baseline entr{'y' if n == 1 else 'ies'} under {s.baseline_dir}/{sess.fingerprint} "
+                     f"(keeping the last {s.baseline_history} recordings of each)")
+        lines.extend(sess.update_notes)
+    else:
+        wanted = [v for v in (Verdict.NEW, Verdict.MISMATCH, Verdict.IMPROVED) if v in verdicts]
+        if wanted:
+            words = ", ".join(VERDICT_WORDS[v] for v in wanted)
+            lines.append(f"to record the {words} results as baselines from this run (no re-run needed):")
+            valid = {c.verdict for c in comparisons if c.verdict is not Verdict.INVALID}
+            lines.append("  " + accept_command(sess, wanted if valid - set(wanted) else ()))
     return lines
 
 

@@ -66,6 +66,9 @@ class MgpuSession:
     updated: list[str] = field(default_factory=list)  # baseline entries written this session
     #: Lines printed under the ``mgpu:`` header line (e.g. engines of a dead run that were ended).
     notes: list[str] = field(default_factory=list)
+    update_notes: list[str] = field(default_factory=list)  # entries replaced or at a new level on update
+    #: Each gated result's comparison, by (module, entry id), for the reports.
+    result_comparisons: dict[tuple[str, str], Comparison] = field(default_factory=dict)
     prev_sigterm: SignalHandler = None
     #: Resolved models by directory: each model's config.json is read once per session.
     models: dict[Path, Model] = field(default_factory=dict)
@@ -222,10 +225,11 @@ class MgpuSession:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.check_something_measured(session)
         s = self.settings
-        if s.json_path or s.report_md or s.benchmark_json:
+        if s.json_path or s.report_md or s.benchmark_json or self.results:
             from .outputs import write_outputs
 
-            write_outputs(self)
+            if write_outputs(self):  # each file on its own; a failed one is a session error
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def note_outcome(self, report: pytest.TestReport) -> None:
         """Remember how a measuring item ended (for :meth:`check_something_measured`)."""

@@ -53,6 +53,7 @@ class Settings:
     #: ``--mgpu-engine NAME?``: a missing engine skips its tests instead of stopping the run.
     engine_optional: bool = False
     prompt: str | None = None  # --mgpu-prompt; None: text where the engine can tokenize
+    baseline_history: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # engines' compile caches, per engine version
 
@@ -92,6 +93,13 @@ def build_settings(config: pytest.Config) -> Settings:
 
     baseline_dir = _path(opt("mgpu_baseline_dir") or config.getini("mgpu_baseline_dir"))
     assert baseline_dir is not None
+    history_raw = config.getini("mgpu_baseline_history")
+    try:
+        history = int(history_raw)
+    except ValueError:
+        history = 0
+    if history < 1:
+        raise pytest.UsageError(f"ini mgpu_baseline_history must be an int >= 1, got {history_raw!r}")
     settings = Settings(
         engine=engine,
         engine_named=named is not None,
@@ -115,6 +123,7 @@ def build_settings(config: pytest.Config) -> Settings:
         benchmark_json=_path(opt("mgpu_benchmark_json")),
         prompt=opt("mgpu_prompt"),
         cache_dir=_path(opt("mgpu_cache_dir")) or root / ".mgpu" / "cache",
+        baseline_history=history,
     )
     check_paths(settings)
     if opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:

@@ -25,7 +25,7 @@ import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .metrics import HIGHER_IS_BETTER, THROUGHPUT_METRICS, latency_keys
 
@@ -61,13 +61,14 @@ class Verdict(str, enum.Enum):
     PASS = "PASS"
     IMPROVED = "IMPROVED"
     NEW = "NEW"
+    MISMATCH = "MISMATCH"
     WARN = "WARN"
     FAIL = "FAIL"
     INVALID = "INVALID"
 
     @property
     def severity(self) -> int:
-        """INVALID > FAIL > WARN > NEW > IMPROVED > PASS."""
+        """INVALID > FAIL > WARN > MISMATCH > NEW > IMPROVED > PASS."""
         return _SEVERITY[self]
 
     def __str__(self) -> str:
@@ -78,10 +79,33 @@ _SEVERITY = {
     Verdict.PASS: 0,
     Verdict.IMPROVED: 1,
     Verdict.NEW: 2,
-    Verdict.WARN: 3,
-    Verdict.FAIL: 4,
-    Verdict.INVALID: 5,
+    Verdict.MISMATCH: 3,
+    Verdict.WARN: 4,
+    Verdict.FAIL: 5,
+    Verdict.INVALID: 6,
 }
+
+# --- the one failure rule ----------------------------------------------------------------------
+
+#: Verdicts that fail a test, and make ``pytest-mgpu compare`` exit 1, always.
+FAILING: frozenset[Verdict] = frozenset({Verdict.INVALID, Verdict.FAIL})
+#: Verdicts that fail too with ``--mgpu-strict`` (CLI: ``--strict``).
+FAILING_STRICT: frozenset[Verdict] = FAILING | {Verdict.WARN, Verdict.MISMATCH, Verdict.NEW}
+#: The help of ``--mgpu-strict`` / ``--strict``: exactly what :func:`fails` adds with ``strict``.
+STRICT_HELP = (
+    "Also fail on WARN (beyond tolerance but within noise, not reproduced on a re-measurement, or a "
+    "warn-only metric), MISMATCH (the baseline is for another model, workload, layout, engine or engine "
+    "options) and NEW (no baseline). INVALID and FAIL always fail"
+)
+
+
+def fails(verdict: Verdict, strict: bool = False) -> bool:
+    """THE failure rule, for the plugin and ``pytest-mgpu compare`` alike.
+
+    INVALID and FAIL always fail; with ``strict`` WARN, MISMATCH and NEW fail too. PASS and
+    IMPROVED never fail.
+    """
+    return verdict in (FAILING_STRICT if strict else FAILING)
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
@@ -214,8 +238,38 @@ class GateConfig:
         return replace(self, tolerances=tol, gated=self.gated | frozenset(extra), metrics=metrics)
 
     def is_failure(self, verdict: Verdict) -> bool:
-        """Whether a result with this verdict fails the test (``strict``: WARN fails too)."""
-        return verdict is Verdict.FAIL or (self.strict and verdict is Verdict.WARN)
+        """Whether a result with this verdict fails: :func:`fails` with this config's ``strict``."""
+        return fails(verdict, self.strict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings a result was judged with, as recorded in results and baseline files.
+
+        Every compared metric with its effective tolerance, the gated ones, and the noise
+        settings; ``strict`` is a policy of the run, not of the result, and is not recorded.
+        """
+        return {
+            "metrics": list(self.metrics),
+            "gated": sorted(self.gated),
+            "tolerances": {m: str(self.tolerance(m)) for m in self.metrics},
+            "noise_k": self.noise_k,
+            "noise_floor": self.noise_floor,
+            "drift": self.drift,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], strict: bool = False) -> GateConfig:
+        """Inverse of :meth:`to_dict`; raises ValueError (or ``argparse.ArgumentTypeError``) on bad data."""
+        metrics = tuple(check_metric(str(m)) for m in data.get("metrics", DEFAULT_GATED + DEFAULT_WARN_ONLY))
+        tol = {check_metric(str(m)): Tolerance.parse(v) for m, v in (data.get("tolerances") or {}).items()}
+        return cls(
+            tolerances=tol,
+            gated=frozenset(check_metric(str(m)) for m in data.get("gated", DEFAULT_GATED)),
+            metrics=metrics,
+            noise_k=float(data.get("noise_k", DEFAULT_NOISE_K)),
+            noise_floor=float(data.get("noise_floor", DEFAULT_NOISE_FLOOR)),
+            drift=float(data.get("drift", DEFAULT_DRIFT)),
+            strict=strict,
+        )
 
 
 DEFAULT_CONFIG = GateConfig()
@@ -225,11 +279,16 @@ DEFAULT_CONFIG = GateConfig()
 
 
 class Measured(Protocol):
-    """What the gate needs of a baseline entry or a fresh result (both provide it)."""
+    """What the gate needs of a baseline entry or a fresh result (both provide it).
+
+    Optional, read with ``getattr``: ``identity`` (an :class:`~pytest_mgpu.results.Identity`),
+    ``history(metric)`` (earlier recordings' samples, oldest first), ``engine_options`` (in
+    effect; None when not recorded), ``engine`` and ``measurement``.
+    """
 
     @property
     def entry_id(self) -> str:
-        """``<test name>::<workload name or label>``."""
+        """``<test>::<workload name or label>``."""
 
     @property
     def engine_version(self) -> str:
@@ -240,7 +299,7 @@ class Measured(Protocol):
         """Why it cannot be compared, or None."""
 
     def samples(self, metric: str) -> list[float]:
-        """The metric's value in each repeat."""
+        """The metric's value in each repeat (of the latest recording, for a baseline)."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +308,9 @@ class MetricComparison:
 
     ``delta_pct`` is ``(now/base - 1) * 100``; ``noise_pct`` is the band a change must leave to
     count (k x the noise of the difference, in the direction of the change); ``tolerance_pct`` the
-    tolerance. Values are medians over repeats; None where a side has no data.
+    tolerance. ``base`` is the baseline value (:func:`baseline_stats`), ``now`` the run's median
+    over repeats; None where a side has no data. ``recordings`` is how many baseline recordings
+    the band used: from two on, their spread (``noise_source``) enters the band.
     """
 
     metric: str
@@ -261,17 +322,26 @@ class MetricComparison:
     verdict: Verdict
     gated: bool
     log_ratio: float | None = None  # log(now/base), signed so that positive = worse
-    noise_log: float | None = None  # k * c(n) * sqrt(s_b^2/n_b + s_n^2/n_n)
+    noise_log: float | None = None  # k * standard error of log(now/base)
     n_base: int = 0
     n_now: int = 0
+    recordings: int = 0
+    why: str = ""  # for INVALID: what is wrong with the numbers
 
     @property
     def worse(self) -> bool:
         """Whether the value moved in the bad direction."""
         return self.log_ratio is not None and self.log_ratio > 0
 
+    @property
+    def noise_source(self) -> str:
+        """Where the noise band came from: ``repeats`` (one recording) or ``N recordings``."""
+        return f"{self.recordings} recordings" if self.recordings >= 2 else "repeats"
+
     def describe(self) -> str:
         """One line, e.g. ``output_throughput_per_gpu -20.0% (tolerance 5%, noise 2.1%): FAIL``."""
+        if self.why:
+            return f"{self.metric}: {self.why}"
         if self.delta_pct is None:
             return f"{self.metric}: {self.verdict} (no data on one side)"
         return (
@@ -279,10 +349,23 @@ class MetricComparison:
             f"(tolerance {self.tolerance_pct:g}%, noise {self.noise_pct or 0:.1f}%): {self.verdict}"
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``--mgpu-json``)."""
+        return {
+            "metric": self.metric, "base": self.base, "now": self.now, "delta_pct": self.delta_pct,
+            "noise_pct": self.noise_pct, "tolerance_pct": self.tolerance_pct, "verdict": str(self.verdict),
+            "gated": self.gated, "noise_source": self.noise_source, "n_base": self.n_base, "n_now": self.n_now,
+        }
+
 
 @dataclass(frozen=True)
 class Comparison:
-    """One result against its baseline entry; ``verdict`` is the worst over ``metrics``."""
+    """One result against its baseline entry; ``verdict`` is the worst over ``metrics``.
+
+    ``options`` are the engine options the run had in effect, ``base_options`` those of the
+    baseline's latest recording (None: not recorded). ``measurement`` says which measurement the
+    ``now`` values are: ``first``, or ``re-measurement`` after the confirm step.
+    """
 
     entry_id: str
     verdict: Verdict
@@ -291,6 +374,9 @@ class Comparison:
     base_engine_version: str | None = None
     now_engine_version: str | None = None
     engine: str | None = None
+    options: Mapping[str, str] | None = None
+    base_options: Mapping[str, str] | None = None
+    measurement: str = "first"
 
     @property
     def failed_metrics(self) -> list[MetricComparison]:
@@ -302,9 +388,35 @@ class Comparison:
         """Metrics that FAIL or WARN because they got worse."""
         return [m for m in self.metrics if m.verdict in (Verdict.FAIL, Verdict.WARN)]
 
+    @property
+    def options_changed(self) -> list[tuple[str, str | None, str | None]]:
+        """``(option, baseline value, this run's value)`` for each engine option that differs.
+
+        Empty when the baseline did not record its options.
+        """
+        if self.base_options is None or self.options is None:
+            return []
+        base = {_okey(k): str(v) for k, v in self.base_options.items()}
+        now = {_okey(k): str(v) for k, v in self.options.items()}
+        return [(k, base.get(k), now.get(k)) for k in sorted(set(base) | set(now)) if base.get(k) != now.get(k)]
+
     def metric(self, name: str) -> MetricComparison | None:
         """The comparison of one metric, or None."""
         return next((m for m in self.metrics if m.metric == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``--mgpu-json``: each result's ``comparison``)."""
+        return {
+            "verdict": str(self.verdict), "note": self.note, "measurement": self.measurement,
+            "base_engine_version": self.base_engine_version, "now_engine_version": self.now_engine_version,
+            "engine_options": dict(self.options) if self.options is not None else None,
+            "base_engine_options": dict(self.base_options) if self.base_options is not None else None,
+            "metrics": [m.to_dict() for m in self.metrics],
+        }
+
+
+def _okey(key: str) -> str:
+    return key.strip().lstrip("-").replace("_", "-").lower()
 
 
 def log_std(values: Sequence[float]) -> float:
@@ -323,43 +435,102 @@ def _clean(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
+@dataclass(frozen=True)
+class BaselineStats:
+    """What the gate reads from one metric's baseline recordings (see :func:`baseline_stats`)."""
+
+    value: float | None  # the baseline value the run is compared with
+    recordings: int  # recordings used (the latest and the earlier ones of the same level)
+    var_in: float  # variance of one recording's log median predicted from its repeats (mean over recordings)
+    var_between: float  # sample variance of the recordings' log medians (0 with one recording)
+    latest_noise: float  # the latest recording's log-std over its repeats, floored
+
+    @property
+    def var_recording(self) -> float:
+        """Variance of one recording's log median: the larger of the between-recording and in-session estimates."""
+        return max(self.var_between, self.var_in)
+
+    @property
+    def noise_source(self) -> str:
+        """``repeats`` (one recording) or ``N recordings``."""
+        return f"{self.recordings} recordings" if self.recordings >= 2 else "repeats"
+
+
+def baseline_stats(recordings: Sequence[Sequence[float]], noise_floor: float = DEFAULT_NOISE_FLOOR) -> BaselineStats:
+    """The baseline value and its noise from a metric's recordings (oldest first, the latest last).
+
+    One recording: its median, and the in-session noise of its repeats. Two or more: the
+    geometric mean of the recordings' medians, and also their spread (the sample variance of the
+    log medians), which catches the drift between sessions (engine restarts, another day) that
+    the repeats of one session never show. ``pytest-mgpu show`` prints these same numbers.
+    """
+    recs = [r for r in (_clean(x) for x in recordings) if r]
+    if not recs:
+        return BaselineStats(None, 0, 0.0, 0.0, noise_floor)
+    meds = [float(statistics.median(r)) for r in recs]
+    var_in = statistics.fmean(
+        median_se_factor(len(r)) ** 2 * max(log_std(r), noise_floor) ** 2 / len(r) for r in recs
+    )
+    latest_noise = max(log_std(recs[-1]), noise_floor)
+    if len(recs) == 1 or any(m <= 0 for m in meds):
+        return BaselineStats(meds[-1], 1, median_se_factor(len(recs[-1])) ** 2 * latest_noise**2 / len(recs[-1]),
+                             0.0, latest_noise)
+    ref = meds[0]
+    logs = [math.log(m / ref) for m in meds]  # ratios: exact under scaling by a power of two
+    value = ref * math.exp(statistics.fmean(logs))
+    return BaselineStats(value, len(recs), var_in, statistics.variance(logs), latest_noise)
+
+
 def compare_metric(
     metric: str,
     base_samples: Sequence[float],
     now_samples: Sequence[float],
     config: GateConfig = DEFAULT_CONFIG,
+    *,
+    history: Sequence[Sequence[float]] = (),
 ) -> MetricComparison:
-    """Compare one metric's repeats against the baseline's repeats."""
+    """Compare one metric's repeats against the baseline's.
+
+    ``base_samples`` are the repeats of the baseline's latest recording, ``history`` those of its
+    earlier recordings (oldest first). With one recording the band is the in-session noise of
+    both sides' repeats (docs/gate.md, "The rule"); with two or more, the baseline value is the
+    geometric mean of the recordings' medians and the band also holds their spread ("History").
+    """
     gated = metric in config.gated
     tol = config.tolerance(metric)
     b, n = _clean(base_samples), _clean(now_samples)
-    bm = float(statistics.median(b)) if b else None
+    recs = [*history, b] if b else []
+    stats = baseline_stats(recs, config.noise_floor)
+    bm = stats.value
     nm = float(statistics.median(n)) if n else None
 
-    def result(verdict: Verdict, **decided: float | None) -> MetricComparison:
+    def result(verdict: Verdict, why: str = "", **decided: float | None) -> MetricComparison:
         return MetricComparison(
             metric=metric, base=bm, now=nm, tolerance_pct=tol.pct, gated=gated, n_base=len(b), n_now=len(n),
             verdict=verdict, delta_pct=decided.get("delta_pct"), noise_pct=decided.get("noise_pct"),
-            log_ratio=decided.get("log_ratio"), noise_log=decided.get("noise_log"),
+            log_ratio=decided.get("log_ratio"), noise_log=decided.get("noise_log"), recordings=stats.recordings,
+            why=why,
         )
 
     if bm is None:
         return result(Verdict.NEW)
     if nm is None:
-        return result(Verdict.INVALID)
+        return result(Verdict.INVALID, f"this run has no value for it (baseline {bm:.6g})")
     if bm <= 0 or nm <= 0:
         # A ratio of non-positive values means nothing; a valid run never produces one.
-        return result(Verdict.INVALID)
+        return result(Verdict.INVALID, f"not positive (baseline {bm:.6g}, this run {nm:.6g}), so no ratio can be taken")
     q = nm / bm
     log_q = math.log(q)
     sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
     r = sign * log_q  # positive = worse
-    sb = max(log_std(b), config.noise_floor)
     sn = max(log_std(n), config.noise_floor)
-    # Standard error of log(median_now / median_base); drift hits both sides once, not per repeat.
+    var_now = median_se_factor(len(n)) ** 2 * sn**2 / len(n)
+    # Standard error of log(now / base). One recording: c(n)^2 s^2 / n per side. With history the
+    # baseline side is the mean of m recordings (var/m) and the run is one more recording, whose
+    # spread is at least what the recordings showed; drift hits both sides once, not per repeat.
     se = math.sqrt(
-        median_se_factor(len(b)) ** 2 * sb**2 / len(b)
-        + median_se_factor(len(n)) ** 2 * sn**2 / len(n)
+        stats.var_recording / stats.recordings
+        + max(stats.var_between, var_now)
         + 2 * config.drift**2
     )
     band = config.noise_k * se
@@ -375,6 +546,11 @@ def compare_metric(
     return result(verdict, delta_pct=(q - 1.0) * 100.0, noise_pct=noise_pct, log_ratio=r, noise_log=band)
 
 
+def _history(m: Measured, metric: str) -> list[list[float]]:
+    fn = getattr(m, "history", None)
+    return list(fn(metric)) if callable(fn) else []
+
+
 def compare(
     now: Measured,
     base: Measured | None,
@@ -386,50 +562,64 @@ def compare(
 ) -> Comparison:
     """Compare a result against its baseline entry (None: no baseline, NEW).
 
+    A baseline of another identity (model, workload, layout, engine, engine options; see
+    :mod:`pytest_mgpu.results`) is never compared: MISMATCH, with a note naming the difference.
     ``fingerprint``/``have`` only shape the NEW note: ``no baseline for X; have: Y, Z``.
     """
     eid = now.entry_id
     engine = engine or getattr(now, "engine", None)
     base_v = base.engine_version if base is not None else None
+    ctx: dict[str, Any] = {
+        "options": getattr(now, "engine_options", None),
+        "base_options": getattr(base, "engine_options", None) if base is not None else None,
+        "measurement": getattr(now, "measurement", "first"),
+    }
     if now.invalid:
-        return Comparison(eid, Verdict.INVALID, (), f"not compared: {now.invalid}", base_v, now.engine_version, engine)
+        return Comparison(eid, Verdict.INVALID, (), f"not compared: {now.invalid}", base_v, now.engine_version, engine,
+                          **ctx)
     if base is None:
         where = f" for {fingerprint}" if fingerprint else ""
         note = f"no baseline{where}"
         if have:
             note += f"; have: {', '.join(have)}"
-        note += "; record one with --mgpu-update-baselines"
-        return Comparison(eid, Verdict.NEW, (), note, None, now.engine_version, engine)
-    mcs = tuple(compare_metric(m, base.samples(m), now.samples(m), config) for m in config.metrics)
+        return Comparison(eid, Verdict.NEW, (), note, None, now.engine_version, engine, **ctx)
+    b_id, n_id = getattr(base, "identity", None), getattr(now, "identity", None)
+    if b_id is not None and n_id is not None and b_id != n_id:
+        note = b_id.describe_mismatch(n_id) + "; not compared"
+        return Comparison(eid, Verdict.MISMATCH, (), note, base_v, now.engine_version, engine, **ctx)
+    mcs = tuple(
+        compare_metric(m, base.samples(m), now.samples(m), config, history=_history(base, m)) for m in config.metrics
+    )
     compared = [m for m in mcs if m.verdict is not Verdict.NEW]
     notes: list[str] = []
     missing = [m.metric for m in mcs if m.verdict is Verdict.NEW]
     if missing:
-        notes.append(f"baseline lacks {', '.join(missing)}; record it with --mgpu-update-baselines")
-    if not compared:
-        verdict = Verdict.NEW
-    else:
-        verdict = worst(m.verdict for m in compared)
-    fails = [m for m in mcs if m.verdict is Verdict.FAIL]
-    if fails:
-        notes.insert(0, "regression: " + "; ".join(m.describe() for m in fails))
+        notes.append(f"baseline lacks {', '.join(missing)}")
+    verdict = worst(m.verdict for m in compared) if compared else Verdict.NEW
+    invalid = [m for m in mcs if m.verdict is Verdict.INVALID]
+    fails_ = [m for m in mcs if m.verdict is Verdict.FAIL]
+    if invalid:
+        notes.insert(0, "not comparable: " + "; ".join(m.describe() for m in invalid))
+    elif fails_:
+        notes.insert(0, "regression: " + "; ".join(m.describe() for m in fails_))
     else:
         within = [m for m in mcs if m.verdict is Verdict.WARN and m.gated]
         if within:
             notes.insert(0, "beyond tolerance but within noise: " + "; ".join(m.describe() for m in within))
-    return Comparison(eid, verdict, mcs, "; ".join(notes), base_v, now.engine_version, engine)
+    return Comparison(eid, verdict, mcs, "; ".join(notes), base_v, now.engine_version, engine, **ctx)
 
 
 def confirm(first: Comparison, second: Comparison) -> Comparison:
     """Combine a FAIL with its re-measurement: FAIL only if the same metric fails again.
 
     A FAIL that does not reproduce becomes WARN ("did not reproduce"). A non-FAIL ``first`` is
-    returned as is. The metrics shown are the re-measurement's.
+    returned as is. The metrics shown are the re-measurement's (``measurement`` says so).
     """
     if first.verdict is not Verdict.FAIL:
         return first
     if second.verdict is Verdict.INVALID:
-        return replace(second, note=f"first measurement: {first.note}; re-measurement {second.note}")
+        return replace(second, note=f"first measurement: {first.note}; re-measurement {second.note}",
+                       measurement="re-measurement")
     first_failed = {m.metric for m in first.failed_metrics}
     metrics = []
     for m in second.metrics:
@@ -443,7 +633,7 @@ def confirm(first: Comparison, second: Comparison) -> Comparison:
         verdict = worst([Verdict.WARN, *(m.verdict for m in metrics)])
         gone = ", ".join(sorted(first_failed))
         note = f"did not reproduce: {gone} failed, then not on a re-measurement ({first.note})"
-    return replace(second, verdict=verdict, metrics=tuple(metrics), note=note)
+    return replace(second, verdict=verdict, metrics=tuple(metrics), note=note, measurement="re-measurement")
 
 
 def verdict_counts(comparisons: Iterable[Comparison]) -> dict[Verdict, int]:

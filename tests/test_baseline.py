@@ -15,7 +15,7 @@ from pytest_mgpu import baseline as bl
 from pytest_mgpu.baseline import (
     BaselineEntry,
     BaselineStore,
-    MetricRecord,
+    Recording,
     dumps_baseline,
     parse_baseline_data,
 )
@@ -79,18 +79,20 @@ def test_layout_and_format(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.endswith("}\n") and text.startswith('{\n  "entries"')
     doc = json.loads(text)
-    assert doc["schema_version"] == 1 and doc["fingerprint"] == FP
+    assert doc["schema_version"] == 2 and doc["fingerprint"] == FP
     assert json.dumps(doc, sort_keys=True, indent=2) + "\n" == text  # stable and sorted
     e = doc["entries"]["test_serve[tp2-pp1]::in128-out128-n256-qps32"]
-    assert e["engine_version"] == "0.1.0" and e["layout"]["tp"] == 2 and e["repeats"] == 3
-    m = e["metrics"]["output_throughput_per_gpu"]
-    assert m["samples"] == [1000.0, 1010.0, 990.0] and m["median"] == 1000.0 and 0.009 < m["noise"] < 0.011
-    assert e["env"]["plugin_version"] == __version__
-    assert e["env"]["metric_definition_version"] == METRIC_DEFINITION_VERSION
+    assert e["test"] == "test_serve[tp2-pp1]" and e["model"] == "tiny" and e["engine"] == "sim"
+    assert e["layout"]["tp"] == 2 and e["engine_config"] == {}
+    (rec,) = e["recordings"]
+    assert rec["engine_version"] == "0.1.0" and rec["repeats"] == 3
+    assert rec["metrics"]["output_throughput_per_gpu"] == [1000.0, 1010.0, 990.0]  # samples only: nothing derived
+    assert rec["env"]["plugin_version"] == __version__
+    assert rec["env"]["metric_definition_version"] == METRIC_DEFINITION_VERSION
     assert store.fingerprints() == [FP]
-    # Writing the same data again produces byte-identical output.
-    store.update(FP, MOD, [make_result()])
-    assert path.read_text() == text
+    # Reading and writing back produces byte-identical output.
+    _, entries = bl.read_baseline_file(path)
+    assert dumps_baseline(FP, MOD, entries) == text
 
 
 def test_update_merges_and_replaces(tmp_path: Path) -> None:
@@ -116,9 +118,9 @@ def test_update_skips_invalid(tmp_path: Path) -> None:
     ("content", "match"),
     [
         ('{"schema_version": 1, "fingerprint": "x", "entr', "not valid JSON"),
-        ('{"schema_version": 2, "fingerprint": "x", "entries": {}}', "schema_version 2"),
+        ('{"schema_version": 3, "fingerprint": "x", "entries": {}}', "schema_version 3"),
         ('{"schema_version": 1, "entries": {}}', "lacks 'fingerprint' or 'entries'"),
-        ('{"schema_version": 1, "fingerprint": "x", "entries": {"t::w": {"engine": "sim"}}}', "malformed entry 't::w'"),
+        ('{"schema_version": 1, "fingerprint": "x", "entries": {"t::w": {"engine": "sim"}}}', "broken entry 't::w'"),
         ("[]", "does not hold a JSON object"),
     ],
 )
@@ -207,11 +209,9 @@ samples = st.lists(st.floats(1e-3, 1e6, allow_nan=False), min_size=1, max_size=5
 
 @given(st.dictionaries(st.sampled_from(sorted(BASE)), samples, min_size=1), st.text(min_size=1, max_size=20))
 def test_round_trip(metrics: dict[str, list[float]], version: str) -> None:
-    entry = BaselineEntry(
-        entry_id="t::w", engine="sim", engine_version=version, model="tiny", layout=Layout(tp=2).to_dict(),
-        workload=Workload().to_dict(), metrics={m: MetricRecord.from_samples(s) for m, s in metrics.items()},
-        env={"date": "2026-01-01"}, nodeid="m.py::t", repeats=3,
-    )
+    ident = make_result("t").identity
+    rec = Recording({m: tuple(s) for m, s in metrics.items()}, version, {"date": "2026-01-01"}, 3, {"speed": "1"})
+    entry = BaselineEntry("t::w", ident, (rec, rec), nodeid="m.py::t")
     text = dumps_baseline(FP, MOD, {entry.entry_id: entry})
     header, entries = parse_baseline_data(json.loads(text))
     assert entries == {"t::w": entry} and header["fingerprint"] == FP
@@ -228,3 +228,106 @@ def test_store_round_trip_of_results(tmp_path: Path) -> None:
         assert e.samples(m) == pytest.approx(r.samples(m), rel=1e-6)
         assert e.median(m) == pytest.approx(r.median[m], rel=1e-6)
     assert os.listdir(tmp_path) == [FP]
+
+
+# --- schema 2: history, migration, identity (issue 8, issue 9 part 1) ---------------------------
+
+V1_ENTRY = {
+    "engine": "sim", "engine_version": "0.0.9", "model": "tiny", "nodeid": f"{MOD}::test_serve[tp2-pp1]",
+    "layout": {"gpu_mem_gb": None, "pp": 1, "tp": 2}, "repeats": 3,
+    "workload": {**Workload().to_dict(), "vocab_size": 32000},
+    "env": {"date": "2025-12-01T00:00:00+00:00", "commit": "old"},
+    "metrics": {m: {"samples": [v, v * 1.01, v * 0.99], "median": 12345.0, "noise": 0.5} for m, v in BASE.items()},
+}
+
+
+def test_schema_1_is_migrated_on_read_and_written_as_2(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    path = store.path(FP, MOD)
+    path.parent.mkdir(parents=True)
+    eid = make_result().entry_id
+    path.write_text(json.dumps({"schema_version": 1, "fingerprint": FP, "module": MOD, "entries": {eid: V1_ENTRY}}))
+    e = store.get(FP, MOD, eid)
+    assert e is not None and len(e.recordings) == 1 and e.engine_version == "0.0.9"
+    assert e.identity == make_result().identity  # the test comes from the node id, engine options default to none
+    assert e.median("output_throughput_per_gpu") == pytest.approx(1000.0)  # derived; the stored 12345 is ignored
+    assert e.engine_options is None  # not recorded in schema 1
+    store.update(FP, MOD, [make_result(version="0.1.0")])
+    doc = json.loads(path.read_text())
+    assert doc["schema_version"] == 2
+    recs = doc["entries"][eid]["recordings"]
+    assert [r["engine_version"] for r in recs] == ["0.0.9", "0.1.0"] and "engine_options" not in recs[0]
+
+
+def test_history_keeps_the_last_n(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    for i in range(4):
+        store.update(FP, MOD, [make_result(version=f"0.{i}")], history=3)
+    e = store.get(FP, MOD, make_result().entry_id)
+    assert e is not None and [r.engine_version for r in e.recordings] == ["0.1", "0.2", "0.3"]
+    assert len(e.history("tpot_p50")) == 2 and e.stats("tpot_p50").recordings == 3
+    with pytest.raises(BaselineError, match="at least 1"):
+        store.update(FP, MOD, [make_result()], history=0)
+
+
+def test_another_identity_replaces_the_entry_and_says_so(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.update(FP, MOD, [make_result(), make_result("test_b")])
+    other = make_result()
+    other.model = "llama-2-7b"
+    res = store.update(FP, MOD, [other])
+    assert res.replaced == {other.entry_id: "baseline is for model tiny; this run: llama-2-7b"}
+    e = store.get(FP, MOD, other.entry_id)
+    assert e is not None and e.model == "llama-2-7b" and len(e.recordings) == 1
+    assert store.get(FP, MOD, make_result("test_b").entry_id) is not None
+
+
+def test_a_level_change_starts_a_new_level(tmp_path: Path) -> None:
+    """An accepted 25% improvement is not mixed into the spread of the old recordings."""
+    store = BaselineStore(tmp_path)
+    store.update(FP, MOD, [make_result()])
+    store.update(FP, MOD, [make_result(factors={"tpot_p50": 1.005})])
+    res = store.update(FP, MOD, [make_result(factors={"output_throughput_per_gpu": 1.25})])
+    assert res.new_level == [make_result().entry_id]
+    e = store.get(FP, MOD, make_result().entry_id)
+    assert e is not None and len(e.recordings) == 3 and len(e.active) == 1 and e.recordings[-1].new_level
+    assert e.median("output_throughput_per_gpu") == pytest.approx(1250.0)
+    assert store.compare(FP, make_result(factors={"output_throughput_per_gpu": 1.25})).verdict is Verdict.PASS
+
+
+def test_two_results_with_one_entry_id_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BaselineError, match="share the entry id"):
+        BaselineStore(tmp_path).update(FP, MOD, [make_result(), make_result()])
+
+
+def test_entry_id_is_unique_per_item_class_included() -> None:
+    r = make_result()
+    r.nodeid = f"{MOD}::TestSlow::test_serve[tp2-pp1]"
+    assert r.entry_id == "TestSlow::test_serve[tp2-pp1]::in128-out128-n256-qps32" and r.test_name == "test_serve[tp2-pp1]"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_write_follows_the_umask(tmp_path: Path, umask: int) -> None:
+    import stat
+
+    old = os.umask(umask)
+    try:
+        p = tmp_path / "f.json"
+        bl.atomic_write_text(p, "{}")
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+        p.chmod(0o600)
+        bl.atomic_write_text(p, "{}")  # an update: the umask again, not the temp file's 0600
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(old)
+
+
+def test_unknown_top_level_keys_are_kept(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.update(FP, MOD, [make_result()])
+    path = store.path(FP, MOD)
+    doc = json.loads(path.read_text())
+    doc["x_team"] = {"owner": "perf"}
+    path.write_text(json.dumps(doc))
+    store.update(FP, MOD, [make_result("test_b")])
+    assert json.loads(path.read_text())["x_team"] == {"owner": "perf"}

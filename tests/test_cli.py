@@ -128,3 +128,54 @@ def test_export_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+# --- one failure rule, identity, committed baselines (issue 8) ----------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_compare_fails_on_invalid_like_the_suite(baseline_file: Path, tmp_path: Path) -> None:
+    """Issue 8: compare exited 0 on INVALID while the plugin failed the test."""
+    bad = make_result()
+    bad.repeats[1].invalid = "3 of 256 requests failed"
+    now = results_file(tmp_path / "now.json", bad)
+    assert main(["compare", str(baseline_file), str(now)]) == 1
+
+
+def test_compare_strict_fails_on_new_alone(baseline_file: Path, tmp_path: Path) -> None:
+    """Issue 8: compare --strict exited 0 on NEW while the plugin's --mgpu-strict failed it."""
+    now = results_file(tmp_path / "now.json", make_result("test_only_here"))
+    assert main(["compare", str(baseline_file), str(now)]) == 0
+    assert main(["compare", str(baseline_file), str(now), "--strict"]) == 1
+
+
+def test_compare_other_model_is_mismatch(baseline_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = make_result(factors={"output_throughput_per_gpu": 0.5})
+    other.model = "llama-2-7b"
+    now = results_file(tmp_path / "now.json", other)
+    assert main(["compare", str(baseline_file), str(now)]) == 0
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "baseline is for model tiny; this run: llama-2-7b" in out and "FAIL" not in out
+    assert main(["compare", str(baseline_file), str(now), "--strict"]) == 1
+
+
+def test_strict_help_says_what_it_covers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Also fail on WARN" in text and "MISMATCH" in text and "NEW (no baseline)" in text
+    assert "INVALID and FAIL always fail" in text
+
+
+def test_committed_baselines_still_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """The schema 1 files under baselines/ and docs/data/ are read (migrated) with their numbers."""
+    assert main(["show", str(REPO / "baselines")]) == 0
+    out = capsys.readouterr().out
+    assert "nvidia-h200-x4/" in out and "sim-v100-16gb-x4/" in out and "BROKEN" not in out
+    # docs/vllm.md: session 3 against the committed H200 baseline FAILs on TTFT p50 at 32 QPS (+9.3%).
+    code = main(["compare", str(REPO / "baselines/nvidia-h200-x4/perf_tests/test_llama2_7b.py.json"),
+                 str(REPO / "docs/data/h200-x4-session3-results.json")])
+    out = capsys.readouterr().out
+    assert code == 1 and "+9.3%" in out
+    row = next(ln for ln in out.splitlines() if ln.strip().startswith("ttft_p50*") and "+9.3%" in ln)
+    assert row.split()[1:3] == ["14.03", "15.32"] and row.split()[-1] == "FAIL"

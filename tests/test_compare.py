@@ -163,7 +163,7 @@ def test_missing_metric_in_baseline_is_new_per_metric() -> None:
 
 
 def test_worst_order() -> None:
-    order = [Verdict.PASS, Verdict.IMPROVED, Verdict.NEW, Verdict.WARN, Verdict.FAIL, Verdict.INVALID]
+    order = [Verdict.PASS, Verdict.IMPROVED, Verdict.NEW, Verdict.MISMATCH, Verdict.WARN, Verdict.FAIL, Verdict.INVALID]
     for i, v in enumerate(order):
         assert worst(order[: i + 1]) is v
     assert worst([]) is Verdict.PASS
@@ -303,3 +303,106 @@ def test_pytest_benchmark_reads_export(tmp_path) -> None:  # type: ignore[no-unt
 
     benches = list(FileStorage(str(tmp_path), logger=Log(), default_machine_id="x").load_benchmarks(str(path)))
     assert len(benches) == 2 and benches[0]["median"] == pytest.approx(1.5)
+
+
+# --- the one failure rule, identity, history ---------------------------------------------------
+
+
+def test_failure_rule_table() -> None:
+    from pytest_mgpu.verdicts import fails
+
+    assert {v for v in Verdict if fails(v)} == {Verdict.INVALID, Verdict.FAIL}
+    assert {v for v in Verdict if fails(v, strict=True)} == {
+        Verdict.INVALID, Verdict.FAIL, Verdict.WARN, Verdict.MISMATCH, Verdict.NEW,
+    }
+    assert GateConfig(strict=True).is_failure(Verdict.NEW) and not GateConfig().is_failure(Verdict.MISMATCH)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda r: setattr(r, "model", "llama-2-7b"), "model tiny; this run: llama-2-7b"),
+        (lambda r: setattr(r, "engine", "vllm"), "engine sim; this run: vllm"),
+        (lambda r: setattr(r, "layout", Layout(tp=1)), "layout tp=2; this run: tp=1"),
+        (lambda r: setattr(r, "workload", Workload(seed=7)), "workload seed=0; this run: seed=7"),
+        (lambda r: setattr(r, "engine_options", {"dtype": "fp8"}), "engine options dtype unset; this run: dtype=fp8"),
+        (lambda r: setattr(r, "nodeid", "perf_tests/test_x.py::TestB::test_serve[tp2-pp1]"), "test test_serve"),
+    ],
+)
+def test_identity_mismatch_is_never_compared(change, words: str) -> None:  # type: ignore[no-untyped-def]
+    now = make_result({"output_throughput_per_gpu": 0.5})
+    change(now)
+    c = compare(now, make_result())
+    assert c.verdict is Verdict.MISMATCH and c.metrics == () and words in c.note and "baseline is for" in c.note
+
+
+def test_version_and_tuning_options_are_not_identity() -> None:
+    """Comparing versions is the point; a tuning knob's change is compared and shown, not hidden."""
+    now = make_result({"output_throughput_per_gpu": 0.5}, version="0.2.0")
+    now.engine_options = {"max_num_seqs": "8"}
+    base = make_result()
+    base.engine_options = {}
+    c = compare(now, base)
+    assert c.verdict is Verdict.FAIL and c.options_changed == [("max-num-seqs", None, "8")]
+    assert "max_num_seqs=8 (baseline: max-num-seqs unset)" in side_by_side(c)
+
+
+def test_gate_config_round_trip() -> None:
+    cfg = DEFAULT_CONFIG.with_overrides({"ttft_p50": "12%", "itl_p50": "3%"})
+    cfg = GateConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert cfg.tolerance("ttft_p50").pct == pytest.approx(12) and "itl_p50" in cfg.gated
+    assert cfg.tolerance("tpot_p99").pct == pytest.approx(10) and cfg.metrics[-1] == "itl_p50"
+
+
+def test_one_recording_history_is_the_old_rule() -> None:
+    base, now = [100.0, 101.0, 99.0], [90.0, 91.0, 89.5]
+    a = compare_metric("tpot_p50", base, now)
+    b = compare_metric("tpot_p50", base, now, history=())
+    assert a == b and a.noise_source == "repeats" and a.recordings == 1
+
+
+def test_history_spread_widens_the_band_and_centres_the_baseline() -> None:
+    """Recordings that drift between sessions (engine restarts) widen the band: no false FAIL."""
+    quiet = [[100.0, 100.5, 99.5]]
+    drifted = [[112.0, 112.5, 111.5], [95.0, 95.5, 94.5], [104.0, 104.5, 103.5]]
+    now = [109.0, 109.5, 108.5]
+    one = compare_metric("ttft_p50", quiet[0], now)
+    assert one.verdict is Verdict.FAIL  # against one quiet recording, +9% looks like a regression
+    hist = compare_metric("ttft_p50", drifted[-1], now, history=drifted[:-1])
+    assert hist.recordings == 3 and hist.noise_source == "3 recordings"
+    assert hist.base == pytest.approx((112.0 * 95.0 * 104.0) ** (1 / 3), rel=1e-9)  # geometric mean of medians
+    assert hist.verdict is not Verdict.FAIL and (hist.noise_pct or 0) > (one.noise_pct or 0)
+    # A steady history keeps the gate's power: a 20% regression still FAILs.
+    steady = [[100.0, 100.5, 99.5], [100.4, 100.9, 99.9], [99.8, 100.3, 99.3]]
+    assert compare_metric("ttft_p50", steady[-1], [120.0, 120.5, 119.5], history=steady[:-1]).verdict is Verdict.FAIL
+
+
+@given(metric_names, st.lists(logs, min_size=1, max_size=4), logs, st.floats(0.5, 2.0), st.integers(-20, 20))
+def test_scale_invariant_with_history(metric: str, hist: list[list[float]], nl: list[float], ratio: float,
+                                      exp2: int) -> None:
+    recs = [_vals(100.0, h) for h in hist]
+    now = _vals(100.0 * ratio, nl)
+    c = 2.0**exp2
+    a = compare_metric(metric, recs[-1], now, history=recs[:-1])
+    b = compare_metric(metric, [x * c for x in recs[-1]], [x * c for x in now], history=[[x * c for x in r] for r in recs[:-1]])
+    assert a.verdict is b.verdict
+
+
+def test_invalid_metric_says_what() -> None:
+    now = make_result()
+    for rep in now.repeats:
+        rep.summary["tpot_p50"] = 0.0
+    c = compare(now, make_result())
+    assert c.verdict is Verdict.INVALID
+    assert "tpot_p50: not positive (baseline 10, this run 0)" in c.note
+
+
+def test_mismatch_and_options_in_reports() -> None:
+    other = make_result()
+    other.model = "llama"
+    other.engine_options = {"speed": "0.8"}
+    comps = [compare(other, make_result()), *_mixed()]
+    text = render_table(comps)
+    assert "MISMATCH" in text and "engine options: speed=0.8" in text
+    md = render_markdown(comps)
+    assert "1 mismatched" in md and "speed=0.8" in md and "baseline is for model tiny" in md

@@ -61,12 +61,15 @@ def test_end_to_end_measures_normalises_and_reports(pytester: pytest.Pytester, p
             "*tp1-pp1*(ref)*",
             "*tp2-pp1*%*",
             "*NEW*",
-            "*no baseline for sim-h100-80gb-x4; record one with --mgpu-update-baselines*",
+            "*no baseline for sim-h100-80gb-x4",
             "mgpu gate: 2 new",
+            "to record the new results as baselines from this run (no re-run needed):",
+            "  pytest-mgpu accept .mgpu/last-results.json",
         ]
     )
+    assert "--mgpu-update-baselines" not in result.stdout.str()
     doc = json.loads(out.read_text())
-    assert doc["schema_version"] == 1 and doc["fingerprint"] == "sim-h100-80gb-x4"
+    assert doc["schema_version"] == 2 and doc["fingerprint"] == "sim-h100-80gb-x4"
     by_layout = {r["layout"]["tp"]: r for r in doc["results"]}
     for tp, r in by_layout.items():
         assert r["valid"] and len(r["repeats"]) == 2
@@ -140,14 +143,14 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     # 1. no baseline -> NEW (passes, but is reported)
     r = pytester.runpytest(*args)
     r.assert_outcomes(passed=1)
-    r.stdout.fnmatch_lines(["*NEW*", "mgpu gate: 1 new", "*--mgpu-update-baselines*"])
+    r.stdout.fnmatch_lines(["*NEW*", "mgpu gate: 1 new", "  pytest-mgpu accept .mgpu/last-results.json"])
     # 2. update -> written, atomically and diff-friendly
     r = pytester.runpytest(*args, "--mgpu-update-baselines")
     r.assert_outcomes(passed=1)
     path = pytester.path / "baselines" / "sim-v100-16gb-x4" / "test_perf.py.json"
     text = path.read_text()
     assert text.endswith("\n") and "test_serve[tp2-pp1]::in64-out16-n48-qps48-text" in json.loads(text)["entries"]
-    r.stdout.fnmatch_lines(["updated 1 baseline entry under */baselines/sim-v100-16gb-x4"])
+    r.stdout.fnmatch_lines(["recorded 1 baseline entry under */baselines/sim-v100-16gb-x4 (keeping the last 5 *"])
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     # 3. same engine -> PASS
     r = pytester.runpytest(*args)
@@ -166,7 +169,7 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     # 5. 25% faster -> IMPROVED, with the command to accept it
     r = pytester.runpytest(*args, "--mgpu-engine-opt", "speed=1.25")
     r.assert_outcomes(passed=1)
-    r.stdout.fnmatch_lines(["*IMPROVED*", "*re-run with:*", "  pytest *--mgpu-update-baselines"])
+    r.stdout.fnmatch_lines(["*IMPROVED*", "to record the improved results as baselines*", "  pytest-mgpu accept *"])
     # 6. a run that returns too few tokens -> INVALID, never FAIL
     r = pytester.runpytest(*args, "--mgpu-engine-opt", "short_tokens=8")
     r.assert_outcomes(failed=1)
@@ -179,7 +182,7 @@ def test_strict_fails_on_missing_baseline(pytester: pytest.Pytester, pid_log: Pa
     pytester.makepyfile(test_perf=PERF_TEST)
     r = pytester.runpytest(*SIM, "-k", "tp1", "--mgpu-repeats", "1", "--mgpu-strict")
     r.assert_outcomes(failed=1)
-    r.stdout.fnmatch_lines(["*NEW test_serve[[]tp1-pp1[]]*--mgpu-strict fails on a missing baseline*"])
+    r.stdout.fnmatch_lines(["*NEW test_serve[[]tp1-pp1[]]*: no baseline for sim-h100-80gb-x4 (--mgpu-strict fails on NEW too)"])
 
 
 def test_baseline_from_other_hardware_is_never_used(pytester: pytest.Pytester, pid_log: Path) -> None:

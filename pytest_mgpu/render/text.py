@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..metrics import HIGHER_IS_BETTER
 from ..verdicts import Comparison, Verdict, verdict_counts
@@ -13,9 +13,44 @@ COMPARISON_HEADERS = ("metric", "baseline", "now", "delta %", "noise %", "tol %"
 
 #: How each verdict is counted in the summary line.
 VERDICT_WORDS = {
-    Verdict.INVALID: "invalid", Verdict.FAIL: "failed", Verdict.WARN: "warned",
+    Verdict.INVALID: "invalid", Verdict.FAIL: "failed", Verdict.WARN: "warned", Verdict.MISMATCH: "mismatched",
     Verdict.NEW: "new", Verdict.IMPROVED: "improved", Verdict.PASS: "passed",
 }
+
+
+def _opts(options: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "none"
+
+
+def options_text(c: Comparison) -> str:
+    """The engine options in effect, and how they differ from the baseline's.
+
+    E.g. ``engine options: gpu=h100-80gb, speed=0.8 (baseline: speed unset)``.
+    """
+    if c.options is None:
+        return "engine options: not recorded"
+    text = f"engine options: {_opts(c.options)}"
+    changed = c.options_changed
+    if changed:
+        text += " (baseline: " + ", ".join(f"{k}={b}" if b is not None else f"{k} unset" for k, b, _ in changed) + ")"
+    elif c.base_options is None and c.metrics:
+        text += " (baseline: not recorded)"
+    return text
+
+
+def context_line(c: Comparison) -> str:
+    """What was running and which numbers are shown: engine and versions, options, measurement, noise source."""
+    parts = []
+    v = versions(c)
+    if v:
+        parts.append(v)
+    parts.append(options_text(c))
+    if c.measurement != "first":
+        parts.append(f"now = {c.measurement} (confirm step)")
+    recs = max((m.recordings for m in c.metrics), default=0)
+    if c.metrics:
+        parts.append(f"noise from {recs} baseline recordings" if recs >= 2 else "noise from the repeats")
+    return "; ".join(parts)
 
 
 def versions(c: Comparison) -> str:
@@ -46,11 +81,8 @@ def render_table(comparisons: Sequence[Comparison]) -> str:
     """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict."""
     lines: list[str] = []
     for c in comparisons:
-        title = f"{c.entry_id}  {c.verdict}"
-        v = versions(c)
-        if v:
-            title += f"  ({v})"
-        lines.append(title)
+        lines.append(f"{c.entry_id}  {c.verdict}")
+        lines.append(f"  {context_line(c)}")
         if c.metrics:
             lines.extend(format_table(COMPARISON_HEADERS, comparison_rows(c), align="lrrrrrl", indent="  ", rule=False))
         if c.note:
@@ -63,8 +95,7 @@ def render_table(comparisons: Sequence[Comparison]) -> str:
 def side_by_side(comparison: Comparison) -> str:
     """A FAIL message: baseline vs now per metric, then the failing metrics with delta and tolerance."""
     c = comparison
-    v = versions(c)
-    lines = [f"{c.verdict}: {c.entry_id}" + (f" ({v})" if v else "")]
+    lines = [f"{c.verdict}: {c.entry_id}", f"  {context_line(c)}"]
     if c.metrics:
         rows = []
         for m in c.metrics:

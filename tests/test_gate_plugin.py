@@ -20,6 +20,9 @@ pytest_plugins = ["pytester"]
 #: The sim on the h100 profile: a 16-request batch of tiny-llama or llama-2-7b runs in well under a second.
 SIM = ["--mgpu-engine", "sim", "--mgpu-sim-gpu", "h100-80gb", "-p", "no:cacheprovider", "--mgpu-repeats", "2"]
 FP = "sim-h100-80gb-x4"
+#: Wide tolerances for runs whose verdict on the numbers is not the point: the sim serves in real
+#: time, and on a busy machine its timings move by more than 5% from run to run.
+LOOSE = [f"--mgpu-tolerance={m}=60%" for m in ("output_throughput_per_gpu", "ttft_p50", "tpot_p50", "ttft_p99", "tpot_p99")]
 
 #: One layout, no model mark: --mgpu-model decides.
 ONE = """
@@ -95,7 +98,7 @@ def test_model_is_part_of_identity(pytester: pytest.Pytester) -> None:
     r = pytester.runpytest(*SIM, "--mgpu-model", "llama-2-7b")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines([
-        "test_serve[[]tp1-pp1[]]::in32-out8-n16-qpsinf  MISMATCH",
+        "test_serve[[]tp1-pp1[]]::in32-out8-n16-qpsinf-text  MISMATCH",
         "*note: baseline is for model tiny-llama; this run: llama-2-7b; not compared",
         "mgpu gate: 1 mismatched",
         "*pytest-mgpu accept .mgpu/last-results.json",
@@ -105,7 +108,7 @@ def test_model_is_part_of_identity(pytester: pytest.Pytester) -> None:
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines(["*MISMATCH test_serve*baseline is for model tiny-llama*(--mgpu-strict fails on MISMATCH too)"])
     # The same model again is compared as before.
-    same = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
+    same = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama")
     assert "MISMATCH" not in same.stdout.str() and "noise from the repeats" in same.stdout.str()
 
 
@@ -131,13 +134,14 @@ class TestSlow:
     r.stdout.fnmatch_lines(["recorded 2 baseline entries under*"])
     entries = baseline_doc(pytester)["entries"]
     assert sorted(entries) == [
-        "TestFast::test_serve[tp1-pp1]::in32-out8-n16-qpsinf",
-        "TestSlow::test_serve[tp1-pp1]::in32-out8-n16-qpsinf",
+        "TestFast::test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text",
+        "TestSlow::test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text",
     ]
-    again = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
+    again = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama")
     again.assert_outcomes(passed=2)
     out = again.stdout.str()
-    assert "FAIL" not in out and "IMPROVED" not in out  # each class against its own numbers (4x apart)
+    # Each class against its own numbers: against the other's (4x apart) it would FAIL or be IMPROVED.
+    assert "FAIL" not in out and "IMPROVED" not in out and "mgpu gate: 2 passed" in out
 
 
 # --- corrupt numbers -------------------------------------------------------------------------
@@ -159,7 +163,7 @@ def test_corrupt_numbers_are_a_broken_baseline(
     """Issue 8: NaN, [], negative samples or ``metrics: {}`` gave NEW and exit 0 in the plugin and in compare."""
     pytester.makepyfile(test_perf=ONE)
     pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines", "--mgpu-json", "r.json")
-    eid = "test_serve[tp1-pp1]::in32-out8-n16-qpsinf"
+    eid = "test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text"
     path = edit_baseline(pytester, lambda doc: corrupt(doc["entries"][eid]))
     r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
     r.assert_outcomes(failed=1)
@@ -186,13 +190,14 @@ def test_serve(mgpu_bench):
 """)
     # One output token: TPOT and ITL are undefined (0); they are not recorded, and the rest is compared.
     pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
-    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
+    r = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama")
     r.assert_outcomes(passed=1)
+    assert "INVALID" not in r.stdout.str()
     # A baseline that has a TPOT the run cannot produce: INVALID, naming the metric and the numbers.
     edit_baseline(pytester, lambda doc: [set_samples(e, "tpot_p50", [5.0, 5.1]) for e in doc["entries"].values()])
     r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
     r.assert_outcomes(failed=1)
-    r.stdout.fnmatch_lines(["INVALID test_serve[[]tp1-pp1[]]::in32-out1-n16-qpsinf: not comparable: tpot_p50: not positive "
+    r.stdout.fnmatch_lines(["INVALID test_serve[[]tp1-pp1[]]::in32-out1-n16-qpsinf-text: not comparable: tpot_p50: not positive "
                             "(baseline 5.05, this run 0)*"])
     assert ": None" not in r.stdout.str()
 
@@ -211,7 +216,7 @@ def test_reports_say_what_was_running_and_which_measurement(pytester: pytest.Pyt
     out = r.stdout.str()
     # The FAIL message and the gate table name the options and how they differ from the baseline's.
     r.stdout.fnmatch_lines([
-        "FAIL: test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48",
+        "FAIL: test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48-text",
         "  sim 0.1.0; engine options: gpu=v100-16gb, noise=0.03, speed=0.5 (baseline: noise unset, speed unset); "
         "now = re-measurement (confirm step); noise from the repeats",
     ])
@@ -263,10 +268,10 @@ def test_history_accept_and_show(pytester: pytest.Pytester, capsys: pytest.Captu
     pytester.makeini("[pytest]\nmgpu_baseline_history = 2\n")
     js = pytester.path / "r.json"
     for _ in range(3):
-        pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
+        pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
     (entry,) = baseline_doc(pytester)["entries"].values()
     assert len(entry["recordings"]) == 2  # the ini's N
-    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", f"--mgpu-json={js}")
+    r = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", f"--mgpu-json={js}")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["*; noise from 2 baseline recordings"])
     # show prints the history and the numbers the gate uses.
@@ -278,7 +283,8 @@ def test_history_accept_and_show(pytester: pytest.Pytester, capsys: pytest.Captu
     # accept records the finished run without re-running it: a third recording would push out the first.
     first_date = entry["recordings"][0]["env"]["date"]
     last = pytester.path / ".mgpu" / "last-results.json"
-    assert json.loads(last.read_text())["results"][0]["comparison"]["verdict"] == "PASS"
+    comparison = json.loads(last.read_text())["results"][0]["comparison"]
+    assert comparison["verdict"] in ("PASS", "WARN", "IMPROVED") and comparison["metrics"][0]["noise_source"] == "2 recordings"
     assert cli(["accept", str(last), "--baseline-dir", str(pytester.path / "baselines"), "--history", "2"]) == 0
     assert "recorded 1 entry" in capsys.readouterr().out
     (entry2,) = baseline_doc(pytester)["entries"].values()
@@ -298,7 +304,7 @@ def test_accept_skips_invalid_like_update(pytester: pytest.Pytester, capsys: pyt
     assert cli(["accept", str(pytester.path / ".mgpu" / "last-results.json"),
                 "--baseline-dir", str(pytester.path / "baselines")]) == 0
     out = capsys.readouterr().out
-    assert "skipped test_serve[tp1-pp1]::in32-out8-n16-qpsinf: invalid (repeat 1/2:" in out
+    assert "skipped test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text: invalid (repeat 1/2:" in out
     assert not (pytester.path / "baselines").exists()
 
 

@@ -230,8 +230,9 @@ def test_reports_say_what_was_running_and_which_measurement(pytester: pytest.Pyt
     pytester.makepyfile(test_perf=STEADY)
     pytester.runpytest(*STEADY_ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
     md, js = pytester.path / "report.md", pytester.path / "results.json"
+    # A small k: the FAIL (2x slower) must be confirmed even when a busy machine widens the noise band.
     r = pytester.runpytest(*STEADY_ARGS, "--mgpu-engine-opt", "speed=0.5", "--mgpu-engine-opt", "noise=0.03",
-                           f"--mgpu-report-md={md}", f"--mgpu-json={js}")
+                           "--mgpu-noise-k", "0.5", f"--mgpu-report-md={md}", f"--mgpu-json={js}")
     r.assert_outcomes(failed=1)
     out = r.stdout.str()
     # The FAIL message and the gate table name the options and how they differ from the baseline's.
@@ -275,8 +276,8 @@ def test_cli_judges_like_the_suite(pytester: pytest.Pytester, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "gate settings: as recorded by the suite for 1 result(s)" in out and "45%" in out and "FAIL" not in out
     # The command line still overrides what was recorded.
-    assert cli(["compare", str(base), str(js), "--tolerance", "tpot_p50=5%"]) == 1
-    assert "overridden on the command line: --tolerance tpot_p50=5%" in capsys.readouterr().out
+    assert cli(["compare", str(base), str(js), "--tolerance", "tpot_p50=5%", "--noise-k", "0"]) == 1
+    assert "overridden on the command line: --tolerance tpot_p50=5% --noise-k 0.0" in capsys.readouterr().out
 
 
 # --- history and accept ----------------------------------------------------------------------

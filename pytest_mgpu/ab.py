@@ -37,7 +37,7 @@ from .models import Model
 from .render.ab import fail_message, markdown, summary
 from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, MgpuSession
-from .verdicts import GateConfig, Verdict
+from .verdicts import GateConfig, Verdict, fails
 from .workload import Workload
 
 OLD, NEW = "old", "new"
@@ -486,16 +486,15 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
                 if m.delta_pct is not None:
                     item.user_properties.append((f"mgpu.{wl}.{m.metric}.delta_pct", round(m.delta_pct, 2)))
         v = r.verdict
-        if v is Verdict.INVALID or (v is Verdict.FAIL and not s.update_baselines):
-            failures.append(fail_message(r))
-        elif v is Verdict.WARN and strict and not s.update_baselines:
-            failures.append(fail_message(r) + "\n(--mgpu-strict fails on WARN too)")
+        # The one failure rule (verdicts.fails); recording a run fails only on what cannot be recorded.
+        if v is Verdict.INVALID or (fails(v, strict) and not s.update_baselines):
+            failures.append(fail_message(r) + ("\n(--mgpu-strict fails on WARN too)" if v is Verdict.WARN else ""))
     if s.update_baselines:
         store = BaselineStore(s.baseline_dir)
         new_side = [r for r in results if r.valid]
         try:
             if new_side:
-                written = store.update(sess.fingerprint, results[0].module, new_side)
+                written = store.update(sess.fingerprint, results[0].module, new_side, history=s.baseline_history)
                 sess.updated.extend(written.written)
         except BaselineError as exc:
             sess.errors.append(str(exc))

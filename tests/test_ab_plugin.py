@@ -130,7 +130,7 @@ def test_ab_result_recorded_as_baseline_is_the_new_side(pytester: pytest.Pyteste
     entry = json.loads(files[0].read_text())["entries"]["test_serve[tp1-pp1]::in64-out16-n16-qpsinf-text"]
     # Nine samples: three rounds of three repeats, all from the new side.
     new_tput = [rep["summary"]["output_throughput_per_gpu"] for rep in doc["results"][0]["repeats"]]
-    samples = entry["metrics"]["output_throughput_per_gpu"]["samples"]
+    samples = entry["recordings"][-1]["metrics"]["output_throughput_per_gpu"]  # baseline schema 2
     assert len(samples) == 9 and samples == pytest.approx(new_tput, rel=1e-5)
 
 

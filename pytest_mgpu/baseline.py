@@ -23,7 +23,7 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,7 +38,6 @@ from .verdicts import (
     BaselineStats,
     Comparison,
     GateConfig,
-    Verdict,
     baseline_stats,
     compare,
 )
@@ -97,9 +96,7 @@ class Recording:
     """One recording of an entry: every stored metric's samples, and what was running.
 
     ``engine_options`` and ``gate_settings`` are None for recordings made before they were
-    recorded (schema 1). ``new_level`` marks a recording that moved a gated metric beyond
-    tolerance and noise (an accepted improvement or regression): earlier recordings measured
-    something else, so the gate uses this one and later ones only.
+    recorded (schema 1).
     """
 
     metrics: dict[str, tuple[float, ...]]
@@ -108,7 +105,6 @@ class Recording:
     repeats: int = 0
     engine_options: dict[str, str] | None = None
     gate_settings: dict[str, Any] | None = None
-    new_level: bool = False
 
     @classmethod
     def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> Recording:
@@ -140,6 +136,12 @@ class Recording:
             engine_options=dict(result.engine_options), gate_settings=result.gate_settings,
         )
 
+    @property
+    def level(self) -> tuple[str, tuple[tuple[str, str], ...] | None]:
+        """What makes recordings comparable with each other: the engine version and the options."""
+        opts = tuple(sorted(self.engine_options.items())) if self.engine_options is not None else None
+        return self.engine_version, opts
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d: dict[str, Any] = {
@@ -152,8 +154,6 @@ class Recording:
             d["engine_options"] = dict(sorted(self.engine_options.items()))
         if self.gate_settings is not None:
             d["gate_settings"] = self.gate_settings
-        if self.new_level:
-            d["new_level"] = True
         return d
 
     @classmethod
@@ -171,7 +171,6 @@ class Recording:
             repeats=int(data.get("repeats", 0)),
             engine_options={str(k): str(v) for k, v in opts.items()} if isinstance(opts, Mapping) else None,
             gate_settings=dict(data["gate_settings"]) if isinstance(data.get("gate_settings"), Mapping) else None,
-            new_level=bool(data.get("new_level", False)),
         )
 
 
@@ -180,7 +179,7 @@ class BaselineEntry:
     """A baseline entry: the identity of what was measured and its recordings, oldest first.
 
     As the gate's ``Measured``: :meth:`samples` are the latest recording's repeats, :meth:`history`
-    the earlier recordings of the same level (see :attr:`Recording.new_level`).
+    the earlier recordings of the same level (:attr:`active`).
     """
 
     entry_id: str
@@ -219,8 +218,17 @@ class BaselineEntry:
 
     @property
     def active(self) -> tuple[Recording, ...]:
-        """The recordings the gate uses: the latest level's (from the last ``new_level`` on)."""
-        start = max((i for i, r in enumerate(self.recordings) if r.new_level), default=0)
+        """The recordings the gate uses: the latest one and those before it of the same level.
+
+        A level is a run of recordings with the same engine version and engine options: an
+        upgrade or a new setting that was accepted measured something else, so the recordings
+        before it are kept (``show`` lists them) but neither centre the baseline nor widen its
+        noise band.
+        """
+        key = self.latest.level
+        start = len(self.recordings) - 1
+        while start > 0 and self.recordings[start - 1].level == key:
+            start -= 1
         return self.recordings[start:]
 
     @property
@@ -432,14 +440,14 @@ def _dir_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _moves_level(result: BenchResult, entry: BaselineEntry) -> bool:
-    """Whether ``result`` moved a gated metric of ``entry`` beyond tolerance and noise (either way)."""
-    try:
-        config = GateConfig.from_dict(result.gate_settings) if result.gate_settings else DEFAULT_CONFIG
-    except (ValueError, TypeError):
-        config = DEFAULT_CONFIG
-    c = compare(result, entry, config)
-    return any(m.gated and m.verdict in (Verdict.FAIL, Verdict.IMPROVED) for m in c.metrics)
+def _level_change(old: Recording, new: Recording) -> str:
+    """Why ``new`` starts a new level after ``old`` (another engine version or options), or ''."""
+    why = []
+    if old.engine_version != new.engine_version:
+        why.append(f"engine version {old.engine_version} -> {new.engine_version}")
+    if old.engine_options is not None and new.engine_options is not None and old.engine_options != new.engine_options:
+        why.append("engine options changed")
+    return ", ".join(why)
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -454,8 +462,8 @@ class UpdateResult:
     skipped: dict[str, str] = field(default_factory=dict)  # entry id -> why (invalid results)
     #: entry id -> why the old entry was replaced rather than extended (another identity)
     replaced: dict[str, str] = field(default_factory=dict)
-    #: entry ids whose new recording starts a new level (moved beyond tolerance and noise)
-    new_level: list[str] = field(default_factory=list)
+    #: entry id -> why its new recording starts a new level (another engine version or options)
+    new_level: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -544,8 +552,8 @@ class BaselineStore:
 
         A result of the same identity as its entry adds a recording (the last ``history`` are
         kept); one of another identity (model, workload, ...) replaces the entry, listed in
-        ``replaced``. A recording that moves a gated metric beyond tolerance and noise (judged
-        with the result's own gate settings) starts a new level (:attr:`Recording.new_level`).
+        ``replaced``. A recording with another engine version or engine options than the
+        previous one starts a new level (:attr:`BaselineEntry.active`), listed in ``new_level``.
         Invalid results are skipped (listed in ``skipped``). A broken existing file raises
         BaselineError unless ``force=True``, which replaces it with the new entries only.
         """
@@ -585,9 +593,9 @@ class BaselineStore:
                     res.replaced[eid] = old.identity.describe_mismatch(r.identity)
                     entries[eid] = BaselineEntry(eid, r.identity, (rec,), r.nodeid)
                 else:
-                    if _moves_level(r, old):
-                        rec = replace(rec, new_level=True)
-                        res.new_level.append(eid)
+                    why = _level_change(old.latest, rec)
+                    if why:
+                        res.new_level[eid] = why
                     entries[eid] = BaselineEntry(eid, r.identity, (*old.recordings, rec)[-history:], r.nodeid)
             text = dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items())), extra)
             atomic_write_text(path, text)

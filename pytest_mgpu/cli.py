@@ -210,7 +210,7 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
     first_active = len(e.recordings) - used
     for i, r in enumerate(e.recordings):
         row: list[Any] = [
-            str(i + 1) + ("" if i >= first_active else " (not used)") + (" new level" if r.new_level else ""),
+            str(i + 1) + ("" if i >= first_active else " (not used)"),
             str(r.env.get("date", "?")), r.engine_version, str(r.env.get("commit") or "?")[:10], r.repeats,
         ]
         for m in DEFAULT_GATED:
@@ -308,8 +308,8 @@ def cmd_accept(args: argparse.Namespace) -> int:
             print(f"  skipped {eid}: invalid ({why})")
         for eid, why in res.replaced.items():
             print(f"  replaced {eid}: {why}")
-        for eid in res.new_level:
-            print(f"  {eid}: new level (beyond tolerance and noise); earlier recordings kept but not used by the gate")
+        for eid, why in res.new_level.items():
+            print(f"  {eid}: new level ({why}); earlier recordings kept but not used by the gate")
     tail = f"; {left_out} left out by --only" if left_out else ""
     print(f"recorded {written} result(s) under {Path(args.baseline_dir) / str(fingerprint)} "
           f"(keeping the last {args.history} recordings of each){tail}")

@@ -91,8 +91,8 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
         sess.updated.extend(written.written)
         sess.update_notes.extend(f"replaced {eid}: {why}" for eid, why in written.replaced.items())
         sess.update_notes.extend(
-            f"{eid}: new level (beyond tolerance and noise); earlier recordings kept but not used by the gate"
-            for eid in written.new_level
+            f"{eid}: new level ({why}); earlier recordings kept but not used by the gate"
+            for eid, why in written.new_level.items()
         )
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)

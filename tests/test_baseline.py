@@ -262,9 +262,9 @@ def test_schema_1_is_migrated_on_read_and_written_as_2(tmp_path: Path) -> None:
 def test_history_keeps_the_last_n(tmp_path: Path) -> None:
     store = BaselineStore(tmp_path)
     for i in range(4):
-        store.update(FP, MOD, [make_result(version=f"0.{i}")], history=3)
+        store.update(FP, MOD, [make_result(factors={"tpot_p50": 1 + i / 100})], history=3)
     e = store.get(FP, MOD, make_result().entry_id)
-    assert e is not None and [r.engine_version for r in e.recordings] == ["0.1", "0.2", "0.3"]
+    assert e is not None and [r.metrics["tpot_p50"][0] for r in e.recordings] == [10.1, 10.2, 10.3]
     assert len(e.history("tpot_p50")) == 2 and e.stats("tpot_p50").recordings == 3
     with pytest.raises(BaselineError, match="at least 1"):
         store.update(FP, MOD, [make_result()], history=0)
@@ -282,17 +282,22 @@ def test_another_identity_replaces_the_entry_and_says_so(tmp_path: Path) -> None
     assert store.get(FP, MOD, make_result("test_b").entry_id) is not None
 
 
-def test_a_level_change_starts_a_new_level(tmp_path: Path) -> None:
-    """An accepted 25% improvement is not mixed into the spread of the old recordings."""
+def test_another_version_or_options_start_a_new_level(tmp_path: Path) -> None:
+    """An accepted upgrade (or new setting) measured something else: the older recordings are kept, not used."""
     store = BaselineStore(tmp_path)
     store.update(FP, MOD, [make_result()])
     store.update(FP, MOD, [make_result(factors={"tpot_p50": 1.005})])
-    res = store.update(FP, MOD, [make_result(factors={"output_throughput_per_gpu": 1.25})])
-    assert res.new_level == [make_result().entry_id]
+    res = store.update(FP, MOD, [make_result(factors={"output_throughput_per_gpu": 1.25}, version="0.2.0")])
+    assert res.new_level == {make_result().entry_id: "engine version 0.1.0 -> 0.2.0"}
     e = store.get(FP, MOD, make_result().entry_id)
-    assert e is not None and len(e.recordings) == 3 and len(e.active) == 1 and e.recordings[-1].new_level
+    assert e is not None and len(e.recordings) == 3 and len(e.active) == 1
     assert e.median("output_throughput_per_gpu") == pytest.approx(1250.0)
     assert store.compare(FP, make_result(factors={"output_throughput_per_gpu": 1.25})).verdict is Verdict.PASS
+    tuned = make_result(factors={"output_throughput_per_gpu": 1.25}, version="0.2.0")
+    tuned.engine_options = {"max-num-seqs": "64"}
+    store.update(FP, MOD, [make_result(factors={"output_throughput_per_gpu": 1.25}, version="0.2.0")])
+    res = store.update(FP, MOD, [tuned])
+    assert res.new_level == {make_result().entry_id: "engine options changed"}
 
 
 def test_two_results_with_one_entry_id_are_refused(tmp_path: Path) -> None:

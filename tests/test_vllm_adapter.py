@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -91,8 +92,12 @@ def test_cpu_command_for_config_only_model(monkeypatch: pytest.MonkeyPatch, tmp_
     assert argv_value(argv, "--max-num-seqs") == str(vmod.DEFAULT_MAX_NUM_SEQS)
     assert argv_value(argv, "--max-num-batched-tokens") == str(vmod.DEFAULT_MAX_NUM_BATCHED_TOKENS)
     # A config-only model is served with the synthetic tokenizer, so text prompts are tokenized.
-    assert argv_value(argv, "--tokenizer") == str(tmp_path / "tokenizer-synthetic-v32000-f2")
-    assert (tmp_path / "tokenizer-synthetic-v32000-f2" / "tokenizer.json").is_file()
+    tok_dir = Path(argv_value(argv, "--tokenizer"))
+    assert tok_dir.parent == tmp_path and tok_dir.name.startswith("tokenizer-synthetic-v32000-f2-")
+    assert (tok_dir / "tokenizer.json").is_file()
+    # The model's config beside it: vLLM parses a tokenizer dir's config.json too (else it logs
+    # "Error parsing config ... Unrecognized model" twice per process and sleeps 2 s each time).
+    assert json.loads((tok_dir / "config.json").read_text()) == resolve_model("tiny-llama").config
     assert "--skip-tokenizer-init" not in argv
     for flag in ("--no-enable-prefix-caching", "--no-enable-log-requests", "--disable-uvicorn-access-log"):
         assert flag in argv
@@ -127,7 +132,8 @@ def test_tokenizer_choice_follows_options(monkeypatch: pytest.MonkeyPatch, tmp_p
     eng = make_engine(monkeypatch)
     eng._work_dir = tmp_path
     tok = eng.tokenizer(spec(), tmp_path)
-    assert tok is not None and tok.kind == "synthetic" and tok.path == tmp_path / "tokenizer-synthetic-v32000-f2"
+    assert tok is not None and tok.kind == "synthetic" and tok.path is not None
+    assert tok.path.parent == tmp_path and tok.path.name.startswith("tokenizer-synthetic-v32000-f2-")
     # skip-tokenizer-init (the old way): no tokenizer, so token-id prompts only.
     s = spec(options={"skip_tokenizer_init": "true"})
     assert eng.tokenizer(s, tmp_path) is None

@@ -254,7 +254,7 @@ class VllmAdapter(EngineAdapter):
             return TokenizerRef(MODEL, Path(named))
         if has_tokenizer(spec.model.path):
             return TokenizerRef(MODEL, spec.model.path)
-        return TokenizerRef(SYNTHETIC, synthetic_tokenizer_dir(work_dir, spec.model.vocab_size))
+        return TokenizerRef(SYNTHETIC, synthetic_tokenizer_dir(work_dir, spec.model.vocab_size, spec.model.config))
 
     # --- discovery --------------------------------------------------------------------------
     def version(self, python: str, env: Mapping[str, str] | None = None) -> str:

@@ -13,12 +13,14 @@ It is written as plain JSON in the ``tokenizers`` format that Hugging Face's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Files any of which makes a directory hold a Hugging Face tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -126,11 +128,23 @@ def write_synthetic_tokenizer(directory: Path, vocab_size: int) -> Path:
     return directory
 
 
-def synthetic_tokenizer_dir(root: Path, vocab_size: int) -> Path:
-    """Where the synthetic tokenizer of ``vocab_size`` words lives under ``root`` (written if absent)."""
-    d = root / f"tokenizer-synthetic-v{vocab_size}-{FORMAT}"
+def synthetic_tokenizer_dir(root: Path, vocab_size: int, config: Mapping[str, Any] | None = None) -> Path:
+    """Where the synthetic tokenizer of ``vocab_size`` words lives under ``root`` (written if absent).
+
+    With the model's ``config`` the directory also gets that ``config.json`` (and a name that
+    depends on it): vLLM parses a tokenizer directory's config too, and without one it logs two
+    "Error parsing config ... Unrecognized model" lines per process and sleeps 2 s on each.
+    """
+    name = f"tokenizer-synthetic-v{vocab_size}-{FORMAT}"
+    text = None
+    if config is not None:
+        text = json.dumps(dict(config), sort_keys=True, indent=1)
+        name += "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    d = root / name
     if not ((d / "tokenizer.json").is_file() and (d / "tokenizer_config.json").is_file()):
         write_synthetic_tokenizer(d, vocab_size)
+    if text is not None and not (d / "config.json").is_file():
+        _atomic_write(d / "config.json", text)
     return d
 
 

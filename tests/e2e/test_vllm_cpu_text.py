@@ -62,6 +62,7 @@ def test_text_prompts_through_the_models_own_tokenizer(pytester: pytest.Pytester
                             "*test_modes[[]tp1-pp1[]]::in96-out16-n8-qpsinf *ok*"])
     log = next((tmp_path / "logs").glob("vllm-*.log")).read_text()
     assert "--skip-tokenizer-init" not in log.splitlines()[0]
+    assert "Error parsing config" not in log
 
 
 ROUND_TRIP = """
@@ -91,3 +92,35 @@ def test_synthetic_tokenizer_encodes_its_own_text_exactly(tmp_path: Path) -> Non
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["encoded"] == ids  # no special token added, no word split
     assert got["decoded"] == " ".join(f"t{i}" for i in ids)
+
+
+def test_config_only_model_serves_the_synthetic_tokenizer_quietly(tmp_path: Path) -> None:
+    """tiny-llama without a tokenizer: the adapter's synthetic one tokenizes a text prompt to its words.
+
+    The tokenizer directory carries the model's config.json: without it vLLM logged "Error
+    parsing config ... Unrecognized model" twice per process and slept 2 s each time.
+    """
+    import urllib.request
+
+    from pytest_mgpu.engines.base import EngineSpec
+    from pytest_mgpu.engines.vllm import VllmAdapter
+    from pytest_mgpu.gpus import GpuInventory
+    from pytest_mgpu.layout import Layout
+    from pytest_mgpu.models.tokenizer import synthetic_text
+
+    engine = VllmAdapter()
+    spec = EngineSpec(engine="vllm", model=resolve_model("tiny-llama"), layout=Layout(), python=PY)
+    running = engine.start(spec, GpuInventory(), [], tmp_path / "logs", 600)
+    try:
+        assert running.tokenizer is not None and running.tokenizer.kind == "synthetic"
+        text = synthetic_text(range(20_000, 20_040))  # words that once split at a special "t2"
+        body = json.dumps({"model": "tiny-llama", "prompt": text, "max_tokens": 2, "ignore_eos": True}).encode()
+        req = urllib.request.Request(running.base_url + "/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            usage = json.loads(resp.read())["usage"]
+        assert usage["prompt_tokens"] == 40 and usage["completion_tokens"] == 2
+    finally:
+        engine.stop(running)
+    log = running.log_path.read_text()
+    assert "--tokenizer" in log.splitlines()[0] and "Error parsing config" not in log

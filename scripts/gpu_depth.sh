@@ -6,7 +6,7 @@
 #   bash scripts/gpu_depth.sh sweep      # (b) concurrency sweep + single stream, TP=1, 16 GB cap, telemetry
 #   bash scripts/gpu_depth.sh all        # both, one after the other (compile cache shared)
 #
-# Environment: MGPU_FID_ROUNDS (2), MGPU_FID_PROMPTS (48), MGPU_FID_RATE (8), MGPU_DEPTH_LAYOUTS (tp1),
+# Environment: MGPU_DEPTH_MODEL (llama-2-7b; both phases), MGPU_FID_ROUNDS (2), MGPU_FID_PROMPTS (48), MGPU_FID_RATE (8), MGPU_DEPTH_LAYOUTS (tp1),
 # MGPU_DEPTH_CONCURRENCY (1,2,4,8,16,32,64), MGPU_DEPTH_REPEATS (2), MGPU_GPU_TIMEOUT (seconds per phase, 540).
 set -uo pipefail
 phase=${1:-all}
@@ -21,7 +21,7 @@ python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch._
 
 fidelity() {
   local t0; t0=$(date +%s)
-  timeout "$limit" python3 benchmarks/fidelity.py --python python3 --model llama-2-7b \
+  timeout "$limit" python3 benchmarks/fidelity.py --python python3 --model "${MGPU_DEPTH_MODEL:-llama-2-7b}" \
     --rounds "${MGPU_FID_ROUNDS:-2}" --num-prompts "${MGPU_FID_PROMPTS:-48}" --request-rate "${MGPU_FID_RATE:-8}" \
     --input-len 128 --output-len 64 --warmups 4 --log-dir "$logs/fidelity" --json "$out/fidelity.json" \
     2>&1 | tee "$out/fidelity.txt"

@@ -2,7 +2,8 @@
 seed's 16 GB per-GPU cap, with GPU telemetry. Run by ``scripts/gpu_depth.sh`` (phase ``sweep``);
 not part of ``perf_tests/`` (the sweep takes minutes on the sim in real time).
 
-``MGPU_DEPTH_LAYOUTS=tp1`` (default) or ``tp1,tp2`` (a 2-GPU machine) picks the layouts.
+``MGPU_DEPTH_LAYOUTS=tp1`` (default) or ``tp1,tp2`` (a 2-GPU machine) picks the layouts;
+``MGPU_DEPTH_MODEL`` the model (default llama-2-7b; tiny-llama for a smoke test on vLLM-CPU).
 """
 
 import math
@@ -10,7 +11,7 @@ import os
 
 import pytest
 
-pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b")]
+pytestmark = [pytest.mark.gpu, pytest.mark.model(os.environ.get("MGPU_DEPTH_MODEL", "llama-2-7b"))]
 
 LAYOUTS = {
     "tp1": pytest.mark.layout(tp=1, pp=1, gpu_mem_gb=16),

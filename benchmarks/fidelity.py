@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,32 @@ def pct(ours: float, ref: float) -> float:
     return (ours - ref) / ref * 100.0 if ref else float("nan")
 
 
+SERVER_TTFT = "vllm:time_to_first_token_seconds"
+
+
+def server_ttft_totals(base_url: str) -> tuple[float, float] | None:
+    """(sum of seconds, count) of the server's own TTFT histogram in ``/metrics``, summed over its labels."""
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(SERVER_TTFT + "_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(SERVER_TTFT + "_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def server_ttft_mean_ms(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """The server's mean TTFT over the requests between two /metrics reads (warm-ups included), ms."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * 1e3
+
+
 def order(i: int, sides: list[str]) -> list[str]:
     """Round ``i``'s order: the sides rotated by ``i`` (A-text A-ids B, A-ids B A-text, ...)."""
     k = i % len(sides)
@@ -198,6 +225,7 @@ def main() -> int:
 
     def one(side: str, i: int) -> None:
         loads.append(os.getloadavg()[0])
+        before = server_ttft_totals(running.base_url)
         if side == "B":
             r = run_vllm_bench(a.python, running.base_url, model.name, running.tokenizer.path, a, i, work)  # type: ignore[union-attr]
             label = "B (vllm bench serve, text)"
@@ -205,11 +233,15 @@ def main() -> int:
             mode = next(m for m, lab in MODES.items() if lab == side)
             r = run_ours(running, a, i, mode)
             label = f"{side} (ours, {mode})"
+        srv = server_ttft_mean_ms(before, server_ttft_totals(running.base_url))
+        r = dict(r, server_ttft_mean=srv)
         runs[side].append(r)
         ttft = r.get("ttft_p50", r.get("median_ttft_ms", 0.0))
         tpot = r.get("tpot_p50", r.get("median_tpot_ms", 0.0))
+        srv_text = f"{srv:.2f} ms" if srv is not None else "-"
         print(f"round {i + 1} {label}: {r['output_throughput']:.1f} tok/s, TTFT p50 {ttft:.2f} ms, "
-              f"TPOT p50 {tpot:.2f} ms (load average before: {loads[-1]:.2f})", flush=True)
+              f"TPOT p50 {tpot:.2f} ms; the server's own TTFT mean {srv_text} "
+              f"(load average before: {loads[-1]:.2f})", flush=True)
 
     try:
         if a.warmup_round:
@@ -249,6 +281,20 @@ def main() -> int:
             print(f"| {label} | {ma:.2f} | {mb:.2f} | {d:+.2f}%{flag} | {per} |")
             rows.append({"mode": mode, "metric": key, "ours": a_vals, "vllm": b_vals, "delta_pct": d,
                          "gated": is_gated, "ok": ok})
+    # The same server must have been equally fast for both clients, else a TTFT gap is the server's.
+    srv = {side: [r["server_ttft_mean"] for r in runs[side] if r.get("server_ttft_mean") is not None]
+           for side in sides}
+    if all(srv.values()):
+        print("\n### The server's own TTFT (vllm:time_to_first_token_seconds in /metrics, mean per run, warm-ups "
+              "included) while each client measured\n")
+        print("| side | server TTFT mean, median of runs (ms) | vs B |")
+        print("|---|---|---|")
+        ref = statistics.median(srv["B"])
+        for side in sides:
+            m = statistics.median(srv[side])
+            print(f"| {side} | {m:.2f} | {pct(m, ref):+.2f}% |")
+        print("\nA client-side TTFT gap that the server's own TTFT shows too is the server running slower "
+              "under that client (CPU contention), not a measurement difference.")
     worst = 0.0
     for run in b_runs:
         mine = recompute(run)

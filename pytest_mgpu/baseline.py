@@ -105,6 +105,9 @@ class Recording:
     repeats: int = 0
     engine_options: dict[str, str] | None = None
     gate_settings: dict[str, Any] | None = None
+    #: Compact GPU telemetry of the recorded repeats (:func:`pytest_mgpu.telemetry.aggregate`): the
+    #: busy SM clock, utilisation, power, peak memory; None without NVML. Compared for clock warnings.
+    telemetry: dict[str, float] | None = None
 
     @classmethod
     def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> Recording:
@@ -131,9 +134,12 @@ class Recording:
         env = dict(result.env)
         env.setdefault("plugin_version", __version__)
         env.setdefault("metric_definition_version", METRIC_DEFINITION_VERSION)
+        from .telemetry import aggregate  # lazy: only recordings of GPU runs carry telemetry
+
         return cls(
             metrics=recs, engine_version=result.engine_version, env=env, repeats=len(result.repeats),
             engine_options=dict(result.engine_options), gate_settings=result.gate_settings,
+            telemetry=aggregate(r.telemetry for r in result.repeats),
         )
 
     @property
@@ -154,6 +160,8 @@ class Recording:
             d["engine_options"] = dict(sorted(self.engine_options.items()))
         if self.gate_settings is not None:
             d["gate_settings"] = self.gate_settings
+        if self.telemetry is not None:
+            d["telemetry"] = dict(sorted(self.telemetry.items()))
         return d
 
     @classmethod
@@ -171,7 +179,23 @@ class Recording:
             repeats=int(data.get("repeats", 0)),
             engine_options={str(k): str(v) for k, v in opts.items()} if isinstance(opts, Mapping) else None,
             gate_settings=dict(data["gate_settings"]) if isinstance(data.get("gate_settings"), Mapping) else None,
+            telemetry=_telemetry(data.get("telemetry")),
         )
+
+
+def _telemetry(value: Any) -> dict[str, float] | None:
+    """A recording's compact telemetry: finite numbers only (anything else is dropped, never judged)."""
+    if not isinstance(value, Mapping):
+        return None
+    out = {}
+    for k, v in value.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out[str(k)] = f
+    return out or None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
         if broken is not None:  # failed outside the except block: the message is printed once
             sess.errors.append(broken)
             pytest.fail(broken, pytrace=False)
+        if base is not None and base.recordings and base.latest.telemetry:
+            sess.base_telemetry[r.entry_id] = base.latest.telemetry  # for the SM-clock warning
         c = compare(r, base, cfg, fingerprint=sess.fingerprint, have=have)
         if c.verdict is Verdict.FAIL and s.confirm and not s.update_baselines:
             _remeasure(item, r)

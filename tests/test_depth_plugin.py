@@ -125,3 +125,21 @@ def test_sweep_points_are_results_and_the_report_names_the_regime(pytester: pyte
         "test_sweep[tp1-pp1]::in32-out8-n16-qpsinf-c4-text"]
     assert [x["sweep"]["x"] for x in res] == [1.0, 2.0, 4.0]
     assert {x["sweep"]["id"] for x in res} == {"sweep-concurrency"} and res[0]["sweep"]["kv_cache_tokens"] > 0
+
+
+def test_baseline_keeps_telemetry_and_a_slower_clock_warns(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FAKE_NVML_CONFTEST.format(clocks="[1980.0]"))
+    pytester.makepyfile(test_perf=SINGLE)
+    pytester.runpytest(*SIM, "--mgpu-update-baselines").assert_outcomes(passed=1)
+    (path,) = (pytester.path / "baselines").rglob("*.json")
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    tel = entry["recordings"][-1]["telemetry"]
+    assert tel["sm_clock_mhz"] == 1980 and tel["power_w"] == 612 and tel["util_pct"] == 100
+    pytester.makeconftest(FAKE_NVML_CONFTEST.format(clocks="[1780.0]"))  # the same card, capped lower
+    r = pytester.runpytest(*SIM)
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines([
+        "test_single[[]tp1-pp1[]]::in64-out24-n6-qpsinf-c1-text*1,780.0*0.0%*-10.1%",
+        "WARNING clocks: test_single[[]tp1-pp1[]]::in64-out24-n6-qpsinf-c1-text: SM clock 1780 MHz while busy vs "
+        "1980 MHz in the baseline (-10%); the comparison is between differently clocked cards",
+    ])

@@ -136,3 +136,15 @@ def test_aggregate_over_repeats_and_gpus() -> None:
     assert agg == {"util_pct": 80.0, "power_w": 500.0, "mem_used_mib": 50_000.0, "sm_clock_mhz": 1800.0,
                    "clock_spread": 0.0}
     assert busy_clock(one) == 1800 and aggregate([None]) is None and busy_clock(None) is None
+
+
+def test_baseline_recording_keeps_compact_telemetry() -> None:
+    from pytest_mgpu.baseline import Recording
+
+    rec = Recording(metrics={"tpot_p50": (5.0,)}, engine_version="1", telemetry={"sm_clock_mhz": 1980.0})
+    again = Recording.from_dict(rec.to_dict(), "e")
+    assert again.telemetry == {"sm_clock_mhz": 1980.0}
+    d = rec.to_dict() | {"telemetry": {"sm_clock_mhz": "nan", "power_w": "x", "util_pct": 99}}
+    assert Recording.from_dict(d, "e").telemetry == {"util_pct": 99.0}  # junk is dropped, never judged
+    assert Recording.from_dict(rec.to_dict() | {"telemetry": None}, "e").telemetry is None
+    assert "telemetry" not in Recording(metrics={"tpot_p50": (5.0,)}, engine_version="1").to_dict()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,12 +26,14 @@ from .baseline import (
 )
 from .benchmark_export import to_benchmark_json
 from .errors import BaselineError, CliError
+from .layout import Layout
 from .options import add_gate_options
 from .render.markdown import render_markdown
 from .render.table import fmt_number, format_table
 from .render.text import render_table, summary_line
 from .results import BenchResult
 from .verdicts import DEFAULT_GATED, Comparison, GateConfig, Measured, Tolerance, Verdict, compare, fails
+from .workload import Workload
 
 
 @dataclass
@@ -191,10 +194,11 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
     lines = [f"    {e.entry_id}  {e.engine} {e.engine_version}  {date}  commit {commit}  repeats {e.repeats}"]
     opts = lat.engine_options
     optext = ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) if opts is not None else "not recorded"
-    lines.append(f"      model {e.model}, layout tp{lay.get('tp')}-pp{lay.get('pp')}"
-                 + (f"-mem{lay['gpu_mem_gb']:g}" if lay.get("gpu_mem_gb") else "")
-                 + f", workload in{wl.get('input_len')}-out{wl.get('output_len')}-n{wl.get('num_requests')}"
-                 + f"-qps{wl.get('request_rate')}; engine options: {optext}")
+    try:
+        where = f"layout {Layout.from_dict(lay).id}, workload {Workload.from_dict(wl).name}"
+    except (TypeError, ValueError):
+        where = f"layout {lay}, workload {wl}"
+    lines.append(f"      model {e.model}, {where}; engine options: {optext}")
     used = len(e.active)
     parts = []
     for m in DEFAULT_GATED:
@@ -214,8 +218,8 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
             str(r.env.get("date", "?")), r.engine_version, str(r.env.get("commit") or "?")[:10], r.repeats,
         ]
         for m in DEFAULT_GATED:
-            vals = sorted(r.metrics.get(m, ()))
-            row.append(fmt_number(vals[len(vals) // 2]) if vals else "-")
+            vals = r.metrics.get(m, ())
+            row.append(fmt_number(statistics.median(vals)) if vals else "-")
         rows.append(row)
     headers = ("recording", "date", "version", "commit", "repeats", *(f"{m} median" for m in DEFAULT_GATED))
     lines += format_table(headers, rows, align="llllr" + "r" * len(DEFAULT_GATED), indent="      ")
@@ -243,6 +247,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  {f.module}  BROKEN: {f.error}")
             continue
         entries = {k: v for k, v in sorted(f.entries.items()) if not args.entry or args.entry in k}
+        if args.entry and not entries:
+            continue
         print(f"  {f.module}  ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'})")
         for e in entries.values():
             for line in _entry_lines(e):
@@ -374,3 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaselineError as exc:
         print(f"pytest-mgpu: error: {exc}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":  # python -m pytest_mgpu.cli
+    raise SystemExit(main())

@@ -314,7 +314,10 @@ class BenchResult:
             **({"roofline": self.roofline} if self.roofline is not None else {}),
             **({"sweep": self.sweep} if self.sweep is not None else {}),
         }
-        d.update(self.identity.as_dict())
+        d.update(engine=self.engine, model=self.model, layout=self.layout.to_dict(), workload=self.workload.to_dict(),
+                 test=self.test, engine_config=self.engine_config)
+        for f in IDENTITY_FIELDS:  # identity fields added later land here too
+            d.setdefault(f.name, _identity_value(self, f.name))
         if self.first_repeats:
             d["first_measurement"] = {
                 "median": _medians(self.first_repeats),

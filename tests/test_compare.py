@@ -420,3 +420,16 @@ def test_identity_equality_is_by_value() -> None:
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)
     assert copy.Identity(ident.values) == ident and ident == copy.Identity(ident.values)
+
+
+def test_results_round_trip_keeps_the_workload_and_identity() -> None:
+    r = make_result()
+    r.workload = Workload(vocab_size=128, seed=3)
+    r.engine_options = {"speed": "0.8", "dtype": "fp8"}
+    r.first_repeats = list(r.repeats)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["workload"]["vocab_size"] == 128 and d["test"] == "test_serve[tp2-pp1]"
+    assert d["engine_config"] == {"dtype": "fp8"} and d["measurement"] == "re-measurement"
+    back = BenchResult.from_dict(d)
+    assert back.workload == r.workload and back.identity == r.identity and back.engine_options == r.engine_options
+    assert len(back.first_repeats) == 3

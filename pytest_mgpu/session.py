@@ -269,6 +269,8 @@ class MgpuSession:
 
     def write_summary(self, tr: pytest.TerminalReporter) -> None:
         """Write the per-item table, the per-layout table and the gate summary to the terminal."""
+        if not (self.results or self.comparisons or self.errors):
+            return  # nothing to say: and no import of the report's numpy for a run without mgpu tests
         from .report import summary_lines
 
         for sep, text in summary_lines(self, self.config.invocation_params.args):

@@ -169,7 +169,7 @@ def _spy(self, args, *a, **kw):
 
 subprocess.Popen.__init__ = _spy
 
-def pytest_sessionfinish(session):
+def pytest_unconfigure(config):  # after the terminal summary: the whole run is seen
     print(f"\\nSPY subprocesses={CALLS!r} pynvml={'pynvml' in sys.modules} numpy={'numpy' in sys.modules} "
           f"sigterm={signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}")
 """

@@ -24,12 +24,15 @@ pytest_plugins = ["pytester"]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux only")
 
-#: An "engine interpreter" that starts two children before it becomes the sim: one in its process
-#: group, one that leaves it (setsid), both sleeping for minutes.
+#: An "engine interpreter" that starts three children before it becomes the sim: one in its
+#: process group, one that leaves it (setsid, as MPI ranks do), and one without the environment
+#: tags (as vLLM's workers look in /proc after setproctitle overwrote it), all sleeping for minutes.
 WRAPPER = """#!/bin/sh
 sleep 301 </dev/null >/dev/null 2>&1 &
 echo $! >> "$KIDS_LOG"
 setsid sleep 302 </dev/null >/dev/null 2>&1 &
+echo $! >> "$KIDS_LOG"
+env -i sleep 303 </dev/null >/dev/null 2>&1 &
 echo $! >> "$KIDS_LOG"
 exec {python} "$@"
 """
@@ -81,7 +84,7 @@ def _start_pytest_holding_an_engine(pytester: pytest.Pytester) -> tuple[subproce
     time.sleep(0.2)  # the file is written in one go, but give the writer a moment
     pids = json.loads(info.read_text())
     kids = [int(x) for x in kids_log.read_text().split()]
-    assert len(kids) == 2
+    assert len(kids) == 3
     assert supervisor.alive(pids["supervisor"]) and supervisor.alive(pids["engine"]) and _listening(pids["port"])
     assert all(supervisor.alive(k) for k in kids)
     return proc, pids, kids
@@ -109,25 +112,29 @@ def test_kill_9_of_pytest_ends_the_engine_and_all_it_started(pytester: pytest.Py
 
 def test_a_new_run_ends_engines_left_by_a_dead_one_and_says_so(pytester: pytest.Pytester) -> None:
     """pytest and the supervisor both killed (say ``pkill -9 -f pytest``): the engine's children
-    survive, re-parented to init; the next run finds them by their tag and ends them."""
+    survive, re-parented to init; the next run finds them by their tag, or by the engine's session
+    where the tag is gone, and ends them.
+
+    Other pytest runs on this machine sweep too, so the orphans are made only just before the
+    new run: the supervisor is killed first (pytest, their owner, still runs), pytest last.
+    """
     proc, pids, kids = _start_pytest_holding_an_engine(pytester)
     try:
         os.kill(pids["supervisor"], signal.SIGKILL)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
         # The engine itself dies with its supervisor (parent-death signal); its children do not.
         assert _wait(lambda: not supervisor.alive(pids["engine"]), 10)
-        time.sleep(0.5)
-        assert all(supervisor.alive(k) for k in kids), "the test needs orphans to find"
+        assert all(supervisor.alive(k) for k in kids)
         owner = supervisor.environ(kids[0])[supervisor.OWNER_ENV]
-        assert owner.startswith(f"{proc.pid}:") and not supervisor.owner_alive(owner)
-
+        assert owner.startswith(f"{proc.pid}:") and supervisor.owner_alive(owner)
         (pytester.path / "test_hold.py").unlink()
         pytester.makepyfile(test_next="def test_layout(mgpu_layout):\n    pass\n")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert not supervisor.owner_alive(owner)
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mgpu-engine", "sim")
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines(
-            [f"mgpu: ended 2 engine processes left by a dead pytest run (pid {proc.pid}):", "mgpu:   * sleep 30*"]
+            [f"mgpu: ended 3 engine processes left by a dead pytest run (pid {proc.pid}):", "mgpu:   * sleep 30*"]
         )
         assert _wait(lambda: not any(supervisor.alive(k) for k in kids), 10)
     finally:
@@ -136,23 +143,26 @@ def test_a_new_run_ends_engines_left_by_a_dead_one_and_says_so(pytester: pytest.
 
 def test_sweep_leaves_engines_of_live_runs_alone(tmp_path: Path) -> None:
     """Only processes whose owner is gone are ended: this run's (and another live run's) stay."""
-    dead = subprocess.Popen(["true"])
-    dead_token = supervisor.owner_token(dead.pid)
-    dead.wait()
-    assert not supervisor.owner_alive(dead_token) and supervisor.owner_alive(supervisor.owner_token())
+    owner = subprocess.Popen(["sleep", "60"])  # stands for a pytest run that is about to die
+    token = supervisor.owner_token(owner.pid)
     mine = subprocess.Popen(["sleep", "60"], env={**os.environ, supervisor.OWNER_ENV: supervisor.owner_token()})
-    orphan = subprocess.Popen(["sleep", "61"], env={**os.environ, supervisor.OWNER_ENV: dead_token})
+    orphan = subprocess.Popen(["sleep", "61"], env={**os.environ, supervisor.OWNER_ENV: token})
     try:
         time.sleep(0.2)
+        supervisor.sweep_orphans(grace_s=2.0)
+        assert orphan.poll() is None and mine.poll() is None  # their owners run: both kept
+        owner.kill()
+        owner.wait()
+        assert not supervisor.owner_alive(token) and supervisor.owner_alive(supervisor.owner_token())
         ended = supervisor.sweep_orphans(grace_s=2.0)
         assert orphan.pid in [pid for pid, _, _ in ended]
         assert mine.pid not in [pid for pid, _, _ in ended]
         assert orphan.wait(5) == -signal.SIGTERM
         assert mine.poll() is None
     finally:
-        mine.kill()
-        orphan.kill()
-        mine.wait()
+        for p in (owner, mine, orphan):
+            p.kill()
+            p.wait()
 
 
 def test_supervisor_exits_as_the_engine_did(tmp_path: Path) -> None:
@@ -182,3 +192,52 @@ def test_supervisor_ends_the_children_an_engine_leaves_behind(tmp_path: Path) ->
     pids = [int(x) for x in kids.read_text().split()]
     assert len(pids) == 2 and not any(supervisor.alive(x) for x in pids)
     assert b"ended 2 process(es) it left" in err
+
+
+#: A stand-in for pytest that starts the fake ``trtllm-serve`` (whose "orted" and ranks leave the
+#: engine's process group, as Open MPI's do) through the real adapter, then waits to be killed.
+OWNER = """
+import sys, time
+sys.path[:0] = [{tests!r}]
+from pathlib import Path
+from test_trtllm import h100s, make_fake_python
+from pytest_mgpu.engines.base import EngineSpec
+from pytest_mgpu.engines.trtllm import TrtllmAdapter
+from pytest_mgpu.layout import Layout
+from pytest_mgpu.models import resolve_model
+
+tmp = Path({tmp!r})
+spec = EngineSpec(engine="trtllm", model=resolve_model("tiny-llama"), layout=Layout(tp=2),
+                  env=(("FAKE_PIDFILE", str(tmp / "pids")),), python=str(make_fake_python(tmp)))
+running = TrtllmAdapter().start(spec, h100s(2), [0, 1], tmp / "logs", start_timeout_s=30)
+print(running.pid, running.base_url.rsplit(":", 1)[1], flush=True)
+time.sleep(300)
+"""
+
+
+def test_kill_9_of_the_owner_ends_mpi_style_ranks_outside_the_group(tmp_path: Path) -> None:
+    """TensorRT-LLM's MPI ranks leave the engine's process group; a dead pytest must not leave them."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER.format(tests=str(Path(__file__).parent), tmp=str(tmp_path))],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        line = owner.stdout.readline() if owner.stdout else ""
+        assert line, "the fake TensorRT-LLM server did not start"
+        sup, port = (int(x) for x in line.split())
+        deadline = time.monotonic() + 20
+        pids: list[int] = []
+        while len(pids) < 4 and time.monotonic() < deadline:  # server, orted, 2 ranks
+            pids = [int(p) for p in (tmp_path / "pids").read_text().split()] if (tmp_path / "pids").exists() else []
+            time.sleep(0.05)
+        assert len(pids) == 4 and all(supervisor.alive(p) for p in pids)
+        assert os.getpgid(pids[1]) != sup  # the 'orted' really left the engine's group
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        everything = [sup, *pids]
+        assert _wait(lambda: _gone(everything, port), 20), [p for p in everything if supervisor.alive(p)]
+    finally:
+        owner.kill()
+        supervisor.end_processes(
+            [p for p in supervisor.tagged(supervisor.OWNER_ENV) if supervisor.environ(p).get("FAKE_PIDFILE")
+             == str(tmp_path / "pids")], 1.0)

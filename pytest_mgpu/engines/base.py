@@ -286,7 +286,10 @@ class EngineAdapter:
         if proc is not None:
             kill_group(proc, self.stop_timeout_s)
         if running.tag:
-            supervisor.end_processes(supervisor.tagged(supervisor.ENGINE_ENV, running.tag), self.stop_timeout_s)
+            left = set(supervisor.tagged(supervisor.ENGINE_ENV, running.tag))
+            if running.pid and not supervisor.alive(running.pid):  # its session, once its leader is gone
+                left |= set(supervisor.session_members(running.pid))
+            supervisor.end_processes(left, self.stop_timeout_s)
         if check_memory and running.memory_before_mb:
             wait_memory_back(running.memory_before_mb, timeout_s=self.memory_timeout_s)
 

@@ -13,13 +13,15 @@ in a new session, so that the supervisor leads the engine's process group. It
   when their parent dies, so it still finds them;
 * starts the engine with ``PR_SET_PDEATHSIG=SIGKILL``, so the engine dies if the supervisor does;
 * when pytest dies, or the engine exits, or it is told to stop (SIGTERM), ends what is left:
-  the process group, its descendants and every process carrying this engine's tag in its
-  environment (``MGPU_ENGINE``): SIGTERM, ``--grace`` seconds, then SIGKILL;
+  its process group and session, its descendants and every process carrying this engine's tag
+  in its environment (``MGPU_ENGINE``): SIGTERM, ``--grace`` seconds, then SIGKILL;
 * exits as the engine did (same code, or killed by the same signal), so pytest reads the engine's
   own exit status.
 
 Engines are tagged ``MGPU_OWNER=<pid>:<start time>`` (the pytest process) and
 ``MGPU_ENGINE=<id>``; :func:`sweep_orphans` lets a new pytest run end engines whose owner is gone.
+A tag can vanish from ``/proc/PID/environ`` (vLLM's ``setproctitle`` overwrites that memory in its
+engine-core and worker processes), so the session the supervisor created counts too.
 Linux only (``/proc``, ``prctl``). Standard library only, no package imports: this file runs by
 path in isolated mode (``-I``) with whichever interpreter runs pytest.
 """
@@ -156,6 +158,22 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def session_members(sid: int) -> list[int]:
+    """Live processes in session ``sid`` (an engine's session is its supervisor's pid)."""
+    out = []
+    for pid in _pids():
+        fields = _stat_fields(pid)
+        if fields and fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(pid)
+    return out
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid`` (None if it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[3]) if fields else None
+
+
 def descendants(root: int) -> list[int]:
     """Live descendants of ``root`` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
@@ -239,6 +257,16 @@ def sweep_orphans(grace_s: float = 5.0) -> list[tuple[int, str, str]]:
     orphans = {pid: owner for pid, owner in tagged(OWNER_ENV).items() if not owner_alive(owner)}
     if not orphans:
         return []
+    # An engine's processes may have lost their tag from /proc/PID/environ (vLLM's setproctitle
+    # writes the process title over that memory). They still share the session the supervisor
+    # created: take its other members too, where that session's leader (the supervisor) is gone.
+    own_session = session_of(os.getpid())
+    for pid, owner in list(orphans.items()):
+        sid = session_of(pid)
+        if sid is None or sid == own_session or alive(sid):
+            continue
+        for member in session_members(sid):
+            orphans.setdefault(member, owner)
     found = [(pid, owner, cmdline(pid)) for pid, owner in sorted(orphans.items())]
     end_processes(orphans, grace_s)
     return found
@@ -266,10 +294,11 @@ class Supervisor:
 
     def leftovers(self) -> list[int]:
         """Everything of this engine still running: its group, descendants and tagged processes."""
-        pids = set(group_members(os.getpgrp())) | set(descendants(os.getpid()))
+        me = os.getpid()
+        pids = set(group_members(os.getpgrp())) | set(session_members(os.getsid(0))) | set(descendants(me))
         if self.engine_tag:
             pids |= set(tagged(ENGINE_ENV, self.engine_tag))
-        pids.discard(os.getpid())
+        pids.discard(me)
         return sorted(p for p in pids if alive(p))
 
     def signal_all(self, sig: int) -> None:

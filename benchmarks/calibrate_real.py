@@ -73,7 +73,9 @@ class Entry:
 
     def add(self, metrics: dict[str, list[float]]) -> None:
         """Add a session unless the same one was already read from another file."""
-        key = tuple(v for m in sorted(metrics) for v in metrics[m])
+        # The gated metrics' samples, rounded as baselines store them (6 significant digits): a
+        # results file and the baseline recorded from it are the same session.
+        key = tuple(float(f"{v:.6g}") for m in DEFAULT_GATED for v in metrics.get(m, ()))
         if key not in self.seen:
             self.seen.add(key)
             self.sessions.append(metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def test_table_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert "MDR @1" in out and "MDR @2" in out
     row = next(ln for ln in out.splitlines() if "test_poisson_32qps" in ln and "tp2-pp1" in ln)
     assert row.split()[4] == "2" and "/2" in row  # two sessions, two ordered pairs replayed
+
+
+def test_a_results_file_and_the_baseline_recorded_from_it_are_one_session(tmp_path: Path) -> None:
+    from pytest_mgpu.baseline import BaselineStore
+    from pytest_mgpu.results import BenchResult
+
+    mod = _module()
+    results = ROOT / "docs/data/h200-x4-session3-results.json"
+    doc = json.loads(results.read_text())
+    store = BaselineStore(tmp_path)
+    res = store.update("nvidia-h200-x4", doc["results"][0]["module"], [BenchResult.from_dict(r) for r in doc["results"]])
+    entries = mod.load([results, res.path])
+    assert {len(e.sessions) for e in entries.values()} == {1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ from . import telemetry
 from .engines import RunningEngine
 from .errors import EngineError, WorkloadError
 from .metrics import RequestRecord, invalid_reason, summarize
+from .progress import Progress
 from .prompts import PromptSet, build_prompts, resolve_mode
 from .regime import kv_cache_tokens
 from .results import BenchResult, RepeatResult
@@ -53,6 +55,7 @@ class Bench:
         record: Callable[[BenchResult], None],
         prompt: str | None = None,
         roofline: dict[str, Any] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.engine = engine
         self.nodeid = nodeid
@@ -68,6 +71,8 @@ class Bench:
         self._prompts: dict[Workload, PromptSet] = {}
         #: The layout's decode floor on its card (:mod:`pytest_mgpu.regime`), recorded with each result.
         self.roofline = roofline
+        #: Live progress on the terminal (:mod:`pytest_mgpu.progress`), if any.
+        self.progress = progress
 
     def run(
         self,
@@ -112,10 +117,14 @@ class Bench:
                 f"{self.nodeid}: workload {label or workload.name!r} was already measured in this test; "
                 f"pass label= to tell two runs of the same workload apart"
             )
+        env = dict(self.env)
+        if self.engine.name == "sim" and self.engine.spec is not None:
+            # How fast the modelled clock ran: never changes the numbers, recorded to show that.
+            env["sim_time_scale"] = float(self.engine.spec.options_dict.get("time_scale", "1"))
         result = BenchResult(
             nodeid=self.nodeid, test_name=self.test_name, module=self.module, workload=workload,
             layout=self.engine.layout, engine=self.engine.name, engine_version=self.engine.version,
-            model=self.engine.model.name, env=dict(self.env), label=label,
+            model=self.engine.model.name, env=env, label=label,
             engine_options=dict(self.engine.spec.options) if self.engine.spec is not None else {},
         )
         result.roofline = self.roofline
@@ -130,7 +139,9 @@ class Bench:
 
         out: list[RepeatResult] = []
         prompts = self.prompts_for(workload)
-        for _ in range(repeats):
+        # On the sim, time by its modelled clock: the numbers must not depend on this host's load.
+        sim = self.engine.name == "sim"
+        for i in range(repeats):
             if not self.engine.alive:
                 raise EngineError(
                     f"{self.engine.name} ({self.engine.layout.id}) is not running", self.engine.log_path
@@ -138,16 +149,26 @@ class Bench:
             sampler = telemetry.sampler_for(self.engine.gpu_ids)
             if sampler is not None:
                 sampler.start()
-            try:
-                outcome = run_workload(
-                    self.engine.base_url, self.engine.model.name, workload, timeout_s=self.request_timeout_s,
-                    prompts=(prompts.measured, prompts.warmup),
-                )
-            finally:
-                if sampler is not None:
-                    sampler.stop()
+            with contextlib.ExitStack() as stack:
+                report = None
+                if self.progress is not None:
+                    report = stack.enter_context(self.progress.repeat(
+                        self.test_name, workload.name, i + 1, repeats, "model" if sim else "wall"))
+                try:
+                    outcome = run_workload(
+                        self.engine.base_url, self.engine.model.name, workload, timeout_s=self.request_timeout_s,
+                        prompts=(prompts.measured, prompts.warmup), sim_clock=sim, progress=report,
+                    )
+                finally:
+                    if sampler is not None:
+                        sampler.stop()
             # The measured phase only: warm-up and the idle moments around it are left out.
-            gpu = sampler.summary(outcome.dispatch_start, outcome.finished) if sampler is not None else None
+            gpu = None
+            if sampler is not None:
+                meta = outcome.meta
+                wall = (meta["wall_dispatch_start"], meta["wall_finished"]) if meta.get("clock") == "model" else (
+                    outcome.dispatch_start, outcome.finished)
+                gpu = sampler.summary(*wall)
             if not self.engine.alive:
                 raise EngineError(
                     f"{self.engine.name} ({self.engine.layout.id}) died during the workload "

@@ -12,6 +12,13 @@ It times each request exactly as ``vllm bench serve`` does
 To sustain well over 100k streamed tokens/s on one core, the per-chunk work is a few byte
 operations: :func:`parse_sse_event` classifies vLLM-style events without ``json.loads`` and
 falls back to a full parse only when an event carries a non-null ``usage`` or looks unusual.
+
+Against the sim engine (``sim_clock=True``) the client announces each run's arrival schedule
+(``POST /sim/run``, see :mod:`pytest_mgpu.sim.clock`), tags every request with its index,
+dispatches on the schedule divided by the sim's time scale, and still streams and counts every
+chunk; the records then hold the modelled times stamped on the chunks, so the numbers do not
+depend on when this host got round to sending or reading them. The wall-clock view is kept
+beside them (``RequestRecord.wall_*``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +44,15 @@ __all__ = [
     "SSEParseError",
     "SSEStream",
     "parse_sse_event",
+    "parse_stamps",
     "request_body",
     "run_requests",
     "run_workload",
 ]
 
 _perf = time.perf_counter
+#: How often a run reports its progress (seconds).
+PROGRESS_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +255,46 @@ def request_body(
     return body
 
 
-async def _consume(content: aiohttp.StreamReader, rec: RequestRecord) -> None:
-    """Read one SSE response body into ``rec`` (chunk times, output/prompt tokens, errors)."""
+#: How the sim stamps a token event of an announced run: its modelled time comes first.
+_STAMP = b'data: {"mgpu_t":'
+#: On the first token event, the request's modelled arrival follows.
+_ARRIVAL = b'"mgpu_a":'
+
+
+def parse_stamps(event: bytes) -> tuple[float, float | None]:
+    """(modelled time, modelled arrival or None) of a sim token event of an announced run.
+
+    The sim writes ``data: {"mgpu_t":T,`` (and on a request's first token ``"mgpu_a":A,``)
+    before vLLM's keys; raises :class:`SSEParseError` when the stamp is missing or malformed.
+    """
+    if not event.startswith(_STAMP):
+        raise SSEParseError(f"sim token event without a modelled time stamp: {event[:120]!r}")
+    try:
+        j = event.index(b",", len(_STAMP))
+        t = float(event[len(_STAMP) : j])
+        arrival = None
+        if event.startswith(_ARRIVAL, j + 1):
+            k = event.index(b",", j + 1 + len(_ARRIVAL))
+            arrival = float(event[j + 1 + len(_ARRIVAL) : k])
+    except ValueError:
+        raise SSEParseError(f"malformed sim time stamp: {event[:120]!r}") from None
+    return t, arrival
+
+
+@dataclass
+class _Stamps:
+    """The modelled times read from one stamped stream."""
+
+    times: list[float] = field(default_factory=list)
+    arrival: float | None = None
+
+
+async def _consume(content: aiohttp.StreamReader, rec: RequestRecord, stamps: _Stamps | None = None) -> None:
+    """Read one SSE response body into ``rec`` (chunk times, output/prompt tokens, errors).
+
+    With ``stamps``, every token event must carry the sim's modelled time, collected there
+    (``rec.chunk_times`` still gets the wall-clock time of each chunk's read).
+    """
     stream = SSEStream()
     feed = stream.feed
     append = rec.chunk_times.append
@@ -267,11 +315,21 @@ async def _consume(content: aiohttp.StreamReader, rec: RequestRecord) -> None:
             e = parse(ev)
             if e is TOKEN:
                 append(t)
+                if stamps is not None:
+                    ts, arrival = parse_stamps(ev)
+                    stamps.times.append(ts)
+                    if arrival is not None:
+                        stamps.arrival = arrival
             elif e is None or e is EMPTY or e is DONE:
                 continue
             else:
                 if e.token:
                     append(t)
+                    if stamps is not None:
+                        ts, arrival = parse_stamps(ev)
+                        stamps.times.append(ts)
+                        if arrival is not None:
+                            stamps.arrival = arrival
                 if e.completion_tokens is not None:
                     completion = e.completion_tokens
                 if e.prompt_tokens is not None:
@@ -289,6 +347,26 @@ async def _consume(content: aiohttp.StreamReader, rec: RequestRecord) -> None:
         rec.error = "stream ended without any chunk whose choices is non-empty"
 
 
+def to_model_clock(rec: RequestRecord, stamps: _Stamps, announced: float) -> None:
+    """Make ``rec`` a modelled-clock record: the sim's stamps become its times, the wall view moves aside.
+
+    ``announced`` is the request's offset in the announced schedule: its start when the stream
+    carried no arrival stamp (a failed request). A stream whose token events and stamps differ
+    in number cannot be timed and fails.
+    """
+    if rec.clock == "model":
+        return
+    rec.wall_start, rec.wall_chunk_times, rec.wall_end = rec.start, rec.chunk_times, rec.end
+    rec.clock = "model"
+    rec.start = stamps.arrival if stamps.arrival is not None else announced
+    rec.chunk_times = list(stamps.times)
+    rec.end = rec.chunk_times[-1] if rec.chunk_times else rec.start
+    if rec.error is None and len(rec.chunk_times) != len(rec.wall_chunk_times):
+        rec.error = (f"{len(rec.wall_chunk_times)} token chunks but {len(rec.chunk_times)} modelled time stamps")
+    elif rec.error is None and stamps.arrival is None:
+        rec.error = "the sim's stream carried no modelled arrival stamp"
+
+
 async def _one_request(
     session: aiohttp.ClientSession,
     url: str,
@@ -297,6 +375,8 @@ async def _one_request(
     sem: asyncio.Semaphore | None,
     finished: list[bool],
     i: int,
+    announced: float | None = None,
+    stamps: _Stamps | None = None,
 ) -> None:
     if sem is not None:
         await sem.acquire()  # before the timer starts, as vLLM's limited_request_func
@@ -309,10 +389,12 @@ async def _one_request(
                     rec.end = _perf()
                     rec.error = f"HTTP {resp.status} {resp.reason or ''}: {text[:500]}".strip()
                 else:
-                    await _consume(resp.content, rec)
+                    await _consume(resp.content, rec, stamps)
         except Exception as exc:
             rec.end = _perf()
             rec.error = f"{type(exc).__name__}: {exc}"[:1000]
+        if stamps is not None and announced is not None:
+            to_model_clock(rec, stamps, announced)
         finished[i] = True
     finally:
         if sem is not None:
@@ -331,25 +413,53 @@ async def _run_batch(
     sem: asyncio.Semaphore | None,
     deadline: float,
     timeout_s: float,
+    time_scale: float | None = None,
+    progress: Callable[[int, int, int, float], None] | None = None,
 ) -> tuple[float, float, float, bool]:
-    """Dispatch ``bodies`` on the ``offsets`` schedule; (t0, last dispatch, end, timed_out)."""
+    """Dispatch ``bodies`` on the ``offsets`` schedule; (t0, last dispatch, end, timed_out).
+
+    With ``time_scale`` (an announced sim run) the offsets are modelled seconds: request ``i``
+    leaves at wall ``t0 + offsets[i] / time_scale`` and its record is converted to the modelled
+    clock when it ends. ``progress(done, total, tokens, seconds)`` is called about every
+    :data:`PROGRESS_INTERVAL_S` and at the end (seconds: modelled with ``time_scale``, else wall).
+    """
     finished = [False] * len(bodies)
+    stamps = [_Stamps() for _ in bodies] if time_scale is not None else None
     tasks: list[asyncio.Task[None]] = []
     t0 = _perf()
     t_last = t0
+    wall = list(offsets) if time_scale is None else [o / time_scale for o in offsets]
 
     async def dispatch() -> None:
         nonlocal t_last
-        for i, off in enumerate(offsets):
+        for i, off in enumerate(wall):
             delay = t0 + off - _perf()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(
-                asyncio.create_task(_one_request(session, url, bodies[i], records[i], sem, finished, i))
-            )
+            announced = None if time_scale is None else offsets[i]
+            st = stamps[i] if stamps is not None else None
+            tasks.append(asyncio.create_task(
+                _one_request(session, url, bodies[i], records[i], sem, finished, i, announced, st)))
         t_last = _perf()
         await asyncio.gather(*tasks)
 
+    def tell() -> None:
+        if progress is None:
+            return
+        if stamps is not None:
+            tokens = sum(len(s.times) for s in stamps)
+            seconds = max((s.times[-1] for s in stamps if s.times), default=0.0)
+        else:
+            tokens = sum(len(r.chunk_times) for r in records)
+            seconds = _perf() - t0
+        progress(sum(finished), len(records), tokens, seconds)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            tell()
+
+    tick = asyncio.create_task(ticker()) if progress is not None else None
     timed_out = False
     remaining = deadline - _perf()
     try:
@@ -372,7 +482,38 @@ async def _run_batch(
             else:
                 rec.error = f"timeout after {timeout_s:g}s"
             rec.end = now
+            if time_scale is not None:
+                to_model_clock(rec, _Stamps(), offsets[i])
+    finally:
+        if tick is not None:
+            tick.cancel()
+    tell()
     return t0, t_last, _perf(), timed_out
+
+
+async def announce_run(
+    session: aiohttp.ClientSession, base_url: str, offsets: Sequence[float], max_concurrency: int | None
+) -> dict[str, Any] | None:
+    """Announce a schedule to the sim (``POST /sim/run``); its answer, or None when it keeps wall time.
+
+    The answer holds ``run`` (the id to tag requests with), ``origin`` and ``time_scale``.
+    """
+    body = {"offsets": list(offsets), "max_concurrency": max_concurrency}
+    async with session.post(base_url + "/sim/run", json=body) as resp:
+        text = await resp.text()
+        if resp.status != 200:
+            raise RuntimeError(f"the sim refused the run's schedule: HTTP {resp.status}: {text[:300]}")
+    data: dict[str, Any] = json.loads(text)
+    return data if data.get("clock") == "model" else None
+
+
+async def close_run(session: aiohttp.ClientSession, base_url: str, run_id: int) -> None:
+    """Tell the sim the run is over, so it never waits for a request that will not come."""
+    try:
+        async with session.post(base_url + "/sim/run/close", json={"run": run_id}) as resp:
+            await resp.read()
+    except Exception:  # the server may be gone (a crash fault): nothing to close then
+        pass
 
 
 async def run_requests(
@@ -383,6 +524,8 @@ async def run_requests(
     timeout_s: float = 600.0,
     extra_body: dict[str, Any] | None = None,
     prompts: tuple[Sequence[str | Sequence[int]], Sequence[str | Sequence[int]]] | None = None,
+    sim_clock: bool = False,
+    progress: Callable[[int, int, int, float], None] | None = None,
 ) -> RunOutcome:
     """Send ``workload`` to ``{base_url}/v1/completions`` and record every request.
 
@@ -393,6 +536,12 @@ async def run_requests(
     ``prompts`` (measured, warm-up) replaces the workload's token-id prompts, e.g. with text
     (:func:`pytest_mgpu.prompts.build_prompts`); a text prompt counts ``input_len`` tokens until
     the server's ``usage.prompt_tokens`` says otherwise.
+
+    ``sim_clock=True`` (the sim engine only): announce each phase's schedule and time the
+    requests by the modelled stamps on their chunks (``meta["clock"] == "model"``; records and
+    ``dispatch_start`` are then modelled seconds from the run's origin). A sim in zero-delay
+    mode declines, and the wall clock is used. ``progress(done, total, tokens, seconds)``
+    follows the measured phase (live progress).
     """
     import aiohttp  # lazy: heavy, and the SSE parsing above is used without it
 
@@ -413,8 +562,14 @@ async def run_requests(
         warm_prompts = list(workload.prompts(w, offset=1)) if w else []
     offsets = workload.arrival_offsets()
 
-    def encode(ps: list[str | Sequence[int]]) -> list[bytes]:
-        return [json.dumps(request_body(model, p, out_len, extra_body)).encode() for p in ps]
+    def encode(ps: list[str | Sequence[int]], run: dict[str, Any] | None = None) -> list[bytes]:
+        out = []
+        for i, p in enumerate(ps):
+            body = request_body(model, p, out_len, extra_body)
+            if run is not None:
+                body["mgpu_sim"] = {"run": run["run"], "index": i}
+            out.append(json.dumps(body).encode())
+        return out
 
     def new_records(ps: list[str | Sequence[int]]) -> list[RequestRecord]:
         return [
@@ -423,8 +578,9 @@ async def run_requests(
             for p in ps
         ]
 
-    warm_bodies, bodies = encode(warm_prompts), encode(measured_prompts)
     warm_recs, recs = new_records(warm_prompts), new_records(measured_prompts)
+    base = base_url.rstrip("/")
+    scale: float | None = None
     sem = asyncio.Semaphore(workload.max_concurrency) if workload.max_concurrency else None
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False)
     # Our own deadline governs; aiohttp's total timeout is only a backstop.
@@ -434,13 +590,41 @@ async def run_requests(
     ) as session:
         warm_timed_out = False
         if w:
-            *_, warm_timed_out = await _run_batch(
-                session, url, warm_bodies, warm_recs, [0.0] * w, sem, deadline, timeout_s
-            )
+            warm_run = await announce_run(session, base, [0.0] * w, workload.max_concurrency) if sim_clock else None
+            try:
+                *_, warm_timed_out = await _run_batch(
+                    session, url, encode(warm_prompts, warm_run), warm_recs, [0.0] * w, sem, deadline, timeout_s,
+                    time_scale=float(warm_run["time_scale"]) if warm_run else None,
+                )
+            finally:
+                if warm_run is not None:
+                    await close_run(session, base, warm_run["run"])
+        run = await announce_run(session, base, offsets, workload.max_concurrency) if sim_clock else None
+        if run is not None:
+            scale = float(run["time_scale"])
         cpu0 = time.process_time()
-        t0, t_last, t_end, timed_out = await _run_batch(
-            session, url, bodies, recs, offsets, sem, deadline, timeout_s
-        )
+        try:
+            t0, t_last, t_end, timed_out = await _run_batch(
+                session, url, encode(measured_prompts, run), recs, offsets, sem, deadline, timeout_s,
+                time_scale=scale, progress=progress,
+            )
+        finally:
+            if run is not None:
+                await close_run(session, base, run["run"])
+    meta: dict[str, Any] = {
+        "url": url,
+        "request_rate": "inf" if math.isinf(workload.request_rate) else workload.request_rate,
+        "max_concurrency": workload.max_concurrency,
+        # This process's CPU time over the measured phase: a client-bottleneck diagnostic.
+        "client_cpu_s": time.process_time() - cpu0,
+        "clock": "wall" if run is None else "model",
+    }
+    if run is not None:
+        # Modelled seconds from the run's origin; the wall-clock view goes to meta.
+        meta.update(time_scale=scale, wall_dispatch_start=t0, wall_dispatch_end=t_last, wall_finished=t_end)
+        t0 = 0.0
+        t_last = max((r.start for r in recs), default=0.0)
+        t_end = max((r.end for r in recs), default=0.0)
     return RunOutcome(
         records=recs,
         warmup=warm_recs,
@@ -448,13 +632,7 @@ async def run_requests(
         dispatch_end=t_last,
         finished=t_end,
         timed_out=timed_out or warm_timed_out,
-        meta={
-            "url": url,
-            "request_rate": "inf" if math.isinf(workload.request_rate) else workload.request_rate,
-            "max_concurrency": workload.max_concurrency,
-            # This process's CPU time over the measured phase: a client-bottleneck diagnostic.
-            "client_cpu_s": time.process_time() - cpu0,
-        },
+        meta=meta,
     )
 
 
@@ -466,8 +644,9 @@ def run_workload(
     timeout_s: float = 600.0,
     extra_body: dict[str, Any] | None = None,
     prompts: tuple[Sequence[str | Sequence[int]], Sequence[str | Sequence[int]]] | None = None,
+    sim_clock: bool = False,
+    progress: Callable[[int, int, int, float], None] | None = None,
 ) -> RunOutcome:
     """Synchronous :func:`run_requests` (runs its own event loop with ``asyncio.run``)."""
-    return asyncio.run(
-        run_requests(base_url, model, workload, timeout_s=timeout_s, extra_body=extra_body, prompts=prompts)
-    )
+    return asyncio.run(run_requests(base_url, model, workload, timeout_s=timeout_s, extra_body=extra_body,
+                                    prompts=prompts, sim_clock=sim_clock, progress=progress))

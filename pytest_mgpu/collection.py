@@ -90,6 +90,7 @@ def item_spec(sess: MgpuSession, item: pytest.Item, layout: Layout, marks: TestM
     options = dict(s.engine_options)
     if s.engine == "sim":
         options.setdefault("gpu", s.sim_gpu)
+        options.setdefault("time_scale", f"{s.sim_time_scale:g}")
     options.update(marks.engine_opts)
     return EngineSpec(
         engine=s.engine, model=model, layout=layout, options=tuple(sorted(options.items())),

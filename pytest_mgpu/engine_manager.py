@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
@@ -28,13 +30,16 @@ class EngineManager:
         self.current_adapter: EngineAdapter | None = None
         self.failed: dict[tuple[Any, ...], BaseException] = {}
 
-    def acquire(self, spec: EngineSpec) -> RunningEngine:
+    def acquire(self, spec: EngineSpec, watch: Callable[[Path | None], None] | None = None) -> RunningEngine:
         """The running engine for ``spec``: the current one if it still answers, else a fresh start.
 
         An engine that died or stopped answering ``/health`` since the last test is stopped and
         started again, with an :class:`EngineRestartWarning` saying "engine stopped answering"
         and its log tail. A key whose start failed is not retried; its later tests error with
         one line pointing at the first error (the log is printed once).
+
+        ``watch`` (live progress) is called once before a start and then with the engine's log
+        path on every readiness poll; never when the running engine is reused.
         """
         if spec.key in self.failed:
             exc = self.failed[spec.key]
@@ -62,6 +67,9 @@ class EngineManager:
             )
         self.stop_current()
         adapter = get_adapter(spec.engine)
+        if watch is not None:
+            watch(None)
+            adapter.on_wait = watch
         gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if self.inventory.count else []
         try:
             running = adapter.start(

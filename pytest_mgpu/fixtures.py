@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from .layout import Layout
+from .progress import progress_of
 from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
 
 if TYPE_CHECKING:  # pragma: no cover - imported inside the fixtures
@@ -57,7 +58,8 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
         yield engines
         return
     try:
-        engine = sess.manager.acquire(spec)
+        with progress_of(request.config).engine_start(spec.engine, spec.layout.id, spec.model.name) as watch:
+            engine = sess.manager.acquire(spec, watch)
     except EngineUnavailable as exc:
         skip = str(exc)
     except EngineError as exc:
@@ -125,6 +127,7 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
         record=record,
         prompt=sess.settings.prompt,
         roofline=roofline_of(sess, engine),
+        progress=progress_of(request.config),
     )
 
 

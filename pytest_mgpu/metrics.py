@@ -41,7 +41,13 @@ def latency_keys() -> list[str]:
 
 @dataclass
 class RequestRecord:
-    """What the client saw of one request. Times are ``time.perf_counter()`` seconds."""
+    """What the client saw of one request.
+
+    Times are ``time.perf_counter()`` seconds (``clock="wall"``), or, against the sim engine,
+    its modelled seconds from the run's origin as stamped on each chunk (``clock="model"``); then
+    ``wall_start``/``wall_chunk_times``/``wall_end`` keep what the wall clock saw of the same
+    stream.
+    """
 
     prompt_len: int
     expected_output_len: int
@@ -50,6 +56,10 @@ class RequestRecord:
     end: float = 0.0
     output_tokens: int = 0
     error: str | None = None
+    clock: str = "wall"
+    wall_start: float | None = None
+    wall_chunk_times: list[float] | None = None
+    wall_end: float | None = None
 
     @property
     def success(self) -> bool:

@@ -32,6 +32,8 @@ from .verdicts import (
 DEFAULT_ENGINE = "vllm"
 DEFAULT_MODEL = "llama-2-7b"
 DEFAULT_SIM_GPU = "v100-16gb"
+#: The sim's modelled clock runs this many times faster than the wall clock (docs/sim.md, "Time scale").
+DEFAULT_SIM_TIME_SCALE = 50.0
 SIM_PROFILES_HINT = "v100-16gb, a100-80gb, h100-80gb, h200-141gb"
 
 AddOption = Callable[..., Any]
@@ -117,10 +119,17 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     add(f"{prefix}prompt", metavar="MODE", default=None, choices=["text", "token-ids"],
         help="How prompts are sent: text (through the engine's tokenizer, as real traffic) or token-ids "
              "(default: text where the engine can tokenize, else token-ids); run(prompt=...) overrides it")
+    add(f"{prefix}sim-time-scale", metavar="N", type=float, default=DEFAULT_SIM_TIME_SCALE,
+        help="The sim's modelled clock runs N times faster than the wall clock (inf: as fast as the host "
+             "allows); the sim's numbers do not depend on it, only the wall time does "
+             f"(default: {DEFAULT_SIM_TIME_SCALE:g})")
     add(f"{prefix}start-timeout", metavar="SECONDS", type=float, default=900.0,
         help="Seconds an engine may take to become ready (default: 900)")
     add(f"{prefix}request-timeout", metavar="SECONDS", type=float, default=1800.0,
         help="Seconds one measured run may take before open requests count as failed (default: 1800)")
+    add(f"{prefix}progress", choices=("auto", "live", "lines", "off"), default="auto",
+        help="Progress while engines start and workloads run: live (one line updated in place), lines "
+             "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q)")
     add(f"{prefix}log-dir", metavar="DIR", default=None,
         help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
     add(f"{prefix}cache-dir", metavar="DIR", default=None,

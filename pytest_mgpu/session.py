@@ -191,7 +191,7 @@ class MgpuSession:
         if s.fallback_reason:
             line += f" ({s.fallback_reason})"
         if s.engine == "sim":
-            line += f", sim GPU {s.sim_gpu} x{s.sim_gpus}"
+            line += f", sim GPU {s.sim_gpu} x{s.sim_gpus}, time scale {s.sim_time_scale:g}x (modelled clock)"
         elif self.inventory.count:
             names = sorted({g.name for g in self.inventory.gpus})
             line += f", {self.inventory.count} GPU(s): {', '.join(names)}, driver {self.inventory.driver}"

@@ -54,6 +54,7 @@ class Settings:
     engine_optional: bool = False
     prompt: str | None = None  # --mgpu-prompt; None: text where the engine can tokenize
     baseline_history: int = 5
+    sim_time_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # engines' compile caches, per engine version
 
@@ -77,6 +78,9 @@ def build_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(f"mgpu_repeats must be an int >= 1, got {repeats_raw!r}") from None
     if repeats < 1:
         raise pytest.UsageError(f"--mgpu-repeats must be >= 1, got {repeats}")
+    if not opt("mgpu_sim_time_scale") > 0:
+        raise pytest.UsageError(
+            f"--mgpu-sim-time-scale must be > 0 (1 = real time, inf = unpaced), got {opt('mgpu_sim_time_scale')}")
     if opt("mgpu_sim_gpus") < 1:
         raise pytest.UsageError(f"--mgpu-sim-gpus must be >= 1, got {opt('mgpu_sim_gpus')}")
     for name in ("mgpu_start_timeout", "mgpu_request_timeout"):
@@ -124,6 +128,7 @@ def build_settings(config: pytest.Config) -> Settings:
         prompt=opt("mgpu_prompt"),
         cache_dir=_path(opt("mgpu_cache_dir")) or root / ".mgpu" / "cache",
         baseline_history=history,
+        sim_time_scale=opt("mgpu_sim_time_scale"),
     )
     check_paths(settings)
     if opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:

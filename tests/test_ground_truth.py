@@ -145,3 +145,64 @@ def test_zero_delay_truth_has_no_model_times(tmp_path: Path) -> None:
             assert r["arrival_s"] <= r["first_token_s"] <= r["finish_s"]
     finally:
         SimAdapter().stop(eng)
+
+
+@pytest.fixture(scope="module")
+def llama_scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
+    eng = start(tmp_path_factory.mktemp("sim-gt-scaled"), "llama-2-7b", Layout(tp=2), gpu="v100-16gb",
+                time_scale=str(SCALE))
+    yield eng
+    SimAdapter().stop(eng)
+
+
+SCALE = 2.0
+
+
+@pytest.mark.parametrize("rate", [32.0, math.inf], ids=["qps32", "qpsinf"])
+def test_modelled_clock_stamps_match_the_truth_and_the_wall_clock(llama_scaled: RunningEngine, rate: float) -> None:
+    """On the modelled clock (the plugin's way of timing the sim), three views of one run agree.
+
+    1. The client's numbers, computed from the chunks' stamps, are the server's modelled truth for
+       the same requests, exactly (they are the same numbers, passed through the stream).
+    2. The client counted every chunk for real: as many wall-clock reads as stamps and tokens.
+    3. The wall clock saw the model's timing divided by the time scale: the client's wall-clock
+       TTFT and TPOT medians are within 5% of the stamps' / ``SCALE``, as in the real-time test
+       above (same workload; at 2x the client's few ms of overhead weigh twice as much).
+    """
+    eng = llama_scaled
+    n = 32
+    wl = Workload(input_len=512, output_len=32, num_requests=n, request_rate=rate,
+                  warmup_requests=n if math.isinf(rate) else 4, seed=7)
+    reset(eng.base_url)
+    out = run_workload(eng.base_url, "llama-2-7b", wl, timeout_s=120, sim_clock=True)
+    assert out.meta["clock"] == "model" and out.meta["time_scale"] == SCALE
+    assert all(r.success and r.output_tokens == wl.output_len for r in out.records), [r.error for r in out.records]
+
+    truth = [r for r in get_truth(eng.base_url) if "index" in r]
+    measured_run = max(r["run"] for r in truth)
+    by_index = {r["index"]: r for r in truth if r["run"] == measured_run}
+    assert sorted(by_index) == list(range(n))
+    for i, rec in enumerate(out.records):
+        t = by_index[i]
+        assert rec.clock == "model"
+        assert rec.ttft * 1e3 == pytest.approx(t["model_ttft_ms"], abs=1e-5)
+        assert rec.tpot is not None and rec.tpot * 1e3 == pytest.approx(t["model_tpot_ms"], abs=1e-5)
+        assert rec.latency * 1e3 == pytest.approx(t["model_e2el_ms"], abs=1e-5)
+        assert rec.wall_chunk_times is not None
+        assert len(rec.wall_chunk_times) == len(rec.chunk_times) == wl.output_len
+
+    def med(values: list[float]) -> float:
+        return float(np.median(values))
+
+    wall_ttft = med([(r.wall_chunk_times[0] - r.wall_start) * 1e3 for r in out.records])  # type: ignore[index,operator]
+    wall_tpot = med([(r.wall_chunk_times[-1] - r.wall_chunk_times[0]) / (r.output_tokens - 1) * 1e3  # type: ignore[index]
+                     for r in out.records])
+    model_ttft = med([r.ttft * 1e3 for r in out.records]) / SCALE
+    model_tpot = med([r.tpot * 1e3 for r in out.records if r.tpot is not None]) / SCALE
+    err_ttft = (wall_ttft - model_ttft) / model_ttft
+    err_tpot = (wall_tpot - model_tpot) / model_tpot
+    msg = (f"rate={rate} at {SCALE:g}x: wall TTFT {wall_ttft:.2f} ms vs stamps/{SCALE:g} {model_ttft:.2f} ms "
+           f"({err_ttft:+.2%}); wall TPOT {wall_tpot:.3f} ms vs {model_tpot:.3f} ms ({err_tpot:+.2%})")
+    print(msg)
+    assert abs(err_ttft) < TOLERANCE, msg
+    assert abs(err_tpot) < TOLERANCE, msg

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,8 @@ class EngineAdapter:
 
     name = "base"
     health_path = "/health"
+    #: Called with the log path on every readiness poll (live progress); set by the engine manager.
+    on_wait: Callable[[Path], None] | None = None
     start_timeout_s = 600.0
     stop_timeout_s = 30.0
     memory_timeout_s = 120.0
@@ -246,6 +248,8 @@ class EngineAdapter:
                 last = http_error_summary(exc)
             except (urllib.error.URLError, ConnectionError, OSError, TimeoutError) as exc:
                 last = f"no answer ({getattr(exc, 'reason', exc)})"
+            if self.on_wait is not None:
+                self.on_wait(running.log_path)
             if time.monotonic() >= deadline:
                 raise EngineError(
                     f"{running.name} did not become ready within {timeout_s:.0f}s ({running.layout.id}); "

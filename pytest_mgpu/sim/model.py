@@ -106,12 +106,17 @@ class SimOptions:
     gpu_memory_utilization: float = 0.9
     overhead_ms: float = DEFAULT_OVERHEAD_MS
     worker_overhead_ms: float = DEFAULT_WORKER_OVERHEAD_MS
+    # Pacing (server only): the modelled clock runs time_scale x faster than the wall clock; inf: unpaced.
+    time_scale: float = 1.0
     # Fault injection (server only).
     fail_start: bool = False
     start_delay: float = 0.0
     crash_after: int = -1
     hang_after: int = -1
     short_tokens: int = 0
+    # A busy host (server only): every host_lag_every-th step, block for host_lag_ms before writing.
+    host_lag_ms: float = 0.0
+    host_lag_every: int = 0
 
     @classmethod
     def names(cls) -> list[str]:
@@ -148,14 +153,18 @@ class SimOptions:
     def validate(self) -> None:
         """Range checks; raise :class:`SimError` naming the option."""
         get_profile(self.gpu)
+        if not self.time_scale > 0:
+            raise SimOptionError(f"sim option time_scale={self.time_scale} must be > 0 (1 = real time, inf = unpaced)")
         if not self.speed > 0:
             raise SimOptionError(f"sim option speed={self.speed} must be > 0 (1.25 = 25% faster)")
-        for name in ("noise", "jitter", "overhead_ms", "worker_overhead_ms", "start_delay"):
+        for name in ("noise", "jitter", "overhead_ms", "worker_overhead_ms", "start_delay", "host_lag_ms"):
             if getattr(self, name) < 0:
                 raise SimOptionError(f"sim option {name}={getattr(self, name)} must be >= 0")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise SimOptionError(f"sim option {name}={getattr(self, name)} must be >= 1")
+        if self.host_lag_every < 0:
+            raise SimOptionError(f"sim option host_lag_every={self.host_lag_every} must be >= 0 (0: off)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise SimOptionError(f"sim option gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -25,6 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import BadRequest, SimError, SimOptionError
+from .clock import MAX_LAG_S, ClientRun, ModelClock, validate_schedule
 from .model import GPU_PROFILES, PerfModel, SimOptions, load_shape
 from .scheduler import Scheduler, SimRequest
 
@@ -32,6 +36,8 @@ from .scheduler import Scheduler, SimRequest
 MAX_RECORDS = 100_000
 #: Zero-delay mode writes this many token events per socket write.
 ZERO_BATCH = 32
+#: A stalled modelled clock gives up on a run whose due request has not come after this long.
+STALL_TIMEOUT_S = 120.0
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -85,13 +91,16 @@ class Completion:
         "created",
         "done",
         "first",
+        "index",
         "max_tokens",
+        "model_arrival",
         "model_first",
         "model_json",
         "prefix",
         "prompt_len",
         "req",
         "rid",
+        "run",
         "sent",
         "stream",
         "usage",
@@ -112,14 +121,30 @@ class Completion:
         self.arrival = arrival
         self.first: float | None = None  # first token chunk handed to the transport (monotonic)
         self.model_first: float | None = None  # modelled end of the step that produced it
+        self.model_arrival: float | None = None  # modelled arrival (announced, or mapped from the wall clock)
+        self.run: ClientRun | None = None  # the announced schedule this request belongs to
+        self.index = -1  # its index in that schedule
         self.done = False
 
-    def token_events(self, upto: int) -> bytes:
-        """SSE events for tokens ``sent+1 .. upto``, as one HTTP chunk."""
+    def token_events(self, upto: int, t: float | None = None) -> bytes:
+        """SSE events for tokens ``sent+1 .. upto``, as one HTTP chunk.
+
+        Requests of an announced run (``mgpu_sim`` in the body) get their modelled time stamped
+        on every event, as seconds from the run's origin, as the first key: ``"mgpu_t":T``; the
+        first token's event also carries the request's modelled arrival, ``"mgpu_a":A``.
+        """
+        prefix = first = self.prefix
+        run = self.run
+        if run is not None and t is not None:
+            head, body = b'data: {"mgpu_t":%.9f,' % (t - run.origin), self.prefix[len(b"data: {"):]
+            prefix = first = head + body
+            if self.sent == 0 and self.model_arrival is not None:
+                first = head + b'"mgpu_a":%.9f,' % (self.model_arrival - run.origin) + body
+        last = self.max_tokens
         parts = []
-        prefix, last = self.prefix, self.max_tokens
         for k in range(self.sent, upto):
-            parts.append(prefix + _TOKEN_TEXT[k % 1000] + (_LAST_TAIL if k + 1 == last else _NULL_TAIL))
+            parts.append((first if k == 0 else prefix) + _TOKEN_TEXT[k % 1000]
+                         + (_LAST_TAIL if k + 1 == last else _NULL_TAIL))
         self.sent = upto
         return _frame(b"".join(parts))
 
@@ -164,8 +189,15 @@ class SimServer:
         self.hung = False
         self.t0 = time.monotonic()
         self.wake = asyncio.Event()
-        self.stalled: asyncio.Future[None] | None = None
-        self.vt = 0.0  # end of the last modelled step (loop clock)
+        self.clock = ModelClock(opts.time_scale, self.t0)
+        self.runs: dict[int, ClientRun] = {}  # announced schedules still open
+        self.run_ids = itertools.count(1)
+        # Untagged requests not yet admitted: (modelled arrival, sequence, completion).
+        self.plain: list[tuple[float, int, Completion]] = []
+        self.plain_seq = itertools.count()
+        self.stall: tuple[int, int, float] | None = None  # (run, index, wall time it began)
+        self.stalls = 0
+        self.lag_steps = 0
 
     # --- ground truth --------------------------------------------------------------------------
     def record(self, c: Completion, first: float, finish: float, model_first: float | None = None,
@@ -174,8 +206,8 @@ class SimServer:
 
         ``first``/``finish``: when the first/last token chunk was handed to the transport
         (``time.monotonic()``, the clock of ``arrival``), i.e. what really went on the wire.
-        ``model_first``/``model_finish``: the modelled step ends that produced them (roofline
-        mode only); they differ by the event loop's timer lateness (about 1 ms per sleep).
+        ``model_first``/``model_finish``: the modelled step ends that produced them, on the
+        modelled clock (roofline mode only); ``model_arrival`` is the request's modelled arrival.
         """
         out = c.sent
         arrival, t0 = c.arrival, self.t0
@@ -187,14 +219,111 @@ class SimServer:
             "e2el_ms": (finish - arrival) * 1e3,
             "preemptions": c.req.preemptions if c.req is not None else 0,
         }
-        if model_first is not None and model_finish is not None:
+        if model_first is not None and model_finish is not None and c.model_arrival is not None:
+            m_arr = c.model_arrival
             rec.update(
-                model_first_token_s=model_first - t0, model_finish_s=model_finish - t0,
-                model_ttft_ms=(model_first - arrival) * 1e3,
+                model_arrival_s=m_arr, model_first_token_s=model_first, model_finish_s=model_finish,
+                model_ttft_ms=(model_first - m_arr) * 1e3,
                 model_tpot_ms=(model_finish - model_first) / (out - 1) * 1e3 if out > 1 else None,
-                model_e2el_ms=(model_finish - arrival) * 1e3,
+                model_e2el_ms=(model_finish - m_arr) * 1e3,
             )
+            if c.run is not None:
+                rec.update(run=c.run.run_id, index=c.index)
         self.records.append(rec)
+
+    # --- announced schedules -------------------------------------------------------------------
+    def open_run(self, offsets: list[float], concurrency: int | None) -> ClientRun:
+        """Register a client's schedule; its origin is the modelled clock now (``POST /sim/run``).
+
+        The origin is the end of the last modelled step, never a wall-clock reading, so a run
+        that starts on an idle server always starts from the same modelled state.
+        """
+        run = ClientRun(next(self.run_ids), self.clock.now, offsets, concurrency)
+        if not self.runs:
+            # Pace the new run from now: its origin is due at this wall-clock instant.
+            self.clock.anchor(run.origin, time.monotonic())
+        self.runs[run.run_id] = run
+        self.wake.set()
+        return run
+
+    def close_run(self, run_id: int) -> bool:
+        """The client is done with a run (or gave up): never wait for its requests again."""
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            return False
+        run.closed = True
+        for comp in run.received.values():
+            if not comp.done and comp.conn.transport is not None:
+                comp.conn.transport.close()  # never admitted: the client gave up on it
+        run.received.clear()
+        self.wake.set()
+        return True
+
+    def admit_due(self, t: float) -> tuple[ClientRun, int] | None:
+        """Move every request due by modelled ``t`` into the scheduler, earliest first.
+
+        Returns the (run, index) of a tagged request that is due but has not arrived yet: the
+        modelled clock must not pass ``t`` before it does. None when everything due is in.
+        """
+        sched = self.sched
+        assert sched is not None
+        while True:
+            best: ClientRun | None = None
+            best_start = math.inf
+            for cand in self.runs.values():
+                s = cand.next_start()
+                if s is not None and s <= t and s < best_start:
+                    best, best_start = cand, s
+            if self.plain and self.plain[0][0] <= t and self.plain[0][0] < best_start:
+                _, _, pc = heapq.heappop(self.plain)
+                if not pc.done and pc.req is not None:
+                    sched.add(pc.req)
+                continue
+            if best is None:
+                return None
+            run, start = best, best_start
+            k = run.next
+            comp = run.received.pop(k, None)
+            if comp is None:
+                return run, k
+            run.next += 1
+            comp.model_arrival = start
+            if comp.done or comp.req is None:  # the client went away before its turn
+                run.finished(start)
+                continue
+            comp.req.arrival = start
+            sched.add(comp.req)
+
+    def next_event(self) -> float | None:
+        """Modelled time of the earliest known arrival not admitted yet (when the engine is idle)."""
+        times = [s for run in self.runs.values() if (s := run.next_start()) is not None]
+        if self.plain:
+            times.append(self.plain[0][0])
+        return min(times) if times else None
+
+    def prune_runs(self) -> None:
+        """Forget runs whose every request finished."""
+        for run_id in [r for r, run in self.runs.items() if run.done]:
+            del self.runs[run_id]
+
+    async def wait_for(self, run: ClientRun, k: int) -> None:
+        """Stall the modelled clock until request ``k`` of ``run`` arrives (or give the run up)."""
+        now = time.monotonic()
+        if self.stall is None or self.stall[:2] != (run.run_id, k):
+            self.stall = (run.run_id, k, now)
+            self.stalls += 1
+        waited = now - self.stall[2]
+        if waited >= STALL_TIMEOUT_S:
+            log(f"run {run.run_id}: request {k} was due at modelled t={run.start_of(k)} but has not arrived "
+                f"after {waited:.0f}s; giving up on the run's remaining requests")
+            self.close_run(run.run_id)
+            self.stall = None
+            return
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), STALL_TIMEOUT_S - waited)
+        except asyncio.TimeoutError:
+            pass
 
     # --- faults ------------------------------------------------------------------------------
     def count_completion(self) -> None:
@@ -208,38 +337,70 @@ class SimServer:
             log(f"FAULT hang_after={self.opts.hang_after}: no longer answering anything (request {n + 1})")
             self.hung = True
 
+    def host_lag(self) -> None:
+        """Fault ``host_lag_ms``/``host_lag_every``: block the event loop, as a busy host would."""
+        every = self.opts.host_lag_every
+        if every and self.opts.host_lag_ms > 0:
+            self.lag_steps += 1
+            if self.lag_steps % every == 0:
+                if self.lag_steps == every:
+                    log(f"FAULT host_lag_ms={self.opts.host_lag_ms:g} every {every} steps: blocking the server")
+                time.sleep(self.opts.host_lag_ms / 1e3)
+
     # --- the engine loop -----------------------------------------------------------------------
     async def engine_loop(self) -> None:
-        """Run modelled steps in real time and hand emitted tokens to their connections."""
+        """Run modelled steps, paced by the wall clock, and hand emitted tokens to their connections.
+
+        The modelled clock never restarts: a step starts when the previous one ended (when idle,
+        at the next arrival) and first waits for every announced request due by then. Pacing
+        only decides when the tokens are written: each step's tokens leave at the wall-clock
+        instant its modelled end maps to, or at once when the host runs late.
+        """
         sched = self.sched
         assert sched is not None
+        clock = self.clock
         loop = asyncio.get_running_loop()
         while True:
             if self.hung:
                 await asyncio.Future()  # never again
-            if not sched.has_work:
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            now = loop.time()
-            # Keep the modelled clock when we are only a timer tick late; restart it if we lag.
-            start = self.vt if 0.0 <= now - self.vt < 0.002 else now
-            step = sched.plan(start)
-            if step is None:  # only requests that arrived after `start`: retry from now
-                self.vt = now
-                await asyncio.sleep(0)
-                continue
-            end = start + step.duration
-            delay = end - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            self.prune_runs()
+            if sched.has_work:
+                t = clock.now
             else:
-                await asyncio.sleep(0)
+                nxt = self.next_event()
+                if nxt is None:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                t = max(nxt, clock.now)
+            missing = self.admit_due(t)
+            if missing is not None:
+                await self.wait_for(*missing)
+                continue
+            self.stall = None
+            if not sched.has_work:
+                continue
+            step = sched.plan(t)
+            if step is None:  # pragma: no cover - admitted requests always fit (max_model_len <= KV)
+                log(f"scheduler has waiting work but planned no step at t={t}")
+                await asyncio.sleep(0.01)
+                continue
+            end = t + step.duration
+            target = clock.wall_of(end)
+            delay = target - loop.time()
+            await asyncio.sleep(delay if delay > 0 else 0)
             if self.hung:
                 continue
-            self.vt = end
+            self.host_lag()
+            if not self.runs and loop.time() - target > MAX_LAG_S:
+                # Only untagged requests (plain clients): re-anchor the pacing rather than burst.
+                clock.anchor(end, loop.time())
+                clock.reanchors += 1
+            clock.advance(end)
             for req in sched.finish(step, end):
                 comp: Completion = req.user
+                if req.finished and comp.run is not None:
+                    comp.run.finished(end)
                 comp.conn.deliver(comp, req, end)
 
 
@@ -268,8 +429,12 @@ class HttpConnection(asyncio.Protocol):
         c = self.active
         if c is not None and not c.done:
             c.done = True
-            if c.req is not None and self.server.sched is not None:
-                self.server.sched.abort(c.req)
+            sched = self.server.sched
+            if c.req is not None and sched is not None and c.req.state in ("waiting", "running"):
+                sched.abort(c.req)
+                if c.run is not None:
+                    c.run.finished(self.server.clock.now)
+            self.server.wake.set()
 
     def pause_writing(self) -> None:
         """Flow control: the transport's buffer is full."""
@@ -377,7 +542,9 @@ class HttpConnection(asyncio.Protocol):
                 if srv.sched is not None:
                     info.update(running=len(srv.sched.running), waiting=len(srv.sched.waiting),
                                 free_blocks=srv.sched.free_blocks, busy_periods=srv.sched.busy_periods,
-                                drift_factor=srv.sched.factor)
+                                drift_factor=srv.sched.factor, model_clock=srv.clock.now,
+                                time_scale=srv.clock.scale, reanchors=srv.clock.reanchors, stalls=srv.stalls,
+                                runs=[r.describe() for r in srv.runs.values()])
                 if perf is not None:
                     info.update(kv_tokens=perf.kv_tokens, kv_blocks=perf.kv_blocks, max_model_len=perf.max_model_len,
                                 describe=perf.describe())
@@ -385,11 +552,37 @@ class HttpConnection(asyncio.Protocol):
         if method == "POST" and path == "/sim/reset":
             srv.records.clear()
             return self.respond(_response(200, b'{"status":"ok"}'))
+        if method == "POST" and path == "/sim/run":
+            return self.respond(self.announce_run(body))
+        if method == "POST" and path == "/sim/run/close":
+            try:
+                run_id = int(json.loads(body)["run"])
+            except (ValueError, KeyError, TypeError):
+                return self.respond(_error(400, 'the body must be {"run": ID}'))
+            closed = srv.close_run(run_id)
+            return self.respond(_response(200, json.dumps({"run": run_id, "closed": closed}).encode()))
         return self.respond(_error(404, f"{method} {path} not found", "NotFoundError"))
 
+    def announce_run(self, body: bytes) -> bytes:
+        """``POST /sim/run``: a client announces its arrival schedule (see :mod:`.clock`)."""
+        srv = self.server
+        if srv.sched is None:  # zero-delay mode has no modelled time: clients time by the wall clock
+            return _response(200, json.dumps({"run": None, "clock": "wall"}).encode())
+        try:
+            offsets, concurrency = validate_schedule(json.loads(body))
+        except ValueError as exc:
+            return _error(400, f"POST /sim/run: {exc}")
+        run = srv.open_run(offsets, concurrency)
+        data = {"run": run.run_id, "clock": "model", "origin": run.origin, "time_scale": srv.clock.scale}
+        return _response(200, json.dumps(data).encode())
+
     # --- completions -------------------------------------------------------------------------
-    def parse_completion(self, body: bytes) -> tuple[int, int, bool, bool]:
-        """Validate a completion request; return (prompt_len, max_tokens, stream, include_usage)."""
+    def parse_completion(self, body: bytes) -> tuple[int, int, bool, bool, tuple[int, int] | None]:
+        """Validate a completion request.
+
+        Returns (prompt_len, max_tokens, stream, include_usage, tag); ``tag`` is the (run,
+        index) of an announced schedule from the body's ``"mgpu_sim": {"run": R, "index": I}``.
+        """
         srv = self.server
         try:
             req = json.loads(body)
@@ -430,14 +623,21 @@ class HttpConnection(asyncio.Protocol):
         opts = req.get("stream_options") or {}
         if not isinstance(opts, dict):
             raise BadRequest("stream_options must be an object")
-        return plen, max_tokens, stream, bool(opts.get("include_usage", False))
+        tag = req.get("mgpu_sim")
+        parsed_tag: tuple[int, int] | None = None
+        if tag is not None:
+            try:
+                parsed_tag = int(tag["run"]), int(tag["index"])
+            except (KeyError, TypeError, ValueError):
+                raise BadRequest('mgpu_sim must be {"run": RUN, "index": I} (see POST /sim/run)') from None
+        return plen, max_tokens, stream, bool(opts.get("include_usage", False)), parsed_tag
 
     def start_completion(self, body: bytes) -> None:
         """Admit a completion request into the scheduler (or the zero-delay writer)."""
         srv = self.server
         arrival = time.monotonic()
         try:
-            plen, max_tokens, stream, usage = self.parse_completion(body)
+            plen, max_tokens, stream, usage, tag = self.parse_completion(body)
         except BadRequest as exc:
             return self.respond(_error(exc.status, str(exc), exc.kind))
         srv.count_completion()
@@ -452,14 +652,22 @@ class HttpConnection(asyncio.Protocol):
         if srv.sched is None:
             asyncio.get_running_loop().create_task(self.zero_writer(comp))
             return
-        # asyncio's loop clock is time.monotonic(), so scheduler times need no conversion.
-        comp.req = SimRequest(rid=srv.completions_started, arrival=arrival, prompt_len=plen,
+        comp.req = SimRequest(rid=srv.completions_started, arrival=0.0, prompt_len=plen,
                               max_tokens=max_tokens, user=comp)
-        srv.sched.add(comp.req)
+        run = srv.runs.get(tag[0]) if tag is not None else None
+        if run is not None and tag is not None and run.next <= tag[1] < run.size and tag[1] not in run.received:
+            # Its modelled arrival is announced; the engine loop admits it when it is due.
+            comp.run, comp.index = run, tag[1]
+            run.received[tag[1]] = comp
+        else:
+            if tag is not None:
+                log(f"request tagged run={tag[0]} index={tag[1]} matches no open run: timed as untagged")
+            comp.model_arrival = comp.req.arrival = srv.clock.model_of(arrival)
+            heapq.heappush(srv.plain, (comp.req.arrival, next(srv.plain_seq), comp))
         srv.wake.set()
 
     def deliver(self, comp: Completion, req: SimRequest, t: float) -> None:
-        """The engine emitted token ``req.num_output`` of ``comp`` at modelled loop time ``t``.
+        """The engine emitted token ``req.num_output`` of ``comp`` at modelled time ``t``.
 
         Ground truth takes ``time.monotonic()`` right after the bytes are handed to the
         transport (two clock reads per request, none per middle token).
@@ -468,7 +676,7 @@ class HttpConnection(asyncio.Protocol):
             return
         last = req.num_output >= comp.max_tokens
         if comp.stream:
-            data = comp.token_events(req.num_output)
+            data = comp.token_events(req.num_output, t)
             # The last token chunk, usage and [DONE] leave in one write, as the client sees them
             # in one read anyway.
             self.write(data + comp.tail() if last else data)
@@ -597,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         log("FAULT fail_start=1: refusing to start (injected startup failure)")
         print("sim: error: injected startup failure (fail_start=1)", file=sys.stderr, flush=True)
         return 1
-    mode = "instant (zero delay)" if opts.instant else "roofline"
+    mode = "instant (zero delay)" if opts.instant else f"roofline time_scale={opts.time_scale:g}"
     if perf is not None:
         log(f"starting: {perf.describe()} mode={mode}")
         if not opts.max_model_len and perf.max_model_len < perf.model.max_position:

@@ -266,7 +266,11 @@ def parse_stamps(event: bytes) -> tuple[float, float | None]:
 
     The sim writes ``data: {"mgpu_t":T,`` (and on a request's first token ``"mgpu_a":A,``)
     before vLLM's keys; raises :class:`SSEParseError` when the stamp is missing or malformed.
+    Leading line breaks are skipped: a read that ends between an event's two newlines leaves the
+    second one at the start of the next event (:class:`SSEStream` emits a complete JSON tail early).
     """
+    if not event.startswith(_STAMP):
+        event = event.lstrip(b"\r\n")
     if not event.startswith(_STAMP):
         raise SSEParseError(f"sim token event without a modelled time stamp: {event[:120]!r}")
     try:

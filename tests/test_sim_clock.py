@@ -176,3 +176,18 @@ def test_numbers_do_not_depend_on_the_time_scale(tmp_path: Path, sim_tp2: Runnin
         finally:
             SimAdapter().stop(eng)
         assert_same(ref, got)
+
+
+def test_stamps_survive_a_read_that_ends_between_an_events_newlines() -> None:
+    """Found by the perf suite: a read ending in ``}\\n`` emits the event early, the next starts with ``\\n``."""
+    ev = b'data: {"mgpu_t":1.500000000,"mgpu_a":0.250000000,"id":"cmpl-1","choices":[{"index":0,"text":" t1"}]}'
+    stream = client.SSEStream()
+    first = stream.feed(ev + b"\n")
+    second = stream.feed(b"\n" + ev.replace(b"1.5000", b"1.7500").replace(b'"mgpu_a":0.250000000,', b"") + b"\n\n")
+    assert len(first) == 1 and len(second) == 1 and second[0].startswith(b"\n")
+    assert client.parse_stamps(first[0]) == (1.5, 0.25)
+    assert client.parse_stamps(second[0]) == (1.75, None)
+    with pytest.raises(client.SSEParseError, match="without a modelled time stamp"):
+        client.parse_stamps(b'data: {"id":"x","choices":[]}')
+    with pytest.raises(client.SSEParseError, match="malformed"):
+        client.parse_stamps(b'data: {"mgpu_t":1.2.3,"id":"x"}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from .layout import Layout
 from .markers import MARK_NAMES, MARKS_KEY, TestMarks
 from .models import check_layout
 from .session import SPEC_KEY, MgpuSession
+from .settings import engine_names, engine_optional, multi_engine, options_for
 
 #: Fixtures that make a test an mgpu item.
 MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
@@ -41,6 +43,12 @@ def parametrize_layouts(sess: MgpuSession, metafunc: pytest.Metafunc) -> None:
     if problems:
         raise MarkerError("\n".join(problems))
     sess.marks[nodeid] = marks
+    if multi_engine(sess.settings):
+        # Engines side by side: one item per engine and layout, test_x[vllm-tp2-pp1].
+        names = engine_names(sess.settings)
+        if "mgpu_engine_name" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("mgpu_engine_name")
+        metafunc.parametrize("mgpu_engine_name", names, ids=names, scope="function")
     if "mgpu_layout" not in metafunc.fixturenames:
         metafunc.fixturenames.append("mgpu_layout")
     metafunc.parametrize("mgpu_layout", marks.layouts, ids=[lay.id for lay in marks.layouts], scope="function")
@@ -83,18 +91,27 @@ def _definition_id(item: pytest.Item, callspec_id: str) -> str:
     return item.nodeid[: -len(suffix)] if item.nodeid.endswith(suffix) else item.nodeid
 
 
-def item_spec(sess: MgpuSession, item: pytest.Item, layout: Layout, marks: TestMarks) -> EngineSpec:
-    """The engine an item needs: engine, model, layout, options (``--mgpu-engine-opt`` under its marks), env."""
+def item_spec(
+    sess: MgpuSession, item: pytest.Item, layout: Layout, marks: TestMarks, engine: str | None = None
+) -> EngineSpec:
+    """The engine an item needs: engine, model, layout, options (``--mgpu-engine-opt`` under its marks), env.
+
+    ``engine`` is the item's own with several engines side by side (else the session's).
+    """
     s = sess.settings
+    engine = engine or s.engine
     model = sess.resolve_model(marks.model or s.model, Path(str(item.path)))
-    options = dict(s.engine_options)
-    if s.engine == "sim":
+    options = options_for(s, engine)
+    python = s.engine_python
+    if engine == "sim":
         options.setdefault("gpu", s.sim_gpu)
         options.setdefault("time_scale", f"{s.sim_time_scale:g}")
+        if multi_engine(s):
+            python = sys.executable  # --mgpu-engine-python is the other engine's (the sim ships with us)
     options.update(marks.engine_opts)
     return EngineSpec(
-        engine=s.engine, model=model, layout=layout, options=tuple(sorted(options.items())),
-        env=tuple(sorted(s.engine_env.items())), python=s.engine_python, cache_dir=s.cache_dir,
+        engine=engine, model=model, layout=layout, options=tuple(sorted(options.items())),
+        env=tuple(sorted(s.engine_env.items())), python=python, cache_dir=s.cache_dir,
     )
 
 
@@ -143,12 +160,13 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
             continue
         callspec = item.callspec  # type: ignore[attr-defined]
         layout = callspec.params.get("mgpu_layout", Layout())
+        engine = callspec.params.get("mgpu_engine_name", sess.settings.engine)
         try:
             marks = sess.marks.get(_definition_id(item, callspec.id))
             if marks is None or any(m.name in MARK_NAMES for m in callspec.marks):
                 marks = TestMarks.from_node(item)  # marks given per parameter: pytest.param(..., marks=...)
             try:
-                spec = item_spec(sess, item, layout, marks)
+                spec = item_spec(sess, item, layout, marks, engine)
             except ModelError as exc:
                 raise MarkerError(f"{item.nodeid}: {exc}") from None
             why = engine_options_problem(spec)
@@ -163,27 +181,29 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
         item.stash[MARKS_KEY] = marks
         item.stash[SPEC_KEY] = spec
         need = layout.num_gpus
-        if need > sess.visible_devices:
-            hint = " (--mgpu-sim-gpus)" if sess.settings.engine == "sim" else ""
-            item.add_marker(
-                pytest.mark.skip(reason=f"needs {need} {sess.device_word}, {sess.visible_devices} visible{hint}")
-            )
+        visible, word = sess.visible_for(engine)
+        if need > visible:
+            hint = " (--mgpu-sim-gpus)" if engine == "sim" else ""
+            item.add_marker(pytest.mark.skip(reason=f"needs {need} {word}, {visible} visible{hint}"))
         elif any(f in item.fixturenames for f in ("mgpu_engine", "mgpu_bench")):  # type: ignore[attr-defined]
             need_engine.append(item)
         if "mgpu_bench" in item.fixturenames:  # type: ignore[attr-defined]
             sess.measuring.add(item.nodeid)
         keyed.append((order.setdefault(spec.key, len(order)), pos, item))
-    if need_engine:
-        s = sess.settings
-        why = engine_missing(s.engine, s.engine_python, s.engine_env)
+    s = sess.settings
+    by_engine: dict[str, list[pytest.Item]] = {}
+    for item in need_engine:
+        by_engine.setdefault(item.stash[SPEC_KEY].engine, []).append(item)
+    for name, its in by_engine.items():
+        why = engine_missing(name, its[0].stash[SPEC_KEY].python, s.engine_env)
         if why is None and sess.ab is not None:  # the A/B's old side must be there too
-            old = engine_missing(s.engine, sess.ab.old_python, {**s.engine_env, **dict(sess.ab.old_env)})
+            old = engine_missing(name, sess.ab.old_python, {**s.engine_env, **dict(sess.ab.old_env)})
             why = f"the A/B's old side ({sess.ab.describe_old()}): {old}" if old else None
         if why is not None:
-            if not sess.settings.engine_optional:
-                raise pytest.UsageError(missing_engine_message(sess, why))
-            for item in need_engine:  # an optional engine: the user asked for this skip
-                item.add_marker(pytest.mark.skip(reason=f"optional engine {sess.settings.engine}? missing: {why}"))
+            if not engine_optional(sess.settings, name):
+                raise pytest.UsageError(missing_engine_message(sess, why, name))
+            for item in its:  # an optional engine: the user asked for this skip
+                item.add_marker(pytest.mark.skip(reason=f"optional engine {name}? missing: {why}"))
     # Non-mgpu items keep their place at the front; mgpu items run grouped by engine key.
     keyed.sort(key=lambda t: (t[0] >= 0, t[0], t[1]))
     items[:] = [it for _, _, it in keyed]
@@ -205,15 +225,21 @@ def engine_missing(engine: str, python: str, env: Mapping[str, str] | None = Non
     return None
 
 
-def missing_engine_message(sess: MgpuSession, why: str) -> str:
+def missing_engine_message(sess: MgpuSession, why: str, engine: str | None = None) -> str:
     """The usage error for a required engine that is not installed: why, how to install, how to choose another."""
     s = sess.settings
+    engine = engine or s.engine
+    if multi_engine(s):
+        named = ",".join(str(c) for c in s.engines)
+        optional = ",".join(f"{c.name}?" if c.name == engine else str(c) for c in s.engines)
+        return (f"--mgpu-engine {named}: {engine} cannot run: {why}. Or make it optional with "
+                f"--mgpu-engine '{optional}' to skip its tests and keep the other engines'")
     if s.engine_named:
-        what = f"--mgpu-engine {s.engine}"
+        what = f"--mgpu-engine {engine}"
     else:
-        what = f"the default engine {s.engine} ({sess.inventory.count} GPU(s) found; no --mgpu-engine given)"
-    others = " or ".join(f"--mgpu-engine {name}" for name in sorted(ADAPTERS) if name != s.engine)
+        what = f"the default engine {engine} ({sess.inventory.count} GPU(s) found; no --mgpu-engine given)"
+    others = " or ".join(f"--mgpu-engine {name}" for name in sorted(ADAPTERS) if name != engine)
     return (
         f"{what} cannot run: {why}. Or choose another engine ({others}; sim needs no GPU), "
-        f"or make it optional with --mgpu-engine '{s.engine}?' to skip its tests"
+        f"or make it optional with --mgpu-engine '{engine}?' to skip its tests"
     )

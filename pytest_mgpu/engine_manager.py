@@ -70,7 +70,9 @@ class EngineManager:
         if watch is not None:
             watch(None)
             adapter.on_wait = watch
-        gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if self.inventory.count else []
+        # The sim never touches a GPU (beside a real engine, its layouts may need more than there are).
+        real = self.inventory.count and spec.engine != "sim"
+        gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if real else []
         try:
             running = adapter.start(
                 spec, self.inventory, gpu_ids, self.settings.log_dir, self.settings.start_timeout_s

@@ -123,7 +123,7 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
         module=item.nodeid.split("::", 1)[0],
         repeats=sess.settings.repeats,
         request_timeout_s=sess.settings.request_timeout_s,
-        env=sess.env_info,
+        env={**sess.env_info, "fingerprint": sess.fingerprint_for(engine.name)},
         record=record,
         prompt=sess.settings.prompt,
         roofline=roofline_of(sess, engine),

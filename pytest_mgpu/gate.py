@@ -57,8 +57,9 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
         r.gate_settings = cfg.to_dict()
         broken = None
         try:
-            base = store.get(sess.fingerprint, r.module, r.entry_id)
-            have = [] if base is not None else store.fingerprints_with(r.module, r.entry_id, exclude=sess.fingerprint)
+            fp = sess.fingerprint_for(r.engine)  # the sim's results have their own, beside a real engine's
+            base = store.get(fp, r.module, r.entry_id)
+            have = [] if base is not None else store.fingerprints_with(r.module, r.entry_id, exclude=fp)
         except BaselineError as exc:
             broken = str(exc)
         if broken is not None:  # failed outside the except block: the message is printed once
@@ -66,10 +67,10 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             pytest.fail(broken, pytrace=False)
         if base is not None and base.recordings and base.latest.telemetry:
             sess.base_telemetry[r.entry_id] = base.latest.telemetry  # for the SM-clock warning
-        c = compare(r, base, cfg, fingerprint=sess.fingerprint, have=have)
+        c = compare(r, base, cfg, fingerprint=fp, have=have)
         if c.verdict is Verdict.FAIL and s.confirm and not s.update_baselines:
             _remeasure(item, r)
-            c = confirm(c, compare(r, base, cfg, fingerprint=sess.fingerprint))
+            c = confirm(c, compare(r, base, cfg, fingerprint=fp))
         sess.comparisons.append(c)
         sess.result_comparisons[(r.module, r.entry_id)] = c
         if r.repeats and r.valid:
@@ -84,7 +85,8 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     if s.update_baselines:
         written = None
         try:
-            written = store.update(sess.fingerprint, results[0].module, results, history=s.baseline_history)
+            written = store.update(sess.fingerprint_for(results[0].engine), results[0].module, results,
+                                   history=s.baseline_history)
         except BaselineError as exc:
             failures.append(str(exc))
             sess.errors.append(str(exc))

@@ -67,6 +67,19 @@ def parse_engine_choice(text: str) -> EngineChoice:
     return EngineChoice(name, optional)
 
 
+def parse_engine_choices(text: str) -> tuple[EngineChoice, ...]:
+    """``vllm`` or ``vllm,trtllm?`` -> one :class:`EngineChoice` per engine (engines side by side).
+
+    Each engine makes its own item of every test (``test_x[vllm-tp2-pp1]``); a name twice is an error.
+    """
+    choices = tuple(parse_engine_choice(part) for part in text.split(","))
+    names = [c.name for c in choices]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise argparse.ArgumentTypeError(f"--mgpu-engine {text!r} names {', '.join(dupes)} twice")
+    return choices
+
+
 def parse_noise_k(text: str) -> float:
     """A positive float for ``--mgpu-noise-k``."""
     try:
@@ -99,12 +112,14 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     """Register the engine, measurement and output options with ``addoption``."""
     add = addoption
     engines = ", ".join(sorted(ADAPTERS))
-    add(f"{prefix}engine", metavar="NAME[?]", default=None, type=parse_engine_choice,
+    add(f"{prefix}engine", metavar="NAME[?][,NAME[?]]", default=None, type=parse_engine_choices,
         help=f"Engine to measure: {engines} (default: {DEFAULT_ENGINE}; sim when NVML finds no GPU and "
              "no engine is named). An engine that is not installed stops the run before any test; "
-             "NAME? makes it optional: its tests are skipped instead")
-    add(f"{prefix}engine-opt", metavar="KEY=VALUE", action="append", default=[],
-        help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=)")
+             "NAME? makes it optional: its tests are skipped instead. Several, e.g. vllm,trtllm: one item "
+             "per engine, compared side by side")
+    add(f"{prefix}engine-opt", metavar="[ENGINE:]KEY=VALUE", action="append", default=[],
+        help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=); "
+             "ENGINE: gives it to that engine only (with several engines)")
     add(f"{prefix}engine-env", metavar="KEY=VALUE", action="append", default=[],
         help="Environment variable for the engine process, repeatable (e.g. NCCL_P2P_DISABLE=1)")
     add(f"{prefix}engine-python", metavar="PATH", default=None,
@@ -150,6 +165,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Do not re-measure before a FAIL is final (default: confirm)")
     add(f"{prefix}report-md", metavar="PATH", default=None,
         help="Write a Markdown gate report fit for a PR comment")
+    add(f"{prefix}plot", metavar="DIR", default=None,
+        help="Write the seed's charts as PNG files to DIR: tok/s per GPU and TPOT p50 by layout and engine, "
+             "and every sweep (needs matplotlib: pip install 'pytest-mgpu[plot]')")
     add(f"{prefix}benchmark-json", metavar="PATH", default=None,
         help="Export results in pytest-benchmark's JSON format")
 

@@ -10,6 +10,7 @@ import os
 import shlex
 import statistics
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,8 @@ Line = tuple["str | None", str]
 
 ITEM_HEADERS = ("result", "engine", "version", "layout", "GPUs", "out tok/s", "tok/s/GPU",
                 "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "run")
-SCALING_HEADERS = ("engine", "model", "workload", "layout", "GPUs", "out tok/s", "tok/s/GPU",
-                   "per-GPU gain vs TP=1", "TPOT p50 ms")
+SEED_HEADERS = ("layout", "GPUs", "engine", "out tok/s", "tok/s/GPU", "gain/GPU vs TP=1", "scaling eff.",
+                "vs TP, same GPUs", "TPOT p50 ms")
 
 
 def item_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
@@ -48,34 +49,113 @@ def item_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
     return rows
 
 
-def scaling_rows(results: Sequence[BenchResult]) -> list[list[Any]]:
-    """Group valid results by engine, model, workload and layout; per-GPU gain over TP=1.
+@dataclass
+class SeedRow:
+    """One engine on one layout for one model and workload: the seed's Tables 3-4 and more.
 
-    The reference is the ``tp=1, pp=1`` layout with the same memory cap, as in the seed's Table 4.
+    ``gain`` is the per-GPU gain over TP=1 of the same engine and memory cap (the seed's "+57%"),
+    ``efficiency`` the throughput at N GPUs over N x TP=1's (1 + gain), ``vs_tp`` this layout's
+    throughput over that of pure TP on as many GPUs (TP vs PP at equal GPU count); each None
+    where its reference was not measured.
+    """
+
+    engine: str
+    model: str
+    workload: str
+    layout: Layout
+    throughput: float
+    per_gpu: float
+    tpot_p50: float
+    gain: float | None = None
+    efficiency: float | None = None
+    vs_tp: float | None = None
+
+
+def layout_order(lay: Layout) -> tuple[float, int, int, str]:
+    """Memory cap, then GPU count, then pure TP before mixed before pure PP (tp1, tp2, pp2, tp4, tp2xpp2, pp4)."""
+    return (lay.gpu_mem_gb or 0.0, lay.num_gpus, -lay.tp, lay.id)
+
+
+def seed_rows(results: Sequence[BenchResult]) -> list[SeedRow]:
+    """The seed table's rows: valid results (sweep points excepted) by engine, model, workload and layout.
+
+    Several results for one key (a re-run item) give their median. Rows are ordered by model,
+    workload, memory cap, layout (:func:`layout_order`) and engine, so that the engines measured
+    on one layout are next to each other.
     """
     groups: dict[tuple[str, str, str, Layout], list[BenchResult]] = {}
     for r in results:
-        if r.valid:
+        if r.valid and r.repeats and not r.sweep:
             groups.setdefault((r.engine, r.model, r.label or r.workload.name, r.layout), []).append(r)
 
-    def per_gpu(rs: list[BenchResult]) -> float:
-        return statistics.median(x.median["output_throughput_per_gpu"] for x in rs)
+    def med(rs: list[BenchResult], metric: str) -> float:
+        return float(statistics.median(x.median[metric] for x in rs))
 
-    rows: list[list[Any]] = []
-    order = sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3].gpu_mem_gb or 0.0, k[3].num_gpus, k[3].id))
-    for key in order:
-        engine, model, wl, lay = key
-        rs = groups[key]
-        ref = groups.get((engine, model, wl, Layout(1, 1, lay.gpu_mem_gb)))
-        gain: str | None = None
-        if lay.num_gpus == 1:
-            gain = "(ref)"
-        elif ref and per_gpu(ref) > 0:
-            gain = f"{(per_gpu(rs) / per_gpu(ref) - 1) * 100:+.0f}%"
-        tput = statistics.median(x.median["output_throughput"] for x in rs)
-        tpot = statistics.median(x.median["tpot_p50"] for x in rs)
-        rows.append([engine, model, wl, lay.id, lay.num_gpus, tput, per_gpu(rs), gain, tpot])
-    return rows
+    rows = {key: SeedRow(key[0], key[1], key[2], key[3], med(rs, "output_throughput"),
+                         med(rs, "output_throughput_per_gpu"), med(rs, "tpot_p50"))
+            for key, rs in groups.items()}
+    for (engine, model, wl, lay), row in rows.items():
+        ref = rows.get((engine, model, wl, Layout(1, 1, lay.gpu_mem_gb)))
+        if ref is not None and ref.per_gpu > 0:
+            row.gain = row.per_gpu / ref.per_gpu - 1
+            row.efficiency = row.throughput / (lay.num_gpus * ref.throughput)
+        tp_ref = rows.get((engine, model, wl, Layout(lay.num_gpus, 1, lay.gpu_mem_gb)))
+        if lay.num_gpus > 1 and tp_ref is not None and tp_ref.throughput > 0:
+            row.vs_tp = row.throughput / tp_ref.throughput - 1
+    return sorted(rows.values(), key=lambda r: (r.model, r.workload, layout_order(r.layout), r.engine))
+
+
+def _pct(x: float | None, ref: bool = False) -> str | None:
+    if ref:
+        return "(ref)"
+    return None if x is None else f"{x * 100:+.0f}%"
+
+
+def seed_table_lines(rows: Sequence[SeedRow]) -> Iterator[Line]:
+    """One section per model and workload: every engine and layout, with gain, efficiency and TP vs PP."""
+    by_wl: dict[tuple[str, str], list[SeedRow]] = {}
+    for row in rows:
+        by_wl.setdefault((row.model, row.workload), []).append(row)
+    for (model, wl), rs in by_wl.items():
+        yield "-", f"the seed's table: {model}, {wl}"
+        table = []
+        for r in rs:
+            tp1 = r.layout.num_gpus == 1 and r.layout.pp == 1
+            pure_tp = r.layout.pp == 1 and r.layout.num_gpus > 1
+            table.append([
+                r.layout.id, r.layout.num_gpus, r.engine, r.throughput, r.per_gpu,
+                _pct(r.gain, ref=tp1), None if r.efficiency is None else f"{r.efficiency * 100:.0f}%",
+                _pct(r.vs_tp, ref=pure_tp), r.tpot_p50,
+            ])
+        for line in format_table(SEED_HEADERS, table):
+            yield None, line
+    yield None, ("gain/GPU: tok/s/GPU over TP=1's (same engine, same memory cap); scaling eff.: tok/s over "
+                 "N x TP=1's; vs TP: tok/s over pure TP on as many GPUs")
+
+
+def side_by_side_lines(rows: Sequence[SeedRow]) -> Iterator[Line]:
+    """With several engines: per model and workload, one row per layout, the engines side by side."""
+    engines = sorted({r.engine for r in rows})
+    if len(engines) < 2:
+        return
+    by_wl: dict[tuple[str, str], dict[Layout, dict[str, SeedRow]]] = {}
+    for r in rows:
+        by_wl.setdefault((r.model, r.workload), {}).setdefault(r.layout, {})[r.engine] = r
+    headers = ["layout", "GPUs"]
+    for e in engines:
+        headers += [f"{e} tok/s/GPU", f"{e} gain/GPU"]
+    for (model, wl), layouts in by_wl.items():
+        yield "-", f"engines side by side: {model}, {wl}"
+        table = []
+        for lay in sorted(layouts, key=layout_order):
+            row: list[Any] = [lay.id, lay.num_gpus]
+            for e in engines:
+                cell = layouts[lay].get(e)
+                row += [None, None] if cell is None else [
+                    cell.per_gpu, _pct(cell.gain, ref=lay.num_gpus == 1 and lay.pp == 1)]
+            table.append(row)
+        for line in format_table(headers, table):
+            yield None, line
 
 
 def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
@@ -134,11 +214,10 @@ def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
         for r in sess.results:
             if not r.valid:
                 yield None, f"INVALID {r.entry_id}: {r.invalid}"
-        rows = scaling_rows(sess.results)
+        rows = seed_rows(sess.results)
         if rows:
-            yield "-", "per-GPU scaling (output tokens/s normalised by tp x pp)"
-            for line in format_table(SCALING_HEADERS, rows):
-                yield None, line
+            yield from seed_table_lines(rows)
+            yield from side_by_side_lines(rows)
         yield from analysis_lines(sess.results, sess.baseline_telemetry)
     lines = gate_lines(sess, args)
     if lines:
@@ -156,5 +235,7 @@ def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
             n = len(sess.updated)
             yield None, (f"recorded the new side as {n} baseline entr{'y' if n == 1 else 'ies'} under "
                          f"{sess.settings.baseline_dir}/{sess.fingerprint}")
+    if sess.plots:
+        yield None, f"mgpu plots: {len(sess.plots)} PNG file(s) in {sess.plots[0].parent}"
     for err in sess.errors:
         yield None, err

@@ -28,7 +28,7 @@ import pytest
 
 from .ab_settings import AbSettings, ab_settings
 from .markers import TestMarks, register_markers
-from .settings import Settings, build_settings, choose_engine, gate_config
+from .settings import Settings, build_settings, choose_engine, engine_names, engine_optional, gate_config
 
 if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at plugin load
     from .ab import AbResult
@@ -63,6 +63,7 @@ class MgpuSession:
     results: list[BenchResult] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)  # --mgpu-plot files written at session end
     updated: list[str] = field(default_factory=list)  # baseline entries written this session
     #: Lines printed under the ``mgpu:`` header line (e.g. engines of a dead run that were ended).
     notes: list[str] = field(default_factory=list)
@@ -110,7 +111,7 @@ class MgpuSession:
 
             inventory = query_inventory()
             s = choose_engine(self.settings, inventory.count, inventory.error)
-            if s.engine == "sim":
+            if all(name == "sim" for name in engine_names(s)):
                 # The sim never touches real GPUs; its inventory is empty so nothing waits on NVML.
                 self._devices = Devices(
                     GpuInventory(error=inventory.error), f"sim-{s.sim_gpu}-x{s.sim_gpus}", s.sim_gpus, "sim GPUs"
@@ -120,6 +121,19 @@ class MgpuSession:
             else:
                 self._devices = Devices(inventory, "cpu", cpu_workers(), "CPU workers")
         return self._devices
+
+    def fingerprint_for(self, engine: str) -> str:
+        """The baseline key of ``engine``'s results: the sim's is its own (``sim-v100-16gb-x4``), every
+        other engine's the machine's; one session may hold both (``--mgpu-engine sim,vllm``)."""
+        if engine == "sim":
+            return f"sim-{self.settings.sim_gpu}-x{self.settings.sim_gpus}"
+        return self.devices.fingerprint
+
+    def visible_for(self, engine: str) -> tuple[int, str]:
+        """(devices ``engine``'s layouts may use, what they are called in skips)."""
+        if engine == "sim":
+            return self.settings.sim_gpus, "sim GPUs"
+        return self.devices.visible, self.devices.word
 
     @property
     def inventory(self) -> GpuInventory:
@@ -187,6 +201,9 @@ class MgpuSession:
         if not self.started:
             return []
         s = self.settings
+        names = engine_names(s)
+        if len(names) > 1:
+            return [self.multi_engine_header(names), *self.notes]
         line = f"mgpu: engine={s.engine}"
         if s.fallback_reason:
             line += f" ({s.fallback_reason})"
@@ -203,6 +220,22 @@ class MgpuSession:
         from .ab import header_line  # reads both sides' engine versions (subprocesses)
 
         return [line, header_line(self), *self.notes]
+
+    def multi_engine_header(self, names: list[str]) -> str:
+        """The ``mgpu:`` line of a session with several engines: each with its devices and baselines."""
+        s = self.settings
+        parts = []
+        for name in names:
+            where = self.fingerprint_for(name)
+            if name == "sim":
+                what = f"sim GPU {s.sim_gpu} x{s.sim_gpus}, time scale {s.sim_time_scale:g}x"
+            elif self.inventory.count:
+                what = f"{self.inventory.count} GPU(s)"
+            else:
+                what = f"{self.visible_devices} CPU worker(s)"
+            opt = "?" if engine_optional(s, name) else ""
+            parts.append(f"{name}{opt} ({what}; baselines={s.baseline_dir}/{where})")
+        return f"mgpu: engines side by side: {', '.join(parts)}; repeats={s.repeats}"
 
     def baseline_telemetry(self, result: BenchResult) -> dict[str, float] | None:
         """The compact GPU telemetry stored with ``result``'s baseline entry, if any (for clock warnings)."""
@@ -230,6 +263,19 @@ class MgpuSession:
 
             if write_outputs(self):  # each file on its own; a failed one is a session error
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if s.plot_dir is not None and self.results:
+            self.write_plots(s.plot_dir)
+
+    def write_plots(self, out_dir: Path) -> None:
+        """``--mgpu-plot``: draw the charts; a failure is reported, and loses no other output."""
+        from .plots import write_plots  # lazy: matplotlib only when plots are asked for
+
+        try:
+            paths = write_plots(self.results, out_dir)
+        except Exception as exc:  # a broken matplotlib must not lose the run's other outputs
+            self.errors.append(f"ERROR writing plots to {out_dir}: {type(exc).__name__}: {exc}")
+            return
+        self.plots = paths
 
     def note_outcome(self, report: pytest.TestReport) -> None:
         """Remember how a measuring item ended (for :meth:`check_something_measured`)."""

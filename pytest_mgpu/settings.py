@@ -55,6 +55,9 @@ class Settings:
     prompt: str | None = None  # --mgpu-prompt; None: text where the engine can tokenize
     baseline_history: int = 5
     sim_time_scale: float = 1.0
+    plot_dir: Path | None = None  # --mgpu-plot
+    #: Every engine ``--mgpu-engine`` named (``vllm,trtllm?``); empty when none was named.
+    engines: tuple[EngineChoice, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # engines' compile caches, per engine version
 
@@ -67,7 +70,8 @@ def build_settings(config: pytest.Config) -> Settings:
     """
     opt = config.getoption
     root = Path(config.rootpath)
-    named: EngineChoice | None = opt("mgpu_engine")
+    chosen: tuple[EngineChoice, ...] | None = opt("mgpu_engine")
+    named: EngineChoice | None = chosen[0] if chosen else None
     engine = named.name if named is not None else DEFAULT_ENGINE
     repeats_raw = opt("mgpu_repeats")
     if repeats_raw is None:
@@ -129,6 +133,8 @@ def build_settings(config: pytest.Config) -> Settings:
         cache_dir=_path(opt("mgpu_cache_dir")) or root / ".mgpu" / "cache",
         baseline_history=history,
         sim_time_scale=opt("mgpu_sim_time_scale"),
+        plot_dir=_path(opt("mgpu_plot")),
+        engines=tuple(chosen or ()),
     )
     check_paths(settings)
     if opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:
@@ -184,7 +190,14 @@ def check_paths(settings: Settings) -> None:
     Checked at configure, before any engine starts, so that a bad path is not found at session
     end after an hour of measurements.
     """
-    dirs = (("--mgpu-baseline-dir", settings.baseline_dir), ("--mgpu-log-dir", settings.log_dir))
+    dirs = [("--mgpu-baseline-dir", settings.baseline_dir), ("--mgpu-log-dir", settings.log_dir)]
+    if settings.plot_dir is not None:
+        from .plots import matplotlib_missing  # imports no matplotlib
+
+        why_not = matplotlib_missing()
+        if why_not:
+            raise pytest.UsageError(why_not)
+        dirs.append(("--mgpu-plot", settings.plot_dir))
     for name, path in dirs:
         why = _dir_problem(path)
         if why:
@@ -211,15 +224,15 @@ def check_sim_profile(name: str) -> None:
         )
 
 
-def check_sim_options(settings: Settings) -> None:
+def check_sim_options(settings: Settings, hint: str = "") -> None:
     """``--mgpu-engine-opt`` keys and values the sim does not know are a UsageError (checked without starting it)."""
     from .errors import SimOptionError
     from .sim.model import SimOptions
 
     try:
-        SimOptions.parse({"gpu": settings.sim_gpu, **settings.engine_options})
+        SimOptions.parse({"gpu": settings.sim_gpu, **options_for(settings, "sim")})
     except SimOptionError as exc:
-        raise pytest.UsageError(f"--mgpu-engine-opt: {exc}") from None
+        raise pytest.UsageError(f"--mgpu-engine-opt: {exc}{hint}") from None
 
 
 def choose_engine(settings: Settings, gpu_count: int, nvml_error: str | None) -> Settings:
@@ -232,22 +245,57 @@ def choose_engine(settings: Settings, gpu_count: int, nvml_error: str | None) ->
     return settings
 
 
+def engine_names(settings: Settings) -> list[str]:
+    """The engines of this session: every one ``--mgpu-engine`` named, else the chosen one."""
+    return [c.name for c in settings.engines] if len(settings.engines) > 1 else [settings.engine]
+
+
+def multi_engine(settings: Settings) -> bool:
+    """Several engines side by side: items are named ``test_x[ENGINE-tp2-pp1]``."""
+    return len(settings.engines) > 1
+
+
+def engine_optional(settings: Settings, engine: str) -> bool:
+    """Whether ``engine`` was named optional (``vllm?``): its tests skip when it is missing."""
+    if not settings.engines:
+        return settings.engine_optional
+    return any(c.name == engine and c.optional for c in settings.engines)
+
+
+def options_for(settings: Settings, engine: str) -> dict[str, str]:
+    """``--mgpu-engine-opt`` for ``engine``: the unscoped ones and those written ``ENGINE:KEY=VALUE`` for it."""
+    from .engines import ADAPTERS
+
+    out: dict[str, str] = {}
+    for key, value in settings.engine_options.items():
+        scope, sep, name = key.partition(":")
+        if sep and scope in ADAPTERS:
+            if scope == engine:
+                out[name] = value
+        else:
+            out[key] = value
+    return out
+
+
 def check_engine_settings(settings: Settings) -> None:
     """Options that only make sense for some engines; UsageError naming the conflict and the fix."""
-    if settings.engine != "sim" and settings.sim_gpu != DEFAULT_SIM_GPU:
+    names = engine_names(settings)
+    if "sim" not in names and settings.sim_gpu != DEFAULT_SIM_GPU:
         raise pytest.UsageError(
             f"--mgpu-sim-gpu only applies to the sim engine, but the engine is {settings.engine}; "
             f"drop it or add --mgpu-engine sim"
         )
-    if settings.engine == "sim":
-        check_sim_options(settings)
     from .engines import check_engine_options
     from .errors import EngineError
 
-    try:
-        check_engine_options(settings.engine, settings.engine_options)
-    except EngineError as exc:
-        raise pytest.UsageError(f"--mgpu-engine-opt: {exc}") from None
+    hint = " (with several engines, give an option to one of them as ENGINE:KEY=VALUE)" if len(names) > 1 else ""
+    for name in names:
+        if name == "sim":
+            check_sim_options(settings, hint)
+        try:
+            check_engine_options(name, options_for(settings, name))
+        except EngineError as exc:
+            raise pytest.UsageError(f"--mgpu-engine-opt: {exc}{hint}") from None
 
 
 def gate_config_from_options(

@@ -59,7 +59,7 @@ def pytest_configure(config):
 """
 
 STARTING = "starting sim tp2-pp1 (llama-2-7b)"
-REPEAT = re.compile(r"test_serve\[tp2-pp1\] in64-out16-n32-qpsinf repeat (\d)/2: 32/32 requests, [\d,]+ tok/s \(modelled\)")
+REPEAT = re.compile(r"test_serve\[tp2-pp1\] in64-out16-n32-qpsinf(?:-text)? repeat (\d)/2: 32/32 requests, [\d,]+ tok/s \(modelled\)")
 
 
 def render(text: str) -> list[str]:

@@ -1,6 +1,11 @@
-"""The seed article's experiment: Llama-2-7B, 128 in / 128 out, TP and PP layouts on up to 4 GPUs.
+"""The seed article's experiment: Llama-2-7B fp16, 128 tokens in / 128 out, on TP and PP layouts.
 
-Run with ``pytest -m gpu perf_tests/``. Without a GPU the sim engine models the seed's V100s.
+Six layouts of up to 4 GPUs (TP=1, 2, 4; PP=2, 4; TP=2 x PP=2), each at three loads: every
+request at once (the largest batch the KV cache allows), Poisson arrivals at 32 requests/s (the
+seed's load) and a single stream (latency without batching). ``test_llama2_7b_16gb.py`` repeats
+the grid with each GPU capped at 16 GB, the seed's V100s. Run with ``pytest -m gpu perf_tests/``;
+without a GPU the sim engine models the seed's 4 x V100-16GB. A layout that needs more GPUs than
+are visible is skipped with the reason.
 """
 
 import math
@@ -11,43 +16,33 @@ import pytest
 # docs/vllm.md), more than the 5% default, so it is gated at 12% here; throughput and TPOT stay at 5%.
 pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b"), pytest.mark.perf_tolerance(ttft_p50="12%")]
 
-LAYOUTS = [
-    pytest.mark.layout(tp=1, pp=1),
-    pytest.mark.layout(tp=2, pp=1),
-    pytest.mark.layout(tp=1, pp=2),
-    pytest.mark.layout(tp=4, pp=1),
-    pytest.mark.layout(tp=2, pp=2),
-]
+LAYOUTS = [(1, 1), (2, 1), (4, 1), (1, 2), (1, 4), (2, 2)]  # (tp, pp)
 
 
-def with_layouts(fn):
-    """Apply every layout of the seed's experiment to a test."""
-    for mark in reversed(LAYOUTS):
-        fn = mark(fn)
+def seed_layouts(fn):
+    """One item per layout of the seed's grid."""
+    for tp, pp in reversed(LAYOUTS):
+        fn = pytest.mark.layout(tp=tp, pp=pp)(fn)
     return fn
 
 
-@with_layouts
-def test_poisson_32qps(mgpu_bench):
-    """Poisson arrivals at 32 requests/s, as in the seed."""
-    result = mgpu_bench.run(input_len=128, output_len=128, num_requests=256, request_rate=32.0)
-    assert result.valid, result.invalid
-
-
-@with_layouts
+@seed_layouts
 def test_all_at_once(mgpu_bench):
-    """Every request at once: the largest batch the KV cache allows (throughput regime)."""
+    """Every request at once: the largest batch the KV cache allows (the throughput regime)."""
     result = mgpu_bench.run(input_len=128, output_len=128, num_requests=256, request_rate=math.inf)
     assert result.valid, result.invalid
 
 
-@pytest.mark.layout(tp=1, pp=1)
-@pytest.mark.layout(tp=2, pp=1)
-@pytest.mark.layout(tp=4, pp=1)
+@seed_layouts
+def test_poisson_32qps(mgpu_bench):
+    """Poisson arrivals at 32 requests/s, the seed's load."""
+    result = mgpu_bench.run(input_len=128, output_len=128, num_requests=256, request_rate=32.0)
+    assert result.valid, result.invalid
+
+
+@seed_layouts
 def test_single_stream(mgpu_bench):
-    """One request at a time: pure latency (TTFT, TPOT) without batching."""
-    result = mgpu_bench.run(
-        input_len=128, output_len=128, num_requests=8, request_rate=math.inf, max_concurrency=1,
-        warmup_requests=1,
-    )
+    """One request at a time: latency (TTFT, TPOT) without batching."""
+    result = mgpu_bench.run(input_len=128, output_len=128, num_requests=8, request_rate=math.inf,
+                            max_concurrency=1, warmup_requests=1)
     assert result.valid, result.invalid

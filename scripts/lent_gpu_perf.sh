@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
+# For the project lead's LENT GPU machines only (prepared by hand: a wheelset in /tmp/site, a flat
+# output folder the device tool returns). Not a user recipe: on your own GPU runner follow the
+# README's "On your GPUs" (a venv with vLLM and --mgpu-engine-python).
 # On a lent GPU machine, after ../shared/gpu's wheelset is installed into /tmp/site (docs/vllm.md):
 # run the perf suite with real vLLM through the plugin, recording baselines, and copy what it
 # wrote to $OUT (flat: the device tool returns at most 8 files, 2 folders deep).
-# usage: bash scripts/gpu_perf.sh TAG TARGET... [pytest args], e.g.
-#   bash scripts/gpu_perf.sh a perf_tests/test_llama2_7b.py -k "tp1-pp1 or tp2-pp1"
+# usage: bash scripts/lent_gpu_perf.sh TAG TARGET... [pytest args], e.g.
+#   bash scripts/lent_gpu_perf.sh a perf_tests/test_llama2_7b.py -k "tp1-pp1 or tp2-pp1"
 set -uo pipefail
 tag=$1; shift
 out=${OUT:-/tmp/mgpu-out}; mkdir -p "$out"
@@ -13,7 +16,8 @@ nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --form
 start=$(date +%s)
 timeout "${MGPU_GPU_TIMEOUT:-540}" python3 -m pytest -p pytest_mgpu.plugin -p no:cacheprovider -m gpu \
   --mgpu-engine vllm --mgpu-start-timeout 300 --mgpu-update-baselines \
-  --mgpu-json "$out/results-$tag.json" -rs "$@" 2>&1 | tee "$out/log-$tag.txt"
+  --mgpu-json "$out/results-$tag.json" --mgpu-progress lines -rs "$@" 2>&1 | tee "$out/log-$tag.txt"
+# Plots are drawn back home: python3 scripts/plot_results.py docs/plots/FINGERPRINT results-*.json
 echo "gpu_perf $tag: $(( $(date +%s) - start ))s" | tee -a "$out/log-$tag.txt"
 for f in $(find baselines -name '*.json' -newer "$out/gpus-$tag.csv"); do
   cp "$f" "$out/baseline-$tag-$(basename "$f")"

@@ -151,6 +151,9 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
     if not any(is_mgpu_item(item) for item in items):
         return
     sess.start()
+    # Settle the engine before any spec is built: without a GPU and without --mgpu-engine it is the
+    # sim, which only the NVML query decides (else the first item was built for vLLM and skipped).
+    sess.devices  # noqa: B018
     order: dict[Any, int] = {}
     keyed: list[tuple[int, int, pytest.Item]] = []
     need_engine: list[pytest.Item] = []

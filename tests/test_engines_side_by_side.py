@@ -83,3 +83,19 @@ def test_scoped_engine_options(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(*SIM, "--mgpu-engine", "sim,vllm?", "--mgpu-engine-opt", "bogus_knob=1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*bogus_knob*as ENGINE:KEY=VALUE*"])
+
+
+def _gpus_visible() -> bool:
+    from pytest_mgpu.gpus import query_inventory
+
+    return query_inventory().count > 0
+
+
+@pytest.mark.skipif(_gpus_visible(), reason="NVML finds GPUs here: the default engine is vLLM")
+def test_without_a_gpu_every_item_runs_on_the_sim(pytester: pytest.Pytester) -> None:
+    """No --mgpu-engine and no GPU: every item is the sim's, the first one too (it was built for vLLM and
+    skipped, "vLLM is not installed", before the engine choice was settled ahead of the first spec)."""
+    pytester.makepyfile(test_perf=PERF_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--mgpu-repeats", "1", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*mgpu: engine=sim (no GPU found*", "*test_serve[[]tp1-pp1[]] PASSED*"])

@@ -25,8 +25,10 @@ RESULTS_SCHEMA_VERSION = 2
 #: Engine options that change *what* is computed rather than how fast, compared by normalised key
 #: (``max_num_seqs`` and ``--max-num-seqs`` are the same key). They are part of a result's
 #: identity. Every other option (``max-num-seqs``, the sim's ``speed``, ...) is a tuning knob: a
-#: change is compared, and shown beside the verdict.
-IDENTITY_ENGINE_OPTIONS: frozenset[str] = frozenset({"dtype", "quantization", "kv-cache-dtype"})
+#: change is compared, and shown beside the verdict. The sim's ``time_scale`` (how much faster
+#: than real time its modelled clock runs) is in too: it never changes the sim's numbers, and a
+#: result says so by being compared only with baselines recorded at the same scale.
+IDENTITY_ENGINE_OPTIONS: frozenset[str] = frozenset({"dtype", "quantization", "kv-cache-dtype", "time-scale"})
 
 
 def option_key(key: str) -> str:

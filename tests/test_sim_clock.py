@@ -191,3 +191,15 @@ def test_stamps_survive_a_read_that_ends_between_an_events_newlines() -> None:
         client.parse_stamps(b'data: {"id":"x","choices":[]}')
     with pytest.raises(client.SSEParseError, match="malformed"):
         client.parse_stamps(b'data: {"mgpu_t":1.2.3,"id":"x"}')
+
+
+def test_time_scale_is_part_of_a_results_identity(pytester: pytest.Pytester) -> None:
+    """A baseline recorded at one time scale is not silently compared with a run at another (issue 10)."""
+    pytester.makepyfile(test_perf=PERF_TEST)
+    pytester.runpytest(*SIM, "--mgpu-update-baselines").assert_outcomes(passed=1)
+    again = pytester.runpytest(*SIM, "--mgpu-sim-time-scale", "20")
+    out = again.stdout.str()
+    assert "MISMATCH" in out and "time-scale" in out, out
+    same = pytester.runpytest(*SIM, "--mgpu-sim-time-scale", "50")
+    same.assert_outcomes(passed=1)
+    assert "MISMATCH" not in same.stdout.str()

@@ -238,7 +238,7 @@ def test_reports_say_what_was_running_and_which_measurement(pytester: pytest.Pyt
     # The FAIL message and the gate table name the options and how they differ from the baseline's.
     r.stdout.fnmatch_lines([
         "FAIL: test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48-text",
-        "  sim 0.1.0; engine options: gpu=v100-16gb, noise=0.03, speed=0.5 (baseline: noise unset, speed unset); "
+        "  sim 0.1.0; engine options: gpu=v100-16gb, noise=0.03, speed=0.5, time_scale=50 (baseline: noise unset, speed unset); "
         "now = re-measurement (confirm step); noise from the repeats",
     ])
     # One set of numbers: the results table shows the measurement the verdict used, and says so.
@@ -248,13 +248,13 @@ def test_reports_say_what_was_running_and_which_measurement(pytester: pytest.Pyt
     assert gate_row(out, "output_throughput_per_gpu")[2] == table_per_gpu
     doc = json.loads(js.read_text())
     (res,) = doc["results"]
-    assert res["engine_options"] == {"gpu": "v100-16gb", "noise": "0.03", "speed": "0.5"}
+    assert res["engine_options"] == {"gpu": "v100-16gb", "noise": "0.03", "speed": "0.5", "time_scale": "50"}
     assert res["measurement"] == "re-measurement" and len(res["first_measurement"]["repeats"]) == 3
     comp = res["comparison"]
     assert comp["verdict"] == "FAIL" and comp["measurement"] == "re-measurement"
     now = {m["metric"]: m["now"] for m in comp["metrics"]}
     assert now["output_throughput_per_gpu"] == pytest.approx(res["median"]["output_throughput_per_gpu"])
-    assert comp["engine_options"]["speed"] == "0.5" and comp["base_engine_options"] == {"gpu": "v100-16gb"}
+    assert comp["engine_options"]["speed"] == "0.5" and comp["base_engine_options"] == {"gpu": "v100-16gb", "time_scale": "50"}
     text = md.read_text()
     assert "speed=0.5" in text and "(baseline: noise unset, speed unset)" in text and "re-measurement" in text
 

@@ -95,6 +95,8 @@ def build_settings(config: pytest.Config) -> Settings:
     python = opt("mgpu_engine_python") or sys.executable
     if opt("mgpu_engine_python") and not os.access(python, os.X_OK):
         raise pytest.UsageError(f"--mgpu-engine-python {python!r} is not an executable interpreter")
+    if opt("mgpu_engine_python"):
+        check_rootdir_not_from_python(config, opt("mgpu_engine_python"))
 
     def _path(v: str | None) -> Path | None:
         return None if v is None else (Path(v) if Path(v).is_absolute() else root / v)
@@ -182,6 +184,30 @@ def _file_problem(path: Path) -> str | None:
     os.close(fd)
     os.unlink(tmp)
     return None
+
+
+def check_rootdir_not_from_python(config: pytest.Config, python: str) -> None:
+    """A UsageError when pytest chose its rootdir from ``--mgpu-engine-python``'s path.
+
+    pytest takes every argument that names an existing path for a test path when it picks the
+    rootdir, an option's value included: ``--mgpu-engine-python /opt/vllm/bin/python`` (with a
+    space) from a directory without a pytest configuration makes the rootdir ``/opt/vllm/bin``
+    (or the project of that venv), and the baselines would be read and written under it. The
+    ``=`` form (``--mgpu-engine-python=PATH``) is never taken for a path.
+    """
+    args = list(config.invocation_params.args)
+    if python not in args or f"--mgpu-engine-python={python}" in args:
+        return
+    root = Path(config.rootpath).absolute()
+    here = Path(config.invocation_params.dir).absolute()
+    exe = Path(here, python).absolute()
+    if root == here or not exe.is_relative_to(root) or here.is_relative_to(root):
+        return
+    raise pytest.UsageError(
+        f"pytest chose the rootdir {root} from --mgpu-engine-python's path {python} (it takes every "
+        f"argument that names a file for a test path), so baselines would go under {root}/baselines; "
+        f"write --mgpu-engine-python={python} (with '='), or pass --rootdir"
+    )
 
 
 def check_paths(settings: Settings) -> None:

@@ -39,4 +39,4 @@ if [ -n "$broken" ]; then
 fi
 
 "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
-echo "done in $(( $(date +%s) - t0 ))s; use --mgpu-engine vllm --mgpu-engine-python $VENV/bin/python"
+echo "done in $(( $(date +%s) - t0 ))s; use --mgpu-engine vllm --mgpu-engine-python=$VENV/bin/python"

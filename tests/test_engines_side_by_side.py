@@ -99,3 +99,19 @@ def test_without_a_gpu_every_item_runs_on_the_sim(pytester: pytest.Pytester) -> 
     result = pytester.runpytest("-p", "no:cacheprovider", "--mgpu-repeats", "1", "-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*mgpu: engine=sim (no GPU found*", "*test_serve[[]tp1-pp1[]] PASSED*"])
+
+
+def test_engine_python_as_a_separate_argument_must_not_move_the_rootdir(pytester: pytest.Pytester) -> None:
+    """``--mgpu-engine-python /venv/bin/python`` made pytest's rootdir ``/venv/bin``: baselines would go there.
+
+    Found running tests/e2e/test_vllm_cpu_side_by_side.py, which wrote its baselines into the
+    project of the vLLM venv. The ``=`` form is never taken for a test path.
+    """
+    pytester.makepyfile(test_perf=PERF_TEST)
+    bad = pytester.runpytest(*SIM, "--mgpu-engine", "sim", "--mgpu-engine-python", sys.executable, "--co")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines([f"*pytest chose the rootdir * from --mgpu-engine-python's path {sys.executable}*"
+                              f"write --mgpu-engine-python={sys.executable} (with '=')*"])
+    good = pytester.runpytest(*SIM, "--mgpu-engine", "sim", f"--mgpu-engine-python={sys.executable}", "--co")
+    assert good.ret == pytest.ExitCode.OK
+    good.stdout.fnmatch_lines([f"rootdir: {pytester.path}"])

@@ -116,7 +116,7 @@ def test_vllm_cpu_through_plugin(pytester: pytest.Pytester, tmp_path: Path) -> N
     pytester.makepyfile(test_inner=INNER.format(out=str(out)))
     t0 = time.monotonic()
     result = pytester.runpytest_subprocess(
-        "-v", "-s", "--mgpu-engine", "vllm", "--mgpu-engine-python", PY, "--mgpu-repeats", "1",
+        "-v", "-s", "--mgpu-engine", "vllm", f"--mgpu-engine-python={PY}", "--mgpu-repeats", "1",
         "--mgpu-log-dir", str(tmp_path / "logs"), "--mgpu-json", str(tmp_path / "results.json"),
         "--mgpu-baseline-dir", str(tmp_path / "baselines"), "-p", "no:cacheprovider",
         "--rootdir", str(pytester.path),

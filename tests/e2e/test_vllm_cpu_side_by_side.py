@@ -33,7 +33,7 @@ def test_sim_and_vllm_side_by_side(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_perf=PERF_TEST)
     out = pytester.path / "r.json"
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--mgpu-engine", "sim,vllm", "--mgpu-engine-python", PY, "--mgpu-repeats", "1",
+        "-p", "no:cacheprovider", "--mgpu-engine", "sim,vllm", f"--mgpu-engine-python={PY}", "--mgpu-repeats", "1",
         "--mgpu-engine-opt", "vllm:max-model-len=512", "--mgpu-update-baselines", "--mgpu-json", str(out), "-v",
         timeout=900,
     )

@@ -54,7 +54,7 @@ def test_text_prompts_through_the_models_own_tokenizer(pytester: pytest.Pytester
     write_synthetic_tokenizer(model, json.loads((model / "config.json").read_text())["vocab_size"])
     pytester.makepyfile(test_inner=INNER.format(model=str(model)))
     r = pytester.runpytest_subprocess(
-        "-v", "--mgpu-engine", "vllm", "--mgpu-engine-python", PY, "--mgpu-repeats", "1",
+        "-v", "--mgpu-engine", "vllm", f"--mgpu-engine-python={PY}", "--mgpu-repeats", "1",
         "--mgpu-log-dir", str(tmp_path / "logs"), "-p", "no:cacheprovider", timeout=900,
     )
     r.assert_outcomes(passed=1)

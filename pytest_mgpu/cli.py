@@ -292,7 +292,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
     only = _parse_only(args.only)
     if args.history < 1:
         raise CliError(f"--history must be >= 1, got {args.history}")
-    by_module: dict[str, list[BenchResult]] = {}
+    by_module: dict[tuple[str, str], list[BenchResult]] = {}
     left_out = 0
     for r, raw in pairs:
         if only is not None:
@@ -302,11 +302,17 @@ def cmd_accept(args: argparse.Namespace) -> int:
             if Verdict(str(comp.get("verdict"))) not in only:
                 left_out += 1
                 continue
-        by_module.setdefault(r.module, []).append(r)
+        # With several engines side by side each result has its own fingerprint (the sim's beside the GPU's).
+        fp = str(r.env.get("fingerprint") or fingerprint)
+        try:
+            check_fingerprint(fp)
+        except BaselineError as exc:
+            raise CliError(f"{p}: {exc}") from None
+        by_module.setdefault((fp, r.module), []).append(r)
     store = BaselineStore(args.baseline_dir)
     written = 0
-    for module, results in sorted(by_module.items()):
-        res = store.update(str(fingerprint), module, results, history=args.history)
+    for (fp, module), results in sorted(by_module.items()):
+        res = store.update(fp, module, results, history=args.history)
         written += len(res.written)
         if res.written:
             print(f"{res.path}: recorded {len(res.written)} entr{'y' if len(res.written) == 1 else 'ies'}")
@@ -317,7 +323,8 @@ def cmd_accept(args: argparse.Namespace) -> int:
         for eid, why in res.new_level.items():
             print(f"  {eid}: new level ({why}); earlier recordings kept but not used by the gate")
     tail = f"; {left_out} left out by --only" if left_out else ""
-    print(f"recorded {written} result(s) under {Path(args.baseline_dir) / str(fingerprint)} "
+    where = ", ".join(str(Path(args.baseline_dir) / fp) for fp in sorted({fp for fp, _ in by_module}))
+    print(f"recorded {written} result(s) under {where or Path(args.baseline_dir) / str(fingerprint)} "
           f"(keeping the last {args.history} recordings of each){tail}")
     return 0
 

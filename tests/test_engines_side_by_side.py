@@ -115,3 +115,21 @@ def test_engine_python_as_a_separate_argument_must_not_move_the_rootdir(pytester
     good = pytester.runpytest(*SIM, "--mgpu-engine", "sim", f"--mgpu-engine-python={sys.executable}", "--co")
     assert good.ret == pytest.ExitCode.OK
     good.stdout.fnmatch_lines([f"rootdir: {pytester.path}"])
+
+
+@needs_no_vllm
+def test_accept_records_each_engine_under_its_own_fingerprint(pytester: pytest.Pytester) -> None:
+    """``pytest-mgpu accept`` of a side-by-side run: each result goes under its result's fingerprint."""
+    from pytest_mgpu.cli import main as cli
+
+    pytester.makepyfile(test_perf=PERF_TEST)
+    out = pytester.path / "r.json"
+    pytester.runpytest(*SIM, "--mgpu-engine", "sim,vllm?", f"--mgpu-json={out}").assert_outcomes(passed=2, skipped=2)
+    doc = json.loads(out.read_text())
+    # Stand in for the vLLM result that this machine cannot produce: same data, the GPU's fingerprint.
+    doc["results"][1]["env"]["fingerprint"] = "nvidia-h100-80gb-hbm3-x2"
+    out.write_text(json.dumps(doc))
+    assert cli(["accept", str(out), "--baseline-dir", str(pytester.path / "bl")]) == 0
+    for fp, r in (("sim-v100-16gb-x4", doc["results"][0]), ("nvidia-h100-80gb-hbm3-x2", doc["results"][1])):
+        stored = json.loads((pytester.path / "bl" / fp / "test_perf.py.json").read_text())
+        assert list(stored["entries"]) == [r["entry_id"]]

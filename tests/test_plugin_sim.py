@@ -155,8 +155,9 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     # 3. same engine -> PASS
     r = pytester.runpytest(*args)
     r.assert_outcomes(passed=1)
-    # Gated metrics PASS; a p99 (warn-only) metric may WARN on a busy machine, which never fails.
-    r.stdout.fnmatch_lines(["*output_throughput_per_gpu* PASS", "*tpot_p50* PASS"])
+    # Gated metrics PASS (or IMPROVED: the real-time sim runs faster when the host gets quieter than
+    # it was while recording); a p99 (warn-only) metric may WARN on a busy machine, which never fails.
+    r.stdout.re_match_lines([r".*output_throughput_per_gpu\*? .* (PASS|IMPROVED)$", r".*tpot_p50\*? .* (PASS|IMPROVED)$"])
     assert "FAIL" not in r.stdout.str()
     # 4. 20% slower -> FAIL naming the metric, the delta and the tolerance, confirmed
     r = pytester.runpytest(*args, "--mgpu-engine-opt", "speed=0.8")

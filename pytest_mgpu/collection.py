@@ -14,11 +14,8 @@ from .errors import EngineError, MarkerError, ModelError
 from .layout import Layout
 from .markers import MARK_NAMES, MARKS_KEY, TestMarks
 from .models import check_layout
-from .session import SPEC_KEY, MgpuSession
+from .session import SPEC_KEY, MgpuSession, is_mgpu_function, is_mgpu_item
 from .settings import engine_names, engine_optional, multi_engine, options_for
-
-#: Fixtures that make a test an mgpu item.
-MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
 
 
 def parametrize_layouts(sess: MgpuSession, metafunc: pytest.Metafunc) -> None:
@@ -30,7 +27,7 @@ def parametrize_layouts(sess: MgpuSession, metafunc: pytest.Metafunc) -> None:
     :func:`prepare_items`, so they are parsed once per test function.
     """
     node = metafunc.definition
-    if not any(f in metafunc.fixturenames for f in MGPU_FIXTURES) and not list(node.iter_markers("layout")):
+    if not is_mgpu_function(metafunc):
         return
     nodeid = node.nodeid
     marks = TestMarks.from_node(node)  # MarkerError names the test and every bad mark
@@ -135,12 +132,6 @@ def engine_options_problem(spec: EngineSpec) -> str | None:
     except EngineError as exc:
         return f"engine_opts: {exc}"
     return None
-
-
-def is_mgpu_item(item: pytest.Item) -> bool:
-    """Whether ``item`` uses one of the plugin's fixtures (and so was parametrised with a layout)."""
-    fixturenames = getattr(item, "fixturenames", ())
-    return getattr(item, "callspec", None) is not None and any(f in fixturenames for f in MGPU_FIXTURES)
 
 
 def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:

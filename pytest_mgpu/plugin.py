@@ -14,7 +14,7 @@ import pytest
 
 from . import options
 from .errors import MarkerError
-from .session import ITEM_RESULTS_KEY, configure, session_of, unconfigure
+from .session import ITEM_RESULTS_KEY, configure, is_mgpu_function, is_mgpu_item, session_of, unconfigure
 
 #: The fixtures (mgpu_layout, mgpu_engine, mgpu_bench) load with the plugin.
 pytest_plugins = ["pytest_mgpu.fixtures"]
@@ -33,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Make one item per ``layout`` mark; reject bad markers and layouts the model cannot run."""
+    if not is_mgpu_function(metafunc):
+        return  # other projects' tests: the collection module (and the engine code it uses) stays unimported
     from . import collection
 
     collection.parametrize_layouts(session_of(metafunc.config), metafunc)
@@ -56,6 +58,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     Runs last, after deselection (``-k``, ``-m``), so that a session whose mgpu tests were all
     deselected does not start the plugin's machinery.
     """
+    if not any(is_mgpu_item(item) for item in items):
+        return  # nothing of ours: no NVML, no subprocess, no signal handler, no import of engine code
     from . import collection
 
     collection.prepare_items(session_of(config), items)

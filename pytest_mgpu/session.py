@@ -341,6 +341,23 @@ SPEC_KEY: pytest.StashKey[EngineSpec] = pytest.StashKey()
 ITEM_RESULTS_KEY: pytest.StashKey[list[BenchResult]] = pytest.StashKey()
 
 
+#: Fixtures that make a test an mgpu test.
+MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
+
+
+def is_mgpu_function(metafunc: pytest.Metafunc) -> bool:
+    """Whether a test function uses the plugin's fixtures or ``layout`` marks (cheap: no import)."""
+    return any(f in metafunc.fixturenames for f in MGPU_FIXTURES) or (
+        metafunc.definition.get_closest_marker("layout") is not None
+    )
+
+
+def is_mgpu_item(item: pytest.Item) -> bool:
+    """Whether ``item`` uses one of the plugin's fixtures (and so was parametrised with a layout)."""
+    fixturenames = getattr(item, "fixturenames", ())
+    return getattr(item, "callspec", None) is not None and any(f in fixturenames for f in MGPU_FIXTURES)
+
+
 def configure(config: pytest.Config) -> MgpuSession:
     """Register the markers and parse the options (the heavy parts wait for mgpu items)."""
     register_markers(config)

@@ -171,7 +171,8 @@ subprocess.Popen.__init__ = _spy
 
 def pytest_unconfigure(config):  # after the terminal summary: the whole run is seen
     print(f"\\nSPY subprocesses={CALLS!r} pynvml={'pynvml' in sys.modules} numpy={'numpy' in sys.modules} "
-          f"sigterm={signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}")
+          f"sigterm={signal.getsignal(signal.SIGTERM) is signal.SIG_DFL} "
+          f"collection={'pytest_mgpu.collection' in sys.modules}")
 """
 
 
@@ -181,7 +182,7 @@ def _spy_line(result: pytest.RunResult) -> str:
 
 
 def test_plugin_does_nothing_in_a_project_without_mgpu_tests(pytester: pytest.Pytester) -> None:
-    """No header line, no subprocess (git), no NVML, no numpy, no SIGTERM handler (issue 8)."""
+    """No header line, no subprocess (git), no NVML, no numpy, no SIGTERM handler, no engine code (issue 8)."""
     pytester.makeconftest(SPY_CONFTEST)
     pytester.makepyfile("\n".join(f"def test_{i}():\n    pass\n" for i in range(5)))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
@@ -190,7 +191,7 @@ def test_plugin_does_nothing_in_a_project_without_mgpu_tests(pytester: pytest.Py
     # Exactly what the same run does without the plugin (other plugins may run subprocesses).
     without = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-p", "no:mgpu")
     assert _spy_line(result) == _spy_line(without)
-    assert "pynvml=False numpy=False sigterm=True" in _spy_line(result)
+    assert "pynvml=False numpy=False sigterm=True collection=False" in _spy_line(result)
 
 
 def test_plugin_does_nothing_when_mgpu_tests_are_deselected(pytester: pytest.Pytester) -> None:

@@ -77,7 +77,7 @@ def _start_pytest_holding_an_engine(pytester: pytest.Pytester) -> tuple[subproce
     env = dict(os.environ, INFO=str(info))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "--mgpu-engine", "sim",
-         "--mgpu-engine-python", str(wrapper), "--mgpu-engine-env", f"KIDS_LOG={kids_log}", str(pytester.path)],
+         f"--mgpu-engine-python={wrapper}", "--mgpu-engine-env", f"KIDS_LOG={kids_log}", str(pytester.path)],
         cwd=pytester.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     assert _wait(info.exists, 60), "the inner test never got its engine"

@@ -7,6 +7,14 @@
 # wrote to $OUT (flat: the device tool returns at most 8 files, 2 folders deep).
 # usage: bash scripts/lent_gpu_perf.sh TAG TARGET... [pytest args], e.g.
 #   bash scripts/lent_gpu_perf.sh a perf_tests/test_llama2_7b.py -k "tp1-pp1 or tp2-pp1"
+# The seed's grid of issue 10 (36 items; not yet run on a GPU) in pieces that fit a 10-minute
+# command (the earlier H200 run took ~300 s for 6 items including compiles); on 2 cards the
+# 4-GPU layouts skip with the reason:
+#   for m in test_llama2_7b test_llama2_7b_16gb; do
+#     bash scripts/lent_gpu_perf.sh $m-a perf_tests/$m.py -k "tp1-pp1 or tp2-pp1"
+#     bash scripts/lent_gpu_perf.sh $m-b perf_tests/$m.py -k "tp1-pp2 or tp4-pp1"
+#     bash scripts/lent_gpu_perf.sh $m-c perf_tests/$m.py -k "tp2-pp2 or tp1-pp4"
+#   done
 set -uo pipefail
 tag=$1; shift
 out=${OUT:-/tmp/mgpu-out}; mkdir -p "$out"

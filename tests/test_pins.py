@@ -55,3 +55,23 @@ def test_set_current_rewrites_only_that_engine_and_keeps_comments(noxfile) -> No
 def test_gpu_sessions_know_when_there_is_no_gpu(noxfile, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(noxfile.shutil, "which", lambda name: None)
     assert noxfile.gpu_count() == (0, "nvidia-smi is not installed")
+
+
+def test_floor_pins_are_the_declared_floors(noxfile_module) -> None:
+    """Issue 8: the declared floors must be true. ``nox -s floors`` installs FLOOR_PINS, so each pin must
+    be exactly the ``>=`` floor pyproject.toml declares, and every declared floor must be pinned there."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {}
+    for line in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        req = Requirement(line)
+        floors = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        if floors:
+            declared[req.name.lower()] = floors[0]
+    pinned = {(r := Requirement(p)).name.lower(): Version(next(iter(r.specifier)).version)
+              for p in noxfile_module.FLOOR_PINS}
+    assert pinned == declared
+    assert project["requires-python"] == ">=3.10"

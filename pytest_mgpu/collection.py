@@ -109,6 +109,7 @@ def item_spec(
     return EngineSpec(
         engine=engine, model=model, layout=layout, options=tuple(sorted(options.items())),
         env=tuple(sorted(s.engine_env.items())), python=python, cache_dir=s.cache_dir,
+        cluster=sess.cluster_spec,
     )
 
 
@@ -131,6 +132,23 @@ def engine_options_problem(spec: EngineSpec) -> str | None:
         check_engine_options(spec.engine, dict(spec.options))
     except EngineError as exc:
         return f"engine_opts: {exc}"
+    return None
+
+
+def skip_reason(sess: MgpuSession, layout: Layout, engine: str) -> str | None:
+    """Why ``layout`` cannot run ``engine`` in this session: too few devices, or nodes that are not there."""
+    if sess.cluster_inventory is not None:
+        return sess.cluster_inventory.skip_reason(layout, engine)
+    if layout.nodes > 1 and engine != "sim":  # the sim models nodes without a cluster
+        return (
+            f"layout {layout.id} spans {layout.nodes} nodes: it runs on a Ray cluster; give its address with "
+            f"--mgpu-ray-address (or RAY_ADDRESS); see docs/multinode.md"
+        )
+    need = layout.num_gpus
+    visible, word = sess.visible_for(engine)
+    if need > visible:
+        hint = " (--mgpu-sim-gpus)" if engine == "sim" else ""
+        return f"needs {need} {word}, {visible} visible{hint}"
     return None
 
 
@@ -174,11 +192,9 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
             continue
         item.stash[MARKS_KEY] = marks
         item.stash[SPEC_KEY] = spec
-        need = layout.num_gpus
-        visible, word = sess.visible_for(engine)
-        if need > visible:
-            hint = " (--mgpu-sim-gpus)" if engine == "sim" else ""
-            item.add_marker(pytest.mark.skip(reason=f"needs {need} {word}, {visible} visible{hint}"))
+        reason = skip_reason(sess, layout, engine)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
         elif any(f in item.fixturenames for f in ("mgpu_engine", "mgpu_bench")):  # type: ignore[attr-defined]
             need_engine.append(item)
         if "mgpu_bench" in item.fixturenames:  # type: ignore[attr-defined]

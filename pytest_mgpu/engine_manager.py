@@ -5,12 +5,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
 from .errors import EngineError, EngineRestartWarning, EngineUnavailable, GpuMemoryError, log_tail
 from .gpus import GpuAllocator, GpuInventory
 from .settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover - ray is imported only for a cluster session
+    from .cluster.ray_client import RayCluster
 
 
 class EngineManager:
@@ -20,9 +23,10 @@ class EngineManager:
     failed is remembered and fails its later tests at once, with the same error.
     """
 
-    def __init__(self, settings: Settings, inventory: GpuInventory) -> None:
+    def __init__(self, settings: Settings, inventory: GpuInventory, cluster: RayCluster | None = None) -> None:
         self.settings = settings
         self.inventory = inventory
+        self.cluster = cluster  # engines run on this Ray cluster, checked around every start and stop
         self.allocator = GpuAllocator([g.index for g in inventory.gpus])
         self.current: RunningEngine | None = None
         # The adapter that started ``current`` stops it: adapters may keep per-start state
@@ -70,8 +74,11 @@ class EngineManager:
         if watch is not None:
             watch(None)
             adapter.on_wait = watch
-        # The sim never touches a GPU (beside a real engine, its layouts may need more than there are).
-        real = self.inventory.count and spec.engine != "sim"
+        if self.cluster is not None:
+            adapter = self.cluster.wrap(adapter)
+        # The sim never touches a GPU (beside a real engine, its layouts may need more than there are);
+        # on a cluster Ray places the workers.
+        real = self.inventory.count and spec.engine != "sim" and self.cluster is None
         gpu_ids = self.allocator.acquire(spec.layout.num_gpus) if real else []
         try:
             running = adapter.start(

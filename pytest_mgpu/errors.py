@@ -132,6 +132,17 @@ class GpuMemoryError(RuntimeError):
     """GPU memory did not return to its level from before an engine started."""
 
 
+class ClusterError(EngineError):
+    """The Ray cluster cannot take an engine as asked: too few free GPUs, or workers placed on other nodes."""
+
+
+class ClusterTeardownError(GpuMemoryError):
+    """A stopped engine left something in the Ray cluster: actors, held GPUs, or GPU memory on a node.
+
+    A :class:`GpuMemoryError`, so it fails the session as GPU memory that does not come back does locally.
+    """
+
+
 class SSEParseError(ValueError):
     """A server-sent event's ``data`` is not valid JSON (or ``[DONE]``)."""
 

@@ -20,9 +20,10 @@ from .verdicts import Tolerance, check_metric
 #: Signature-first marker docs, so that ``pytest --markers`` is the documentation.
 MARKERS = (
     "gpu: performance test that drives an inference engine (select with -m gpu)",
-    "layout(tp=1, pp=1, gpu_mem_gb=None): run the test on an engine with tensor parallelism tp and "
-    "pipeline parallelism pp (tp*pp GPUs), optionally capped at gpu_mem_gb GB per GPU; several "
-    "layout marks make one test item per layout, with ids like tp2-pp1",
+    "layout(tp=1, pp=1, gpu_mem_gb=None, nodes=1): run the test on an engine with tensor parallelism tp "
+    "and pipeline parallelism pp (tp*pp GPUs), optionally capped at gpu_mem_gb GB per GPU, spread over "
+    "nodes nodes of a Ray cluster (--mgpu-ray-address; tp*pp/nodes GPUs each); several layout marks make "
+    "one test item per layout, with ids like tp2-pp1 or tp8-pp2-n2",
     "model(name): config-only model to serve: a built-in name (llama-2-7b, tiny-llama) or a "
     "directory holding config.json; overrides --mgpu-model",
     "perf_tolerance(**metric_tolerance): per-test gate tolerances, e.g. "

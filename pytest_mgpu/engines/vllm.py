@@ -12,6 +12,10 @@ Engine options (``--mgpu-engine-opt KEY=VALUE``) become server flags:
 A few keys are read by the adapter itself and never passed on: ``cpu-kvcache-space`` (GiB of KV
 cache on CPU, default 1), ``cpu-omp-threads-bind`` (verbatim ``VLLM_CPU_OMP_THREADS_BIND``) and
 ``known-issues`` (``false`` turns the table in :mod:`.known_issues` off).
+
+On a Ray cluster (``--mgpu-ray-address``; docs/multinode.md) the server runs on this host with
+``--distributed-executor-backend ray`` and ``RAY_ADDRESS``; its workers are Ray actors on the
+cluster's nodes. vLLM on CPU has no Ray executor ("current platform cpu does not support ray").
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import preflight as nccl_preflight
+from ..cluster import VLLM_CPU_RAY_UNSUPPORTED
 from ..errors import EngineError, EngineUnavailable
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
@@ -232,6 +237,8 @@ class VllmAdapter(EngineAdapter):
 
     name = "vllm"
     module = "vllm.entrypoints.openai.api_server"
+    #: How its Ray executor's workers are found in a cluster: actor name prefix (V2) or class (V1, unnamed).
+    ray_worker_match = ("vllm_Worker_", "RayWorkerProc", "RayWorkerWrapper")
 
     def __init__(self) -> None:
         #: Known issues applied at the last :meth:`command`, for reports.
@@ -274,6 +281,8 @@ class VllmAdapter(EngineAdapter):
         why = check_layout(spec.model, spec.layout.tp, spec.layout.pp)
         if why:
             raise EngineError(f"vLLM cannot run layout {spec.layout.id}: {why}")
+        if spec.cluster is not None and inventory.count == 0:
+            raise EngineUnavailable(VLLM_CPU_RAY_UNSUPPORTED)
         for gpu in inventory.gpus:
             if gpu.compute_capability is None:
                 continue
@@ -292,6 +301,8 @@ class VllmAdapter(EngineAdapter):
             pp=spec.layout.pp,
             on_gpu=inventory.count > 0,
             compute_capability=min(ccs) if ccs else None,
+            ray=spec.cluster is not None,
+            raylets_per_host=spec.cluster.raylets_per_host if spec.cluster is not None else 1,
         )
 
     def server_flags(
@@ -316,6 +327,8 @@ class VllmAdapter(EngineAdapter):
             "disable-uvicorn-access-log": True,  # one line per request otherwise
         }
         flags.update(log_request_flags(ctx.version))
+        if spec.cluster is not None:
+            flags["distributed-executor-backend"] = "ray"
         if _is_config_only(model.path):
             flags["load-format"] = "dummy"
         tok = self.tokenizer(spec, self._work_dir or Path(tempfile.gettempdir()) / "pytest-mgpu")

@@ -71,6 +71,21 @@ GPU_PROFILES: dict[str, GpuProfile] = {
 }
 DEFAULT_GPU = "v100-16gb"
 
+#: Inter-node network per GPU, per direction, GB/s, for layouts spread over nodes (``nodes > 1``):
+#: the NICs of the vendor's reference server for each card, divided by its GPUs. DGX-1 (V100): 4x
+#: 100 Gb/s EDR InfiniBand for 8 GPUs; DGX A100: 8x 200 Gb/s HDR, one per GPU; DGX H100/H200: 8x
+#: 400 Gb/s NDR, one per GPU. A tenth to a thirtieth of the NVLink figure of the same card.
+INTERNODE_GBS: dict[str, float] = {
+    "v100-16gb": 4 * 100 / 8 / 8,
+    "a100-80gb": 200 / 8,
+    "h100-80gb": 400 / 8,
+    "h200-141gb": 400 / 8,
+    "instant": 1e9,
+}
+#: Latency of one inter-node ring step or p2p send (NIC, switch, NCCL's network proxy), in µs: an
+#: estimate, several times NVLink's.
+INTERNODE_LATENCY_US = 10.0
+
 
 
 def get_profile(name: str) -> GpuProfile:
@@ -104,6 +119,7 @@ class SimOptions:
     max_model_len: int = 0  # 0: the config's max_position_embeddings, capped to the KV cache
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
+    nodes: int = 1  # nodes the tp x pp GPUs are spread over (the layout's nodes)
     overhead_ms: float = DEFAULT_OVERHEAD_MS
     worker_overhead_ms: float = DEFAULT_WORKER_OVERHEAD_MS
     # Pacing (server only): the modelled clock runs time_scale x faster than the wall clock; inf: unpaced.
@@ -117,6 +133,9 @@ class SimOptions:
     # A busy host (server only): every host_lag_every-th step, block for host_lag_ms before writing.
     host_lag_ms: float = 0.0
     host_lag_every: int = 0
+    # On a Ray cluster only (read by .ray_workers, which holds the stand-in workers; the server ignores them).
+    ray_leak: bool = False  # also start a detached actor that outlives the sim: a teardown fault
+    ray_timeout: float = 60.0  # seconds to wait for the cluster's GPUs and the workers
 
     @classmethod
     def names(cls) -> list[str]:
@@ -157,10 +176,11 @@ class SimOptions:
             raise SimOptionError(f"sim option time_scale={self.time_scale} must be > 0 (1 = real time, inf = unpaced)")
         if not self.speed > 0:
             raise SimOptionError(f"sim option speed={self.speed} must be > 0 (1.25 = 25% faster)")
-        for name in ("noise", "jitter", "overhead_ms", "worker_overhead_ms", "start_delay", "host_lag_ms"):
+        nonneg = ("noise", "jitter", "overhead_ms", "worker_overhead_ms", "start_delay", "host_lag_ms", "ray_timeout")
+        for name in nonneg:
             if getattr(self, name) < 0:
                 raise SimOptionError(f"sim option {name}={getattr(self, name)} must be >= 0")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "nodes"):
             if getattr(self, name) < 1:
                 raise SimOptionError(f"sim option {name}={getattr(self, name)} must be >= 1")
         if self.host_lag_every < 0:
@@ -194,6 +214,9 @@ class PerfModel:
             raise SimError(f"tp={tp} does not divide the {m.heads} attention heads of {m.name}")
         if pp > m.layers:
             raise SimError(f"pp={pp} exceeds the {m.layers} layers of {m.name}")
+        self.nodes = self.opts.nodes
+        if (tp * pp) % self.nodes:
+            raise SimError(f"nodes={self.nodes} does not divide the {tp * pp} GPUs of tp={tp} x pp={pp}")
         self.layers_per_stage = math.ceil(m.layers / pp)  # the busiest stage sets the pace
         self.heads_per_gpu = m.heads // tp
         self.kv_heads_per_gpu = max(1, m.kv_heads // tp)  # KV heads are replicated when tp > kv_heads
@@ -245,22 +268,52 @@ class PerfModel:
         """One line: model, layout, profile, memory plan and KV capacity."""
         per_seq = 256
         return (
-            f"model={self.model.name} params={self.model.param_count / 1e9:.2f}B layout=tp{self.tp}-pp{self.pp} "
+            f"model={self.model.name} params={self.model.param_count / 1e9:.2f}B layout=tp{self.tp}-pp{self.pp}"
+            f"{f'-n{self.nodes}' if self.nodes > 1 else ''} "
             f"gpu={self.gpu.name} mem={self.memory_gib:.2f}GiB weights/gpu={self.weight_bytes_per_gpu / GIB:.2f}GiB "
             f"kv_cache={self.kv_tokens} tokens ({self.kv_blocks} blocks; {self.kv_tokens / per_seq:.1f} seqs of "
             f"{per_seq} tokens; {self.kv_tokens / self.max_model_len:.2f}x max_model_len={self.max_model_len}) "
             f"max_num_seqs={self.opts.max_num_seqs} speed={self.opts.speed:g} noise={self.opts.noise:g}"
         )
 
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs of the layout on each node."""
+        return self.num_gpus // self.nodes
+
+    @property
+    def tp_spans_nodes(self) -> bool:
+        """Whether a TP group crosses nodes (ranks fill a node before the next, as vLLM's Ray executor packs them)."""
+        return self.tp > self.gpus_per_node
+
+    @property
+    def pp_crossings(self) -> int:
+        """Stage-to-stage sends per step that cross nodes (of the ``pp`` sends the model counts per step)."""
+        if self.pp == 1 or self.nodes == 1:
+            return 0
+        g = self.gpus_per_node
+        # Rank r of stage s is s*tp + r; it sends to (s+1)*tp + r. Node of a rank: rank // g.
+        return sum(1 for s in range(self.pp - 1) if (s * self.tp) // g != ((s + 1) * self.tp) // g)
+
+    def _link(self, internode: bool) -> tuple[float, float]:
+        """(bandwidth B/s after efficiency, latency s) of the NVLink or the inter-node network."""
+        if internode:
+            return INTERNODE_GBS[self.gpu.name] * 1e9 * BANDWIDTH_EFFICIENCY, INTERNODE_LATENCY_US * 1e-6
+        return self.gpu.link_gbs * 1e9 * BANDWIDTH_EFFICIENCY, self.gpu.link_latency_us * 1e-6
+
     def allreduce_s(self, nbytes: float) -> float:
-        """One ring all-reduce of ``nbytes`` over the TP group."""
+        """One ring all-reduce of ``nbytes`` over the TP group (at the inter-node speed if the group spans nodes)."""
         tp = self.tp
         if tp == 1:
             return 0.0
         steps = 2 * (tp - 1)
-        return steps * self.gpu.link_latency_us * 1e-6 + steps / tp * nbytes / (
-            self.gpu.link_gbs * 1e9 * BANDWIDTH_EFFICIENCY
-        )
+        bw, lat = self._link(self.tp_spans_nodes)
+        return steps * lat + steps / tp * nbytes / bw
+
+    def send_s(self, nbytes: float, internode: bool = False) -> float:
+        """One point-to-point send of ``nbytes`` between pipeline stages."""
+        bw, lat = self._link(internode)
+        return lat + nbytes / bw
 
     def step_time(self, tokens: int, num_seqs: int, ctx_tokens: int, attn_pairs: int) -> float:
         """Seconds of one engine step, before speed and noise.
@@ -286,7 +339,13 @@ class PerfModel:
         act_bytes = t * m.hidden * m.dtype_bytes
         t_comm = 2 * self.layers_per_stage * self.allreduce_s(act_bytes)
         if self.pp > 1:
-            t_comm += g.link_latency_us * 1e-6 + act_bytes / (g.link_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
+            # One send per stage and step; those that cross a node boundary go over the network.
+            cross = self.pp_crossings
+            if cross:
+                inter, intra = self.send_s(act_bytes, internode=True), self.send_s(act_bytes)
+                t_comm += (cross * inter + (self.pp - cross) * intra) / self.pp
+            else:
+                t_comm += self.send_s(act_bytes)
         stage = max(t_mem, t_flop) + t_comm
         overhead = (self.opts.overhead_ms + self.opts.worker_overhead_ms * (self.num_gpus - 1)) * 1e-3
         return self.pp * stage + overhead

@@ -217,6 +217,10 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
     # Non-mgpu items keep their place at the front; mgpu items run grouped by engine key.
     keyed.sort(key=lambda t: (t[0] >= 0, t[0], t[1]))
     items[:] = [it for _, _, it in keyed]
+    if sess.config.getoption("mgpu_shard", None):
+        from .shard import select  # lazy: only a sharded run needs it
+
+        select(sess, sess.config, items)
 
 
 def engine_missing(engine: str, python: str, env: Mapping[str, str] | None = None) -> str | None:

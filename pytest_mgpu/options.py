@@ -98,6 +98,13 @@ def parse_noise_floor(text: str) -> float:
     return Tolerance.parse(text).fraction
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    """``--mgpu-shard I/N`` (lazy import: sharding is only loaded when asked for)."""
+    from .shard import parse_shard
+
+    return parse_shard(text)
+
+
 def _h(text: str) -> str:
     """Escape ``%`` for argparse, which %-formats help strings."""
     return text.replace("%", "%%")
@@ -149,6 +156,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Run every engine on this Ray cluster through Ray (vLLM's Ray executor; layout(nodes=N) spans "
              "N nodes); GPU inventory and memory checks come from the cluster (default: RAY_ADDRESS; "
              "docs/multinode.md)")
+    add(f"{prefix}shard", metavar="I/N", default=None, type=_parse_shard,
+        help="Run shard I of N (1 <= I <= N): a stable slice of the items, engines kept whole, balanced by an "
+             "estimate of their cost; combine the shards' --mgpu-json with `pytest-mgpu merge`")
     add(f"{prefix}log-dir", metavar="DIR", default=None,
         help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
     add(f"{prefix}cache-dir", metavar="DIR", default=None,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .baseline import atomic_write_text
 from .benchmark_export import to_benchmark_json
+from .merge import comparison_to_dict
 from .render.markdown import render_markdown
 from .results import RESULTS_SCHEMA_VERSION
 
@@ -37,6 +38,9 @@ def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
         "fingerprint": sess.fingerprint,
         "env": sess.env_info,
         "results": results,
+        # The gate's verdicts as this run decided them (also those without a result), so that
+        # `pytest-mgpu merge` can report the shards of a run as one run.
+        "comparisons": [comparison_to_dict(c) for c in sess.comparisons],
     }
     if sess.ab is not None:
         from .ab import ab_document  # lazy: the A/B module imports the session, which imports this one

@@ -1,0 +1,174 @@
+"""``pytest-mgpu merge``: the ``--mgpu-json`` files of a sharded run (``--mgpu-shard I/N``) as one report.
+
+Each shard's file holds its results and the gate's comparisons (verdicts after confirmation, as
+the shard decided them). Merging checks that the files belong together (one fingerprint, one N,
+every shard present once, no result twice) and writes what one unsharded run would have: one
+``--mgpu-json`` document, the terminal gate table, and one Markdown comment, rendered by the same
+code (:mod:`.render`). Its exit code follows the plugin's one failure rule
+(:func:`~pytest_mgpu.verdicts.fails`): 1 when a result fails by it (``--strict`` as ``--mgpu-strict``),
+2 for unusable input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CliError
+from .render.markdown import render_markdown
+from .render.text import render_table, summary_line
+from .results import RESULTS_SCHEMA_VERSION
+from .verdicts import STRICT_HELP, Comparison, MetricComparison, Verdict, fails
+
+
+def comparison_to_dict(c: Comparison) -> dict[str, Any]:
+    """JSON-ready form of a gate comparison (the ``comparisons`` list of ``--mgpu-json``)."""
+    return json.loads(json.dumps(dataclasses.asdict(c), default=str))
+
+
+def _fields(cls: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def comparison_from_dict(data: Mapping[str, Any]) -> Comparison:
+    """Inverse of :func:`comparison_to_dict` (unknown keys are ignored)."""
+    metrics = tuple(
+        MetricComparison(**{**_fields(MetricComparison, m), "verdict": Verdict(m["verdict"])})
+        for m in data.get("metrics", ())
+    )
+    return Comparison(**{**_fields(Comparison, data), "verdict": Verdict(data["verdict"]), "metrics": metrics})
+
+
+@dataclasses.dataclass
+class Shard:
+    """One shard's ``--mgpu-json`` file."""
+
+    path: Path
+    doc: dict[str, Any]
+    comparisons: list[Comparison]
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """``(I, N)`` from the file's environment, if the run was sharded."""
+        text = str(self.doc.get("env", {}).get("shard") or "")
+        i, sep, n = text.partition("/")
+        return (int(i), int(n)) if sep and i.isdigit() and n.isdigit() else None
+
+
+def load_shard(path: str | Path) -> Shard:
+    """Read one shard's ``--mgpu-json`` file; CliError names what is wrong with it."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"{p}: no such file") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CliError(f"{p}: not a readable --mgpu-json file ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise CliError(f"{p}: not a --mgpu-json results file (no 'results' list)")
+    if not isinstance(doc.get("comparisons"), list):
+        raise CliError(f"{p}: has no 'comparisons' (the gate's verdicts); write it with this version's --mgpu-json")
+    try:
+        comps = [comparison_from_dict(c) for c in doc["comparisons"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"{p}: a comparison is malformed ({exc!r}); regenerate the file with --mgpu-json") from None
+    return Shard(p, doc, comps)
+
+
+def merge_shards(shards: Sequence[Shard], allow_missing: bool = False) -> dict[str, Any]:
+    """One ``--mgpu-json`` document from the shards' documents; CliError if they do not belong together."""
+    if not shards:
+        raise CliError("no files to merge")
+    fps = {s.doc.get("fingerprint") for s in shards}
+    if len(fps) > 1:
+        detail = ", ".join(f"{s.path.name}: {s.doc.get('fingerprint')}" for s in shards)
+        raise CliError(f"the files come from different hardware ({detail}); merge shards of one run")
+    ids = [s.shard for s in shards]
+    if all(ids):
+        ns = {n for _, n in ids}  # type: ignore[misc]
+        if len(ns) > 1:
+            raise CliError(f"the files are shards of different splits ({', '.join(f'{i}/{n}' for i, n in ids)})")  # type: ignore[misc]
+        (n,) = ns
+        seen: dict[int, Path] = {}
+        for s in shards:
+            i = s.shard[0]  # type: ignore[index]
+            if i in seen:
+                raise CliError(f"shard {i}/{n} given twice ({seen[i]}, {s.path})")
+            seen[i] = s.path
+        missing = sorted(set(range(1, n + 1)) - set(seen))
+        if missing and not allow_missing:
+            raise CliError(
+                f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing: their items would be absent from the "
+                f"report; pass every shard's file (or --allow-missing)"
+            )
+    elif any(ids):
+        raise CliError("some files are shards (--mgpu-shard) and some are not; merge the shards of one run")
+    owner: dict[tuple[str, str], Path] = {}
+    results: list[dict[str, Any]] = []
+    for s in shards:
+        for r in s.doc["results"]:
+            key = (str(r.get("module")), str(r.get("entry_id")))
+            if key in owner:
+                raise CliError(f"{key[1]} is in two files ({owner[key]}, {s.path}): shards must not overlap")
+            owner[key] = s.path
+            results.append(r)
+    comparisons = [c for s in shards for c in s.comparisons]
+    results.sort(key=lambda r: (str(r.get("module")), str(r.get("nodeid")), str(r.get("entry_id"))))
+    comparisons.sort(key=lambda c: c.entry_id)
+    env = dict(shards[0].doc.get("env", {}))
+    env.pop("shard", None)
+    env["shards"] = [{"file": s.path.name, "shard": s.doc.get("env", {}).get("shard"),
+                      "commit": s.doc.get("env", {}).get("commit"), "date": s.doc.get("env", {}).get("date")}
+                     for s in shards]
+    return {
+        "schema_version": shards[0].doc.get("schema_version", RESULTS_SCHEMA_VERSION),
+        "fingerprint": shards[0].doc.get("fingerprint"),
+        "env": env,
+        "results": results,
+        "comparisons": [comparison_to_dict(c) for c in comparisons],
+    }
+
+
+def merged_comparisons(doc: Mapping[str, Any]) -> list[Comparison]:
+    """The comparisons of a (merged) document."""
+    return [comparison_from_dict(c) for c in doc.get("comparisons", [])]
+
+
+def cmd_merge(args: Any) -> int:
+    """``pytest-mgpu merge SHARD.json... [--json OUT] [--markdown OUT.md]``."""
+    shards = [load_shard(p) for p in args.files]
+    doc = merge_shards(shards, allow_missing=args.allow_missing)
+    comps = merged_comparisons(doc)
+    print(f"merged {len(shards)} file(s): {len(doc['results'])} results, fingerprint {doc['fingerprint']}")
+    commits = {s["commit"] for s in doc["env"]["shards"] if s.get("commit")}
+    if len(commits) > 1:
+        print(f"warning: the shards ran different commits: {', '.join(sorted(c[:10] for c in commits))}")
+    print()
+    if comps:
+        print(render_table(comps))
+        print()
+    print(summary_line(comps))
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        title = args.title or f"pytest-mgpu: {doc['fingerprint']} ({len(shards)} shards)"
+        Path(args.markdown).write_text(render_markdown(comps, title=title), encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return 1 if any(fails(c.verdict, args.strict) for c in comps) else 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``merge`` with the ``pytest-mgpu`` subcommands."""
+    m = sub.add_parser("merge", help="Combine the --mgpu-json files of a sharded run into one report")
+    m.add_argument("files", nargs="+", help="Every shard's --mgpu-json file")
+    m.add_argument("--json", metavar="PATH", help="Write the merged --mgpu-json document")
+    m.add_argument("--markdown", metavar="PATH", help="Write one Markdown report (for a PR comment)")
+    m.add_argument("--title", default=None, help="Title of the Markdown report")
+    m.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    m.add_argument("--allow-missing", action="store_true", help="Merge even if some shards' files are absent")
+    m.set_defaults(func=cmd_merge)

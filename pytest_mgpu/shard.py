@@ -1,0 +1,152 @@
+"""``--mgpu-shard I/N``: a stable slice of the suite, engines kept whole, balanced by estimated cost.
+
+Every runner of a job matrix collects the same suite and computes the same assignment, so the
+shards are disjoint and together cover every item. The unit of assignment is an *engine group*:
+all items that share an engine key (engine, model, layout, options), so no engine starts in two
+shards; every other item is a unit of its own. Units are placed longest first on the least
+loaded shard (LPT), ties broken by name, so the result depends only on the collected items and
+the committed baselines, never on the runner.
+
+A unit's cost is an estimate in seconds: the engine's start (:data:`START_COST_S`) plus, per
+item, the time its baseline entries took (repeats x (requests + warm-ups) / request throughput,
+from the baselines of this fingerprint), or the median of the known items where an item has no
+baseline yet (:data:`DEFAULT_ITEM_COST_S` when none has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .baseline import BaselineStore
+
+if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls select()
+    from .session import MgpuSession
+
+#: Seconds an engine takes to start, by engine (vLLM compiles per layout: 2-3 min on an H100 the
+#: first time, see shared notes; TensorRT-LLM builds its engine; the sim starts in about a second).
+START_COST_S = {"sim": 2.0, "vllm": 120.0, "trtllm": 180.0}
+#: Seconds per item when no item of the suite has a baseline to estimate from.
+DEFAULT_ITEM_COST_S = 60.0
+#: Seconds for an item that uses no engine.
+PLAIN_ITEM_COST_S = 0.1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``; shards are numbered 1..N. Bad input raises ``argparse.ArgumentTypeError``."""
+    i, sep, n = str(text).strip().partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"Could not parse shard {text!r}: expected I/N such as 1/4")
+    a, b = int(i), int(n)
+    if b < 1 or not 1 <= a <= b:
+        raise argparse.ArgumentTypeError(
+            f"Shard {text!r} is out of range: shards are numbered 1..N, e.g. 1/{max(b, 2)}"
+        )
+    return a, b
+
+
+@dataclass
+class Unit:
+    """Items that must run in the same shard, and their estimated cost in seconds."""
+
+    name: str  # stable across runners: the first item's node id
+    items: list[pytest.Item] = field(default_factory=list)
+    cost: float = 0.0
+
+
+def assign(units: Sequence[tuple[str, float]], n: int) -> dict[str, int]:
+    """Place ``(name, cost)`` units on ``n`` shards (1..n): longest first onto the least loaded.
+
+    Deterministic: it depends on the names and costs only, not on their order. The largest load
+    is at most the mean load plus the largest unit (and within 4/3 of the best possible).
+    """
+    loads = [0.0] * n
+    out: dict[str, int] = {}
+    for name, cost in sorted(units, key=lambda u: (-u[1], u[0])):
+        k = min(range(n), key=lambda j: (loads[j], j))
+        loads[k] += cost
+        out[name] = k + 1
+    return out
+
+
+def item_costs(root: Path, fingerprint: str) -> dict[str, float]:
+    """Estimated seconds per item node id, from the baselines of ``fingerprint`` under ``root``."""
+    costs: dict[str, float] = {}
+    try:
+        files = [f for f in BaselineStore(root).iter_all() if f.fingerprint == fingerprint and not f.error]
+    except OSError:
+        return costs
+    for f in files:
+        for e in f.entries.values():
+            samples = e.samples("request_throughput")  # the samples, as the gate reads them
+            rate = statistics.median(samples) if samples else 0.0
+            wl = e.workload
+            requests = int(wl.get("num_requests", 0)) + int(wl.get("warmup_requests", 0))
+            if not e.nodeid or not rate or rate <= 0 or not math.isfinite(rate):
+                continue
+            costs[e.nodeid] = costs.get(e.nodeid, 0.0) + max(e.repeats, 1) * requests / rate
+    return costs
+
+
+def units_of(items: Iterable[pytest.Item], key_of: Any, engine_of: Any, known: dict[str, float]) -> list[Unit]:
+    """Group items into units: by engine key (``key_of(item)``, None for a plain item), costed."""
+    groups: dict[Any, Unit] = {}
+    plain: list[Unit] = []
+    guess = statistics.median(known.values()) if known else DEFAULT_ITEM_COST_S
+    for item in items:
+        key = key_of(item)
+        if key is None:
+            plain.append(Unit(item.nodeid, [item], PLAIN_ITEM_COST_S))
+            continue
+        unit = groups.get(key)
+        if unit is None:
+            unit = groups[key] = Unit(item.nodeid, [], START_COST_S.get(engine_of(item), DEFAULT_ITEM_COST_S))
+        unit.items.append(item)
+        unit.cost += known.get(item.nodeid, guess)
+    return [*groups.values(), *plain]
+
+
+def select(sess: MgpuSession, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep this shard's items (``--mgpu-shard I/N``), deselect the rest, say what was kept."""
+    shard = config.getoption("mgpu_shard", None)
+    if not shard:
+        return
+    from .session import SPEC_KEY  # the session module imports this one lazily
+
+    i, n = shard
+    known = item_costs(sess.settings.baseline_dir, sess.fingerprint)
+
+    def key_of(item: pytest.Item) -> Any:
+        spec = item.stash.get(SPEC_KEY, None)
+        return None if spec is None else spec.key
+
+    def engine_of(item: pytest.Item) -> str:
+        spec = item.stash.get(SPEC_KEY, None)
+        return spec.engine if spec is not None else ""
+
+    units = units_of(items, key_of, engine_of, known)
+    where = assign([(u.name, u.cost) for u in units], n)
+    keep = {id(it) for u in units if where[u.name] == i for it in u.items}
+    selected = [it for it in items if id(it) in keep]
+    deselected = [it for it in items if id(it) not in keep]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = selected
+    mine = [u for u in units if where[u.name] == i]
+    load = sum(u.cost for u in mine)
+    total = sum(u.cost for u in units)
+    engines = sum(1 for u in mine if key_of(u.items[0]) is not None)
+    sess.env_info["shard"] = f"{i}/{n}"
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"mgpu shard {i}/{n}: {len(selected)} of {len(selected) + len(deselected)} items, {engines} engine "
+            f"group(s), estimated {load:.0f}s of {total:.0f}s"
+        )

@@ -1,0 +1,251 @@
+"""``--mgpu-shard I/N`` and ``pytest-mgpu merge``: stable, disjoint, engine-whole shards that merge into
+the report of one unsharded run (on the sim)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_mgpu.cli import main as cli
+from pytest_mgpu.merge import comparison_from_dict, comparison_to_dict, load_shard, merge_shards
+from pytest_mgpu.shard import assign, parse_shard
+from pytest_mgpu.verdicts import Comparison, MetricComparison, Verdict
+
+pytest_plugins = ["pytester"]
+
+SIM = ["--mgpu-engine", "sim", "--mgpu-sim-gpu", "h100-80gb", "-p", "no:cacheprovider", "--mgpu-repeats", "1"]
+
+#: Three engine keys (tp1, tp2, tp1-pp2) shared by two test functions, plus two plain tests.
+SUITE = """
+import math, os, pytest
+
+pytestmark = pytest.mark.model("llama-2-7b")
+
+def _log(engine):
+    with open(os.environ["START_LOG"], "a") as fh:
+        fh.write(f"{engine.layout.id} {engine.pid}\\n")
+
+@pytest.mark.layout(tp=1)
+@pytest.mark.layout(tp=2)
+@pytest.mark.layout(tp=1, pp=2)
+def test_batch(mgpu_bench, mgpu_engine):
+    _log(mgpu_engine)
+    mgpu_bench.run(input_len=64, output_len=8, num_requests=16, request_rate=math.inf, warmup_requests=1)
+
+@pytest.mark.layout(tp=1)
+@pytest.mark.layout(tp=2)
+@pytest.mark.layout(tp=1, pp=2)
+def test_poisson(mgpu_bench, mgpu_engine):
+    _log(mgpu_engine)
+    mgpu_bench.run(input_len=64, output_len=8, num_requests=16, request_rate=64.0, warmup_requests=1)
+
+def test_plain_a():
+    pass
+
+def test_plain_b():
+    pass
+"""
+
+
+def test_parse_shard() -> None:
+    assert parse_shard("2/4") == (2, 4) and parse_shard(" 1/1 ") == (1, 1)
+    for bad in ("0/2", "3/2", "1/0", "a/b", "2", "1/2/3", "-1/2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_shard(bad)
+
+
+def test_bad_shard_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    r = pytester.runpytest("--mgpu-shard", "0/2", "-p", "no:cacheprovider")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--mgpu-shard*out of range: shards are numbered 1..N*"])
+
+
+units_st = st.dictionaries(st.text("abcdef", min_size=1, max_size=6), st.floats(0, 1000), min_size=0, max_size=30)
+
+
+@given(units_st, st.integers(1, 6), st.randoms(use_true_random=False))
+def test_assignment_is_a_stable_balanced_partition(units: dict[str, float], n: int, rnd) -> None:
+    items = list(units.items())
+    a = assign(items, n)
+    rnd.shuffle(items)
+    assert assign(items, n) == a  # order of collection does not matter
+    assert set(a) == set(units) and all(1 <= s <= n for s in a.values())
+    loads = [sum(c for u, c in units.items() if a[u] == k) for k in range(1, n + 1)]
+    if units:
+        assert max(loads) <= sum(units.values()) / n + max(units.values()) + 1e-6
+
+
+def _run_shards(pytester: pytest.Pytester, n: int, extra: list[str]) -> tuple[list[Path], list[list[str]]]:
+    files, starts = [], []
+    for i in range(1, n + 1):
+        log = pytester.path / f"starts-{i}.txt"
+        log.write_text("")
+        out = pytester.path / f"shard-{i}.json"
+        pytester._monkeypatch.setenv("START_LOG", str(log))
+        r = pytester.runpytest(*SIM, *extra, "--mgpu-shard", f"{i}/{n}", "--mgpu-json", str(out))
+        assert r.ret in (0, 5), r.stdout.str()
+        r.stdout.fnmatch_lines([f"mgpu shard {i}/{n}: * of 8 items, * engine group(s), estimated *s of *s"])
+        files.append(out)
+        starts.append(log.read_text().splitlines())  # "<layout> <engine pid>" per test
+    return files, starts
+
+
+def test_shards_are_disjoint_cover_everything_and_start_each_engine_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    collected = []
+    for i in (1, 2, 3):
+        r = pytester.runpytest(*SIM, "--mgpu-shard", f"{i}/3", "--collect-only", "-q")
+        collected.append({line for line in r.stdout.lines if "::" in line})
+    assert not (collected[0] & collected[1]) and not (collected[0] & collected[2]) and not (collected[1] & collected[2])
+    assert len(collected[0] | collected[1] | collected[2]) == 8
+    for items in collected:  # an engine key never spans shards: both tests of a layout go together
+        layouts = {re.search(r"\[(.*)\]", x).group(1) for x in items if "[" in x}  # type: ignore[union-attr]
+        for lay in layouts:
+            assert {f"test_suite.py::test_batch[{lay}]", f"test_suite.py::test_poisson[{lay}]"} <= items
+    # The same split twice (another runner) gives the same slices.
+    again = pytester.runpytest(*SIM, "--mgpu-shard", "2/3", "--collect-only", "-q")
+    assert {line for line in again.stdout.lines if "::" in line} == collected[1]
+
+
+def test_baselines_balance_the_shards(pytester: pytest.Pytester) -> None:
+    """With baselines, the cost estimate comes from them: the slow engine group gets a shard to itself."""
+    pytester.makepyfile(test_suite=SUITE)
+    pytester._monkeypatch.setenv("START_LOG", str(pytester.path / "starts.txt"))
+    pytester.runpytest(*SIM, "--mgpu-update-baselines").assert_outcomes(passed=8)
+    # Make tp1-pp2's recorded request rate 1000x slower: its items now dominate the estimate.
+    path = next((pytester.path / "baselines").rglob("*.json"))
+    doc = json.loads(path.read_text())
+    for eid, e in doc["entries"].items():
+        if "tp1-pp2" in eid:
+            for rec in e["recordings"]:
+                rec["metrics"]["request_throughput"] = [v / 1000 for v in rec["metrics"]["request_throughput"]]
+    path.write_text(json.dumps(doc))
+    r = pytester.runpytest(*SIM, "--mgpu-shard", "1/2", "--collect-only", "-q")
+    items = {line for line in r.stdout.lines if "::" in line}
+    r2 = pytester.runpytest(*SIM, "--mgpu-shard", "2/2", "--collect-only", "-q")
+    items2 = {line for line in r2.stdout.lines if "::" in line}
+    heavy = items if any("tp1-pp2" in x for x in items) else items2
+    assert {x for x in heavy if "[" in x} == {"test_suite.py::test_batch[tp1-pp2]", "test_suite.py::test_poisson[tp1-pp2]"}
+
+
+def test_sharded_run_merged_matches_the_unsharded_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    pytester._monkeypatch.setenv("START_LOG", str(pytester.path / "record.txt"))
+    pytester.runpytest(*SIM, "--mgpu-update-baselines").assert_outcomes(passed=8)
+    # Generous tolerances: the sim runs in real time on a busy machine; the verdicts must not flicker.
+    gate = ["--mgpu-tolerance", "output_throughput_per_gpu=60%", "--mgpu-tolerance", "ttft_p50=60%",
+            "--mgpu-tolerance", "tpot_p50=60%", "--mgpu-tolerance", "ttft_p99=60%", "--mgpu-tolerance", "tpot_p99=60%"]
+    whole_log = pytester.path / "starts-whole.txt"
+    pytester._monkeypatch.setenv("START_LOG", str(whole_log))
+    whole_json = pytester.path / "whole.json"
+    r = pytester.runpytest(*SIM, *gate, "--mgpu-json", str(whole_json), "--mgpu-report-md", str(pytester.path / "whole.md"))
+    r.assert_outcomes(passed=8)
+    files, starts = _run_shards(pytester, 2, gate)
+
+    merged_json, merged_md = pytester.path / "merged.json", pytester.path / "merged.md"
+    assert cli(["merge", *map(str, files), "--json", str(merged_json), "--markdown", str(merged_md)]) == 0
+    whole, merged = json.loads(whole_json.read_text()), json.loads(merged_json.read_text())
+
+    # Every engine started once in all: each layout has one engine (pid) over all shards, as in the whole run.
+    engines = {tuple(line.split()) for s in starts for line in s}
+    layouts = [lay for lay, _ in engines]
+    assert sorted(layouts) == sorted({line.split()[0] for line in whole_log.read_text().splitlines()})
+    assert len(layouts) == len(set(layouts)) == 3
+    assert merged["fingerprint"] == whole["fingerprint"]
+    assert [s["shard"] for s in merged["env"]["shards"]] == ["1/2", "2/2"]
+
+    def results(doc: dict) -> list[tuple]:
+        return sorted((r["module"], r["entry_id"], r["engine"], json.dumps(r["layout"]), json.dumps(r["workload"]),
+                       r["valid"]) for r in doc["results"])
+
+    def verdicts(doc: dict) -> list[tuple]:
+        return sorted((c["entry_id"], c["verdict"], tuple((m["metric"], m["verdict"], m["gated"]) for m in c["metrics"]))
+                      for c in doc["comparisons"])
+
+    assert results(merged) == results(whole) and len(merged["results"]) == 6
+    assert verdicts(merged) == verdicts(whole)
+    assert {c["verdict"] for c in merged["comparisons"]} == {"PASS"}
+
+    def md_rows(text: str) -> list[str]:  # the report without its numbers, which differ run to run
+        rows = [re.sub(r"\|[^|]*\d[^|]*(?=\|)", "| # ", line) for line in text.splitlines() if line.startswith("| `")]
+        return sorted(rows)
+
+    assert md_rows(merged_md.read_text()) == md_rows((pytester.path / "whole.md").read_text())
+    assert merged_md.read_text().count("**6 passed**") == (pytester.path / "whole.md").read_text().count("**6 passed**") == 1
+
+
+def _comparison(eid: str, verdict: Verdict = Verdict.PASS) -> Comparison:
+    m = MetricComparison("tpot_p50", 10.0, 10.5, 5.0, 3.0, 5.0, verdict, True, 0.05, 0.03, 3, 3)
+    return Comparison(eid, verdict, (m,), "note", "0.26.0", "0.26.0", "vllm")
+
+
+def test_comparisons_round_trip_through_json() -> None:
+    c = _comparison("t[tp1-pp1]::w", Verdict.FAIL)
+    assert comparison_from_dict(json.loads(json.dumps(comparison_to_dict(c)))) == c
+
+
+def _doc(shard: str | None, eids: list[str], fingerprint: str = "fp", verdict: Verdict = Verdict.PASS) -> dict:
+    env = {"commit": "abc", **({"shard": shard} if shard else {})}
+    return {
+        "schema_version": 1, "fingerprint": fingerprint, "env": env,
+        "results": [{"module": "m.py", "entry_id": e, "nodeid": f"m.py::{e}"} for e in eids],
+        "comparisons": [comparison_to_dict(_comparison(e, verdict)) for e in eids],
+    }
+
+
+def _write(tmp_path: Path, name: str, doc: dict) -> str:
+    p = tmp_path / name
+    p.write_text(json.dumps(doc))
+    return str(p)
+
+
+@pytest.mark.parametrize("docs, message", [
+    ([_doc("1/2", ["a"]), _doc("2/2", ["a"])], "a is in two files"),
+    ([_doc("1/3", ["a"]), _doc("2/3", ["b"])], "shard(s) 3/3 missing"),
+    ([_doc("1/2", ["a"]), _doc("1/2", ["b"])], "shard 1/2 given twice"),
+    ([_doc("1/2", ["a"]), _doc("2/3", ["b"])], "shards of different splits"),
+    ([_doc("1/2", ["a"]), _doc("2/2", ["b"], fingerprint="other")], "come from different hardware"),
+    ([_doc("1/2", ["a"]), _doc(None, ["b"])], "some files are shards"),
+])
+def test_merge_refuses_files_that_do_not_belong_together(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         docs: list[dict], message: str) -> None:
+    paths = [_write(tmp_path, f"{i}.json", d) for i, d in enumerate(docs)]
+    assert cli(["merge", *paths]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_merge_needs_the_gate_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _doc("1/1", ["a"])
+    del doc["comparisons"]
+    assert cli(["merge", _write(tmp_path, "a.json", doc)]) == 2
+    assert "has no 'comparisons'" in capsys.readouterr().err
+
+
+def test_merge_exit_code_follows_the_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok = [_write(tmp_path, "1.json", _doc("1/2", ["a"])), _write(tmp_path, "2.json", _doc("2/2", ["b"]))]
+    assert cli(["merge", *ok]) == 0
+    bad = _write(tmp_path, "3.json", _doc("2/2", ["b"], verdict=Verdict.FAIL))
+    assert cli(["merge", ok[0], bad]) == 1
+    assert "1 failed, 1 passed" in capsys.readouterr().out
+    new = _write(tmp_path, "4.json", _doc("2/2", ["b"], verdict=Verdict.NEW))
+    assert cli(["merge", ok[0], new]) == 0 and cli(["merge", ok[0], new, "--strict"]) == 1
+    assert cli(["merge", ok[0], "--allow-missing"]) == 0
+    shard = load_shard(ok[0])
+    assert shard.shard == (1, 2) and merge_shards([shard], allow_missing=True)["env"]["shards"][0]["shard"] == "1/2"
+
+
+@pytest.mark.parametrize("verdict", list(Verdict))
+def test_merge_exits_by_the_one_failure_rule(tmp_path: Path, verdict: Verdict) -> None:
+    """`pytest-mgpu merge` fails exactly where the plugin and `compare` fail: verdicts.fails, with and without --strict."""
+    from pytest_mgpu.verdicts import fails
+
+    ok = _write(tmp_path, "1.json", _doc("1/2", ["a"]))
+    other = _write(tmp_path, "2.json", _doc("2/2", ["b"], verdict=verdict))
+    assert cli(["merge", ok, other]) == int(fails(verdict))
+    assert cli(["merge", ok, other, "--strict"]) == int(fails(verdict, strict=True))

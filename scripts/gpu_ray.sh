@@ -63,6 +63,8 @@ esac
 # --- the run -----------------------------------------------------------------------------------------
 export PYTHONPATH=$SITE:$PWD:${PYTHONPATH:-}   # the raylets pass it on: their Ray workers import vllm from it
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+# Ray's workers inherit the raylets' environment, not the engine's: set it here, before the raylets start.
+export VLLM_ALLREDUCE_USE_SYMM_MEM=0
 unset RAY_ADDRESS
 STATE=$(mktemp -d /tmp/mgpu-gpuray-XXXX)
 python3 -c "import vllm, ray, torch; print('vllm', vllm.__version__, 'ray', ray.__version__, 'torch', torch.__version__)" \
@@ -131,11 +133,13 @@ if python3 -m pytest_mgpu.cluster.local start --state "$STATE" --nodes 2 --num-g
      --cuda-visible-devices 0 1 > "$STATE/address" 2> "$OUT/cluster.log"; then
   say "cluster: 2 raylets up in $(( $(date +%s) - t0 ))s at $(head -1 "$STATE/address")"
   # shellcheck disable=SC1091
-  ( . "$STATE/ray.env"; run ray-tp2 2 tp2 --mgpu-ray-address "$RAY_ADDRESS" ); ray_rc=$?
+  . "$STATE/ray.env"   # RAY_ADDRESS and the cluster's token, for the Ray sessions only
+  run ray-tp2 2 tp2 --mgpu-ray-address "$RAY_ADDRESS"; ray_rc=$?
   # the mp TP=2 run still has to fit after PP=2 over Ray: reserve one TP=2 start for it
   if [ $ray_rc -eq 0 ] && want_pp2 $(( 2 * ${took[ray-tp2]:-999} )); then
-    ( . "$STATE/ray.env"; run ray-pp2 2 pp2 --mgpu-ray-address "$RAY_ADDRESS" )
+    run ray-pp2 2 pp2 --mgpu-ray-address "$RAY_ADDRESS"
   fi
+  unset RAY_ADDRESS RAY_AUTH_MODE RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
 else
   say "cluster did not come up:"; cat "$OUT/cluster.log"
 fi

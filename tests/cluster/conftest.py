@@ -40,6 +40,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
         if reporter is None or capman is None:
             return
         with capman.global_and_fixture_disabled():
+            reporter.ensure_newline()
             reporter.write_line(line)
 
     local.start()

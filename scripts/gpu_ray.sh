@@ -3,11 +3,12 @@
 # Ray cluster of two raylets on this host (one GPU each, node IPs 127.0.0.2/.3), then the same layout
 # with vLLM's multiprocessing executor; PP=2 too when the time budget allows. docs/multinode.md.
 #
+#   bash scripts/gpu_ray.sh plan    # here, not on the GPU machine: the device calls and their carry lists, sized
 #   bash scripts/gpu_ray.sh stage   # copy the wheel parts carried along (.gpu-stage/pN, .gpu-ray/pN) to /tmp/wheelset
 #   bash scripts/gpu_ray.sh all     # stage what came along, install vLLM + Ray into /tmp/site (once), run
 #   bash scripts/gpu_ray.sh run     # only the run (vLLM and Ray already in /tmp/site)
 #
-# vLLM's wheels (.gpu-stage p1..p7, ~410 MiB) and Ray's (.gpu-ray p1..p3, 76 MiB) do not fit one call's
+# vLLM's wheels (.gpu-stage p1..p7, 363 MiB) and Ray's (.gpu-ray p1..p2, 76 MiB) do not fit one call's
 # 64 MiB carry: stage them in calls of their own first, back to back (the machine keeps /tmp only while
 # warm). The model is tiny-llama (config only, dummy weights), --enforce-eager, one repeat of 32 requests.
 # Both executors get the same flags: --disable-custom-all-reduce, VLLM_ALLREDUCE_USE_SYMM_MEM=0 and the
@@ -53,7 +54,40 @@ install() {  # join split wheels; install into $SITE what does not import from i
   say "installed ${#wheels[@]} wheels into $SITE in $(( $(date +%s) - t0 ))s"
 }
 
+plan() {  # here, in the checkout that has the parts: the device calls, each carry within 64 MiB (the last runs `all`)
+  python3 - <<'PY'
+import json, pathlib, subprocess
+# The 64 MiB a call carries may count the working tree that travels with it: keep room for it.
+tracked = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout.decode().split("\0")
+tree = sum(pathlib.Path(f).stat().st_size for f in tracked if f and pathlib.Path(f).is_file())
+limit = 64 * 2**20 - tree - 2**20 // 2
+parts = [p for p in [pathlib.Path(f".gpu-stage/p{i}") for i in range(1, 8)] + [pathlib.Path(f".gpu-ray/p{i}") for i in (1, 2)]]
+missing = [str(p) for p in parts if not p.is_dir()]
+if missing:
+    raise SystemExit(f"missing here: {' '.join(missing)} (build them first: ../shared/gpu/README.md, .gpu-ray/README.md)")
+size = {str(p): sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for p in parts}
+bins: list[list[str]] = []
+for name in sorted(size, key=lambda n: -size[n]):  # first fit, largest first
+    for b in bins:
+        if sum(size[x] for x in b) + size[name] <= limit:
+            b.append(name)
+            break
+    else:
+        bins.append([name])
+bins.sort(key=lambda b: -sum(size[x] for x in b))
+total = sum(size.values())
+print(f"{len(bins)} calls, {total / 2**20:.1f} MiB of wheels (at most {limit / 2**20:.1f} MiB a call: 64 less the "
+      f"{tree / 2**20:.1f} MiB tracked tree and 0.5 spare); kind nvidia-h100-x2, back to back on one warm machine:")
+for i, b in enumerate(bins, 1):
+    last = i == len(bins)
+    cmd = "bash scripts/gpu_ray.sh all" if last else "bash scripts/gpu_ray.sh stage"
+    mib = sum(size[x] for x in b) / 2**20
+    print(f"  call {i}: command {cmd!r}, carry {json.dumps(sorted(b))} ({mib:.2f} MiB)" + (", timeout_s 240" if last else ""))
+PY
+}
+
 case $mode in
+  plan) plan; exit 0 ;;
   stage) stage; exit 0 ;;
   all) stage; install ;;
   run) ;;

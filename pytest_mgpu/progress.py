@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,25 @@ def last_log_line(path: Path | None, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _isatty(tr: Any) -> bool:
+    """Whether the terminal reporter writes to a terminal: a bool attribute up to pytest 8.x, a
+    method from pytest 9 (calling the bool failed every engine start on the pytest 8.0 floor)."""
+    value = tr.isatty
+    return bool(value() if callable(value) else value)
+
+
+def _write_raw(tw: Any, text: str) -> None:
+    """Write to the terminal without pytest counting it into the current line's width.
+
+    ``TerminalWriter.write_raw`` is missing on the pytest 8.0 floor: there, write to its file directly.
+    """
+    if hasattr(tw, "write_raw"):
+        tw.write_raw(text, flush=True)
+    else:
+        tw._file.write(text)
+        tw._file.flush()
+
+
 class Progress:
     """Writes progress to pytest's terminal: live (in place) or one line per phase, never captured."""
 
@@ -58,7 +78,7 @@ class Progress:
         self.tr = tr
         if mode == "auto":
             quiet = config.get_verbosity() < 0
-            mode = "live" if tr is not None and tr.isatty() and not quiet else "lines"
+            mode = "live" if tr is not None and _isatty(tr) and not quiet else "lines"
         self.mode = mode if tr is not None else "off"
         self._col: int | None = None  # where the live text starts on the current line
         self._last_draw = 0.0
@@ -96,7 +116,7 @@ class Progress:
         text = text if len(text) <= room else text[: room - 1] + "…"
         with self._uncaptured():
             # Back to the start of the line, forward past pytest's own text, clear the rest, draw.
-            tw.write_raw(f"\r\x1b[{self._col}C\x1b[K " + text if self._col else f"\r\x1b[K {text}", flush=True)
+            _write_raw(tw, f"\r\x1b[{self._col}C\x1b[K " + text if self._col else f"\r\x1b[K {text}")
         self._last_draw = now
 
     def clear(self) -> None:
@@ -105,7 +125,7 @@ class Progress:
             return
         tw = self.tr._tw
         with self._uncaptured():
-            tw.write_raw(f"\r\x1b[{self._col}C\x1b[K" if self._col else "\r\x1b[K", flush=True)
+            _write_raw(tw, f"\r\x1b[{self._col}C\x1b[K" if self._col else "\r\x1b[K")
         self._col = None
 
     # --- phases ---------------------------------------------------------------------------------

@@ -33,7 +33,16 @@ def test_serve(mgpu_bench):
 
 FAKE_TTY = """
 import pytest
-from _pytest.compat import CallableBool
+
+
+class CallableBool:
+    \"\"\"True both as pytest 8's bool attribute and as pytest 9's method (_pytest.compat has no such class on 8.0).\"\"\"
+
+    def __bool__(self):
+        return True
+
+    def __call__(self):
+        return True
 
 
 class Tee:
@@ -54,7 +63,7 @@ class Tee:
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    tr.isatty = CallableBool(True)
+    tr.isatty = CallableBool()
     tr._tw._file = Tee(tr._tw._file, config.rootpath / "raw.txt")
 """
 
@@ -177,3 +186,13 @@ def test_last_log_line(tmp_path: Path) -> None:
     assert last_log_line(None) == ""
     log.write_text("y" * 500)
     assert last_log_line(log, limit=20) == "y" * 19 + "…"
+
+
+def test_isatty_is_read_as_pytest_8_attribute_and_pytest_9_method() -> None:
+    from types import SimpleNamespace
+
+    from pytest_mgpu.progress import _isatty
+
+    assert _isatty(SimpleNamespace(isatty=True)) is True  # pytest 8.x: a bool attribute
+    assert _isatty(SimpleNamespace(isatty=False)) is False
+    assert _isatty(SimpleNamespace(isatty=lambda: True)) is True  # pytest 9: a method

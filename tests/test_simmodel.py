@@ -152,7 +152,9 @@ def test_scheduler_invariants(gaps: list[float], ins: int, outs: list[int], max_
 
 
 @settings(max_examples=20, deadline=None)
-@given(speed=st.floats(0.25, 4.0), n=st.integers(1, 30))
+# Speeds 0.25 .. 4.0 in quarters: hypothesis 6.83 (the floor, nox floors) intermittently failed its
+# data_too_large health check on st.floats(0.25, 4.0) here (cause not pinned down; not seen since).
+@given(speed=st.integers(1, 16).map(lambda k: k / 4), n=st.integers(1, 30))
 def test_speed_scales_every_time(speed: float, n: int) -> None:
     base = simulate(perf(tp=2), [0.0] * n, 128, 32)
     fast = simulate(perf(tp=2, speed=speed), [0.0] * n, 128, 32)

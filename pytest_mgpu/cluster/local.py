@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engines.supervisor import session_members
+
 #: ``python -c`` program that runs Ray's CLI with this interpreter (the ``ray`` script may be elsewhere).
 RAY_CLI = "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
 
@@ -70,22 +72,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def session_pids(sid: int) -> list[int]:
-    """Every live process (zombies excluded) whose session id is ``sid``."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        # fields after the command (which may hold spaces) start after the last ")"
-        rest = stat[stat.rfind(")") + 2 :].split()
-        state, session = rest[0], int(rest[3])
-        if session == sid and state != "Z":
-            pids.append(int(d.name))
-    return pids
+#: Every live process (zombies excluded) whose session id is ``sid``: the supervisor's /proc scan.
+session_pids = session_members
 
 
 @dataclass

@@ -212,11 +212,6 @@ class MgpuSession:
         return self.devices.visible
 
     @property
-    def device_word(self) -> str:
-        """What a device is called in skips: ``GPUs``, ``sim GPUs`` or ``CPU workers``."""
-        return self.devices.word
-
-    @property
     def manager(self) -> EngineManager:
         """The engine manager (created on first use)."""
         if self._manager is None:

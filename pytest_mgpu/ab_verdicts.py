@@ -39,7 +39,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .metrics import HIGHER_IS_BETTER
+from .metrics import HIGHER_IS_BETTER, worse_sign
 from .verdicts import GateConfig, Verdict, worst
 
 #: One-sided level of the paired t-test at each look (calibrated: docs/gate.md, *Same-job A/B*).
@@ -169,11 +169,6 @@ def t_quantile(p: float, df: int) -> float:
 
 
 # --- one look at one metric ----------------------------------------------------------------------
-
-
-def worse_sign(metric: str) -> float:
-    """+1 when a larger value is worse (latencies), -1 when it is better (throughputs)."""
-    return -1.0 if metric in HIGHER_IS_BETTER else 1.0
 
 
 def log_tolerance(metric: str, tol: float) -> float:

@@ -25,6 +25,11 @@ HIGHER_IS_BETTER = frozenset(
     }
 )
 
+
+def worse_sign(metric: str) -> float:
+    """+1 when a larger value is worse (latencies), -1 when it is better (throughputs)."""
+    return -1.0 if metric in HIGHER_IS_BETTER else 1.0
+
 THROUGHPUT_METRICS = (
     "request_throughput",
     "output_throughput",

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from .metrics import HIGHER_IS_BETTER, THROUGHPUT_METRICS, latency_keys
+from .metrics import THROUGHPUT_METRICS, latency_keys, worse_sign
 
 #: Metrics that can FAIL a test by default.
 DEFAULT_GATED: tuple[str, ...] = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
@@ -521,8 +521,7 @@ def compare_metric(
         return result(Verdict.INVALID, f"not positive (baseline {bm:.6g}, this run {nm:.6g}), so no ratio can be taken")
     q = nm / bm
     log_q = math.log(q)
-    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
-    r = sign * log_q  # positive = worse
+    r = worse_sign(metric) * log_q  # positive = worse
     sn = max(log_std(n), config.noise_floor)
     var_now = median_se_factor(len(n)) ** 2 * sn**2 / len(n)
     # Standard error of log(now / base). One recording: c(n)^2 s^2 / n per side. With history the

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .ab_verdicts import AbConfig
+from .settings import parse_kv
 
 if TYPE_CHECKING:  # pragma: no cover - only the type
     from .engines import EngineSpec
@@ -46,12 +47,7 @@ class AbSettings:
 
 
 def _kv(values: Sequence[str], option: str) -> tuple[tuple[str, str], ...]:
-    out: dict[str, str] = {}
-    for v in values:
-        key, sep, val = v.partition("=")
-        if not sep or not key.strip():
-            raise pytest.UsageError(f"{option} expects KEY=VALUE, got {v!r}; e.g. {option} PYTHONPATH=/opt/old")
-        out[key.strip()] = val.strip()
+    out = dict(parse_kv(v, option, example="PYTHONPATH=/opt/old") for v in values)
     return tuple(sorted(out.items()))
 
 

@@ -18,11 +18,11 @@ from .options import DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SIM_GPU, EngineChoic
 from .verdicts import GateConfig, Tolerance, parse_metric_tolerance
 
 
-def parse_kv(value: str, what: str) -> tuple[str, str]:
-    """``KEY=VALUE`` -> (key, value); a bad value names the option and the fix."""
+def parse_kv(value: str, what: str, example: str = "speed=0.8") -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key, value); a bad value names the option and the fix (``example``)."""
     key, sep, val = value.partition("=")
     if not sep or not key.strip():
-        raise pytest.UsageError(f"{what} expects KEY=VALUE, got {value!r}; e.g. {what} speed=0.8")
+        raise pytest.UsageError(f"{what} expects KEY=VALUE, got {value!r}; e.g. {what} {example}")
     return key.strip(), val.strip()
 
 

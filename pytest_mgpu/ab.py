@@ -61,7 +61,7 @@ def header_line(sess: MgpuSession) -> str:
             return "not installed"
 
     new_env = dict(s.engine_env)
-    old_env = {**new_env, **dict(ab.old_env)}
+    old_env = ab.old_env_over(new_env)
     new = new_side_describe(sess)
     return (
         f"mgpu A/B: old = {s.engine} {version(ab.old_python, old_env)} ({ab.describe_old()}), "

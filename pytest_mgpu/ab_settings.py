@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -34,9 +34,13 @@ class AbSettings:
         return replace(
             new,
             python=self.old_python,
-            env=tuple(sorted({**new.env_dict, **dict(self.old_env)}.items())),
+            env=tuple(sorted(self.old_env_over(new.env_dict).items())),
             options=tuple(sorted({**new.options_dict, **dict(self.old_options)}.items())),
         )
+
+    def old_env_over(self, new_env: Mapping[str, str]) -> dict[str, str]:
+        """The old side's engine environment: ``--mgpu-ab-env`` over the new side's ``new_env``."""
+        return {**new_env, **dict(self.old_env)}
 
     def describe_old(self) -> str:
         """``python3 PYTHONPATH=/tmp/site25 opt max-num-seqs=256``: what sets the old side apart."""

@@ -207,7 +207,7 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
     for name, its in by_engine.items():
         why = engine_missing(name, its[0].stash[SPEC_KEY].python, s.engine_env)
         if why is None and sess.ab is not None:  # the A/B's old side must be there too
-            old = engine_missing(name, sess.ab.old_python, {**s.engine_env, **dict(sess.ab.old_env)})
+            old = engine_missing(name, sess.ab.old_python, sess.ab.old_env_over(s.engine_env))
             why = f"the A/B's old side ({sess.ab.describe_old()}): {old}" if old else None
         if why is not None:
             if not engine_optional(sess.settings, name):

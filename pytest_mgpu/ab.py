@@ -32,7 +32,6 @@ from .bench import Bench
 from .engines import EngineSpec, RunningEngine, get_adapter
 from .errors import BaselineError, EngineError, EngineUnavailable
 from .layout import Layout
-from .markers import MARKS_KEY
 from .models import Model
 from .render.ab import fail_message, markdown, summary
 from .results import BenchResult
@@ -449,12 +448,6 @@ def progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
 
 
 # --- the gate of an A/B item ---------------------------------------------------------------------
-
-
-def item_gate_config(sess: MgpuSession, item: pytest.Item) -> GateConfig:
-    """The session's gate config with the item's ``perf_tolerance`` marks applied."""
-    marks = item.stash.get(MARKS_KEY, None)
-    return sess.gate.with_overrides(marks.tolerances) if marks is not None else sess.gate
 
 
 def gate_item(sess: MgpuSession, item: pytest.Item) -> None:

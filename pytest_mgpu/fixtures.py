@@ -109,11 +109,12 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
 
     if sess.ab is not None:
         from . import ab
+        from .gate import item_gate_config
 
         assert isinstance(mgpu_engine, ab.AbEngines)
         return ab.AbBench(
             sess, mgpu_engine, nodeid=item.nodeid, test_name=item.name, module=item.nodeid.split("::", 1)[0],
-            gate=ab.item_gate_config(sess, item), record=record, progress=ab.progress_writer(request.config),
+            gate=item_gate_config(sess, item), record=record, progress=ab.progress_writer(request.config),
         )
     engine = cast("RunningEngine", mgpu_engine)
     return Bench(

@@ -10,7 +10,7 @@ from .markers import MARKS_KEY
 from .render.text import side_by_side
 from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, MgpuSession
-from .verdicts import Comparison, Verdict, compare, confirm, fails
+from .verdicts import Comparison, GateConfig, Verdict, compare, confirm, fails
 
 #: Key metrics written to the JUnit XML through ``record_property``.
 JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")
@@ -38,6 +38,12 @@ def failure_message(c: Comparison, result: BenchResult, strict: bool) -> str:
     return f"{c.verdict} {result.entry_id}: {c.note} (--mgpu-strict fails on {c.verdict} too)"
 
 
+def item_gate_config(sess: MgpuSession, item: pytest.Item) -> GateConfig:
+    """The session's gate config with the item's ``perf_tolerance`` marks applied."""
+    marks = item.stash.get(MARKS_KEY, None)
+    return sess.gate.with_overrides(marks.tolerances) if marks is not None else sess.gate
+
+
 def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     """Compare this item's results with the baselines; fail the test on a confirmed regression.
 
@@ -49,8 +55,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     if not results:
         return
     s = sess.settings
-    marks = item.stash.get(MARKS_KEY, None)
-    cfg = sess.gate.with_overrides(marks.tolerances) if marks is not None else sess.gate
+    cfg = item_gate_config(sess, item)
     store = BaselineStore(s.baseline_dir)
     failures: list[str] = []
     for r in results:

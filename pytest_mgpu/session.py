@@ -138,9 +138,8 @@ class MgpuSession:
             s = choose_engine(self.settings, inventory.count, inventory.error)
             if all(name == "sim" for name in engine_names(s)):
                 # The sim never touches real GPUs; its inventory is empty so nothing waits on NVML.
-                self._devices = Devices(
-                    GpuInventory(error=inventory.error), f"sim-{s.sim_gpu}-x{s.sim_gpus}", s.sim_gpus, "sim GPUs"
-                )
+                self._devices = Devices(GpuInventory(error=inventory.error), self._sim_fingerprint(None), s.sim_gpus,
+                                        "sim GPUs")
             elif inventory.count:
                 self._devices = Devices(inventory, inventory.fingerprint(), inventory.count, "GPUs")
             else:
@@ -153,11 +152,13 @@ class MgpuSession:
         cluster ``sim-h100-80gb-x1-n2``), every other engine's the machine's or the cluster's; one session
         may hold both (``--mgpu-engine sim,vllm``)."""
         if engine == "sim":
-            cinv = self.cluster_inventory
-            if cinv is not None:
-                return f"sim-{self.settings.sim_gpu}-{cinv.shape()}"
-            return f"sim-{self.settings.sim_gpu}-x{self.settings.sim_gpus}"
+            return self._sim_fingerprint(self.cluster_inventory)
         return self.devices.fingerprint
+
+    def _sim_fingerprint(self, cinv: ClusterInventory | None) -> str:
+        """The sim's baseline key: its GPU and count (``sim-v100-16gb-x4``), or the cluster's shape."""
+        shape = cinv.shape() if cinv is not None else f"x{self.settings.sim_gpus}"
+        return f"sim-{self.settings.sim_gpu}-{shape}"
 
     def visible_for(self, engine: str) -> tuple[int, str]:
         """(devices ``engine``'s layouts may use, what they are called in skips)."""
@@ -174,7 +175,7 @@ class MgpuSession:
             inventory = cinv.as_gpu_inventory()
             s = choose_engine(self.settings, inventory.count, inventory.error)
             only_sim = all(name == "sim" for name in engine_names(s))
-            fingerprint = f"sim-{s.sim_gpu}-{cinv.shape()}" if only_sim else cinv.fingerprint()
+            fingerprint = self._sim_fingerprint(cinv) if only_sim else cinv.fingerprint()
             spec = cluster.spec(cinv, os.environ)
         except BaseException:
             cluster.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engines import EngineAdapter, EngineSpec, RunningEngine, get_adapter
-from .errors import EngineError, EngineRestartWarning, EngineUnavailable, GpuMemoryError, log_tail
+from .errors import EngineError, EngineUnavailable, GpuMemoryError, restart_warning
 from .gpus import GpuAllocator, GpuInventory
 from .settings import Settings
 
@@ -60,15 +60,9 @@ class EngineManager:
             why = adapter.health_problem(cur)
             if why is None:
                 return cur
-            tail = log_tail(cur.log_path, 30)
+            warning = restart_warning(cur, f"{why}; stopped it and started a new one")  # the log before the stop
             self.stop_current()
-            warnings.warn(
-                EngineRestartWarning(
-                    f"engine stopped answering: {cur.describe()}: {why}; stopped it and started a new one\n"
-                    f"--- last 30 lines of {cur.log_path} ---\n{tail}"
-                ),
-                stacklevel=2,
-            )
+            warnings.warn(warning, stacklevel=2)
         self.stop_current()
         adapter = get_adapter(spec.engine)
         if watch is not None:

@@ -6,6 +6,10 @@ import os
 import re
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - only the type
+    from .engines import RunningEngine
 
 # --- declarations in test files (collection errors naming the test) ----------------------------
 
@@ -122,6 +126,14 @@ class EngineError(RuntimeError):
 
 class EngineRestartWarning(UserWarning):
     """An engine stopped answering between tests and was restarted; the message carries its log tail."""
+
+
+def restart_warning(engine: RunningEngine, detail: str, lines: int = 30) -> EngineRestartWarning:
+    """``engine stopped answering: <engine>: <detail>`` with the last ``lines`` of its log (read now)."""
+    return EngineRestartWarning(
+        f"engine stopped answering: {engine.describe()}: {detail}\n"
+        f"--- last {lines} lines of {engine.log_path} ---\n{log_tail(engine.log_path, lines)}"
+    )
 
 
 class EngineUnavailable(RuntimeError):

@@ -73,14 +73,13 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
         # Died during the test: say so, and stop what is left now, so the next test starts clean.
         import warnings
 
-        from .errors import EngineRestartWarning, log_tail
+        from .errors import restart_warning
 
         rc = engine.exit_code()
         warnings.warn(
-            EngineRestartWarning(
-                f"engine stopped answering: {engine.describe()}: it exited with code {rc} during "
-                f"{request.node.nodeid}; the next test that needs it starts a new one\n"
-                f"--- last 30 lines of {engine.log_path} ---\n{log_tail(engine.log_path, 30)}"
+            restart_warning(
+                engine,
+                f"it exited with code {rc} during {request.node.nodeid}; the next test that needs it starts a new one",
             ),
             stacklevel=1,
         )

@@ -20,7 +20,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -523,9 +523,7 @@ def ab_document(sess: MgpuSession) -> dict[str, Any]:
         "new_side": new_side_describe(sess),
         "old_versions": sorted({r.old_version for r in sess.ab_results}),
         "new_versions": sorted({r.engine_version for r in sess.ab_results}),
-        "rule": {"alpha": rule.alpha, "beta": rule.beta, "fail_fraction": rule.fail_fraction,
-                 "min_rounds": rule.min_rounds, "max_rounds": rule.max_rounds, "noise_floor": rule.noise_floor,
-                 "confirm": rule.confirm, "repeats_per_start": sess.settings.repeats},
+        "rule": {**asdict(rule), "repeats_per_start": sess.settings.repeats},
         "verdicts": counts,
         "summary": summary(sess.ab_results),
         "gpu_minutes": sum(r.gpu_seconds for r in sess.ab_results) / 60.0,

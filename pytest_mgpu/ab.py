@@ -28,7 +28,7 @@ import pytest
 
 from .ab_verdicts import AbConfig, AbDecision, decide
 from .baseline import BaselineStore
-from .bench import Bench
+from .bench import Bench, check_repeats, checked_workload
 from .engines import EngineSpec, RunningEngine, get_adapter
 from .errors import BaselineError, EngineError, EngineUnavailable
 from .layout import Layout
@@ -37,7 +37,6 @@ from .render.ab import fail_message, markdown, summary
 from .results import BenchResult
 from .session import ITEM_RESULTS_KEY, MgpuSession
 from .verdicts import GateConfig, Verdict, fails
-from .workload import Workload
 
 OLD, NEW = "old", "new"
 
@@ -329,17 +328,18 @@ class AbBench:
         the number of measurements per engine start. Returns the new side's result; its ``old``,
         ``rounds`` and ``decision`` hold the rest.
         """
+        # Check the arguments before any engine starts, as the plain bench does (each side's Bench.run
+        # checks them again and picks the prompt mode from the engine it runs on).
+        check_repeats(self.nodeid, repeats, self.repeats)
+        workload = checked_workload(
+            self.nodeid, input_len=input_len, output_len=output_len, num_requests=num_requests,
+            request_rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
+            warmup_requests=warmup_requests, seed=seed, vocab_size=self.engines.model.vocab_size,
+        )
         kwargs: dict[str, Any] = dict(
             input_len=input_len, output_len=output_len, num_requests=num_requests, request_rate=request_rate,
             burstiness=burstiness, max_concurrency=max_concurrency, warmup_requests=warmup_requests, seed=seed,
-            label=label, repeats=repeats or self.repeats, prompt=prompt,
-        )
-        # Check the arguments before any engine starts (each side's Bench.run checks them again and
-        # picks the prompt mode from the engine it runs on).
-        workload = Workload(
-            input_len=input_len, output_len=output_len, num_requests=num_requests, request_rate=float(request_rate),
-            burstiness=burstiness, max_concurrency=max_concurrency, warmup_requests=warmup_requests, seed=seed,
-            vocab_size=self.engines.model.vocab_size,
+            label=label, repeats=self.repeats if repeats is None else repeats, prompt=prompt,
         )
         if label is not None and not label.strip():
             raise ValueError("label must be a non-empty string or None")

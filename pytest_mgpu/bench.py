@@ -39,6 +39,23 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def check_repeats(nodeid: str, repeats: Any, default: int) -> None:
+    """``run(repeats=...)`` is None (``--mgpu-repeats``) or an int >= 1; anything else names the test."""
+    if repeats is not None and (not _is_int(repeats) or repeats < 1):
+        raise WorkloadError(
+            f"{nodeid}: mgpu_bench.run(repeats={repeats!r}): repeats must be an int >= 1, "
+            f"or None for --mgpu-repeats ({default})"
+        )
+
+
+def checked_workload(nodeid: str, *, request_rate: float, **fields: Any) -> Workload:
+    """The :class:`Workload` of a ``run()`` call; a bad argument is a WorkloadError naming the test."""
+    try:
+        return Workload(request_rate=float(request_rate), **fields)
+    except WorkloadError as exc:
+        raise WorkloadError(f"{nodeid}: mgpu_bench.run(): {exc}") from None
+
+
 class Bench:
     """Drives workloads against one test's engine; every result is recorded for the gate and reports."""
 
@@ -97,19 +114,12 @@ class Bench:
         the test body returns.
         """
         mode = resolve_mode(prompt if prompt is not None else self.prompt, self.engine.tokenizer, self.engine.name)
-        if repeats is not None and (not _is_int(repeats) or repeats < 1):
-            raise WorkloadError(
-                f"{self.nodeid}: mgpu_bench.run(repeats={repeats!r}): repeats must be an int >= 1, "
-                f"or None for --mgpu-repeats ({self.repeats})"
-            )
-        try:
-            workload = Workload(
-                input_len=input_len, output_len=output_len, num_requests=num_requests,
-                request_rate=float(request_rate), burstiness=burstiness, max_concurrency=max_concurrency,
-                warmup_requests=warmup_requests, seed=seed, vocab_size=self.engine.model.vocab_size, prompt=mode,
-            )
-        except WorkloadError as exc:
-            raise WorkloadError(f"{self.nodeid}: mgpu_bench.run(): {exc}") from None
+        check_repeats(self.nodeid, repeats, self.repeats)
+        workload = checked_workload(
+            self.nodeid, input_len=input_len, output_len=output_len, num_requests=num_requests,
+            request_rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
+            warmup_requests=warmup_requests, seed=seed, vocab_size=self.engine.model.vocab_size, prompt=mode,
+        )
         if label is not None and not label.strip():
             raise ValueError("label must be a non-empty string or None")
         if any((r.label or r.workload.name) == (label or workload.name) for r in self.results):

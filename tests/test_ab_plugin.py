@@ -200,3 +200,30 @@ def test_engine_env_pythonpath_is_where_the_install_check_looks(pytester: pytest
     # vLLM 0.26.0 is "installed" there (a fake dist-info), so this is no usage error: the start itself fails.
     assert r.ret != pytest.ExitCode.USAGE_ERROR, r.stderr.str()
     assert "cannot run" not in r.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("run(repeats=0)", "*test_args.py::test_serve*mgpu_bench.run(repeats=0): repeats must be an int >= 1*"),
+        ("run(repeats=-2)", "*test_args.py::test_serve*mgpu_bench.run(repeats=-2): repeats must be an int >= 1*"),
+        ("run(max_concurrency=1.5)", "*test_args.py::test_serve*: mgpu_bench.run(): *max_concurrency*"),
+    ],
+)
+def test_bad_run_arguments_in_ab_mode_are_errors_before_any_engine_starts(
+    pytester: pytest.Pytester, call: str, message: str
+) -> None:
+    """A/B mode checks run()'s arguments like the plain bench: no silent default, no engine started."""
+    pytester.makepyfile(
+        test_args=f"""
+import pytest
+pytestmark = [pytest.mark.gpu, pytest.mark.model("llama-2-7b")]
+
+def test_serve(mgpu_bench):
+    mgpu_bench.{call}
+"""
+    )
+    r = pytester.runpytest(*AB)
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines([message])
+    assert "round 1" not in r.stdout.str() and "starting sim" not in r.stdout.str()

@@ -464,6 +464,21 @@ def _dir_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def run_of(rec: Recording) -> str:
+    """The identity of the run that made a recording (``env.run_id``), or its date for older recordings."""
+    return str(rec.env.get("run_id") or rec.env.get("date") or "?")
+
+
+def same_run(old: Recording, new: Recording) -> bool:
+    """Whether ``new`` is ``old`` again: the same run id, or (recordings made before run ids) the same
+    environment, engine version, engine options and samples."""
+    a, b = old.env.get("run_id"), new.env.get("run_id")
+    if a and b:
+        return bool(a == b)
+    return (old.env == new.env and old.engine_version == new.engine_version
+            and old.engine_options == new.engine_options and old.metrics == new.metrics)
+
+
 def _level_change(old: Recording, new: Recording) -> str:
     """Why ``new`` starts a new level after ``old`` (another engine version or options), or ''."""
     why = []
@@ -488,6 +503,8 @@ class UpdateResult:
     replaced: dict[str, str] = field(default_factory=dict)
     #: entry id -> why its new recording starts a new level (another engine version or options)
     new_level: dict[str, str] = field(default_factory=dict)
+    #: entry id -> the run whose recording the entry already holds (accepting a run twice is a no-op)
+    already: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -576,7 +593,8 @@ class BaselineStore:
 
         A result of the same identity as its entry adds a recording (the last ``history`` are
         kept); one of another identity (model, workload, ...) replaces the entry, listed in
-        ``replaced``. A recording with another engine version or engine options than the
+        ``replaced``. A recording of a run the entry already holds (:func:`same_run`) is not
+        added again: listed in ``already``. A recording with another engine version or engine options than the
         previous one starts a new level (:attr:`BaselineEntry.active`), listed in ``new_level``.
         Invalid results are skipped (listed in ``skipped``). A broken existing file raises
         BaselineError unless ``force=True``, which replaces it with the new entries only.
@@ -616,14 +634,17 @@ class BaselineStore:
                 elif old.identity != r.identity:
                     res.replaced[eid] = old.identity.describe_mismatch(r.identity)
                     entries[eid] = BaselineEntry(eid, r.identity, (rec,), r.nodeid)
+                elif any(same_run(o, rec) for o in old.recordings):
+                    res.already[eid] = run_of(rec)
                 else:
                     why = _level_change(old.latest, rec)
                     if why:
                         res.new_level[eid] = why
                     entries[eid] = BaselineEntry(eid, r.identity, (*old.recordings, rec)[-history:], r.nodeid)
-            text = dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items())), extra)
-            atomic_write_text(path, text)
-        res.written = sorted(new)
+            res.written = sorted(eid for eid in new if eid not in res.already)
+            if res.written:
+                text = dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items())), extra)
+                atomic_write_text(path, text)
         return res
 
     def compare(self, fingerprint: str, result: BenchResult, config: GateConfig = DEFAULT_CONFIG) -> Comparison:

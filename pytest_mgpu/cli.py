@@ -310,12 +310,15 @@ def cmd_accept(args: argparse.Namespace) -> int:
             raise CliError(f"{p}: {exc}") from None
         by_module.setdefault((fp, r.module), []).append(r)
     store = BaselineStore(args.baseline_dir)
-    written = 0
+    written = already = 0
     for (fp, module), results in sorted(by_module.items()):
         res = store.update(fp, module, results, history=args.history)
         written += len(res.written)
+        already += len(res.already)
         if res.written:
             print(f"{res.path}: recorded {len(res.written)} entr{'y' if len(res.written) == 1 else 'ies'}")
+        for eid, run in res.already.items():
+            print(f"  already recorded {eid}: this run ({run}) is in its history; not added again")
         for eid, why in res.skipped.items():
             print(f"  skipped {eid}: invalid ({why})")
         for eid, why in res.replaced.items():
@@ -323,6 +326,12 @@ def cmd_accept(args: argparse.Namespace) -> int:
         for eid, why in res.new_level.items():
             print(f"  {eid}: new level ({why}); earlier recordings kept but not used by the gate")
     tail = f"; {left_out} left out by --only" if left_out else ""
+    if already and not written:
+        env = data.get("env")
+        run_id = env.get("run_id") if isinstance(env, Mapping) else None
+        print(f"nothing to record: {p}{f' (run {run_id})' if run_id else ''} is already in the baselines "
+              f"({already} entr{'y' if already == 1 else 'ies'}); accepting a run twice changes nothing")
+        return 0
     where = ", ".join(str(Path(args.baseline_dir) / fp) for fp in sorted({fp for fp, _ in by_module}))
     print(f"recorded {written} result(s) under {where or Path(args.baseline_dir) / str(fingerprint)} "
           f"(keeping the last {args.history} recordings of each){tail}")

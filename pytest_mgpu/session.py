@@ -101,6 +101,9 @@ class MgpuSession:
     measuring: set[str] = field(default_factory=set)
     #: How each of those ended: node id -> (outcome, skip reason or '').
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: This run's identity, recorded with every result and baseline recording (``env.run_id``): accepting
+    #: the same run twice is then a no-op, and each run writes its own results file.
+    run_id: str = field(default_factory=lambda: new_run_id())
     _devices: Devices | None = field(default=None, repr=False)
     _manager: EngineManager | None = field(default=None, repr=False)
     _env_info: dict[str, Any] | None = field(default=None, repr=False)
@@ -233,6 +236,7 @@ class MgpuSession:
             )
             if self.cluster_inventory is not None:
                 self._env_info["cluster"] = self.cluster_inventory.to_dict()
+            self._env_info["run_id"] = self.run_id
         return self._env_info
 
     def start(self) -> None:
@@ -413,6 +417,20 @@ ITEM_RESULTS_KEY: pytest.StashKey[list[BenchResult]] = pytest.StashKey()
 
 #: Fixtures that make a test an mgpu test.
 MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
+
+
+def new_run_id() -> str:
+    """A run's identity: its start (UTC), its host and a random part, safe in a file name.
+
+    ``20261205T190518Z-gpu-node-3-1a2b3c4d``: sorted by start time, unique across hosts and runs.
+    """
+    import re
+    import socket
+    import uuid
+    from datetime import datetime, timezone
+
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-.")[:40] or "host"
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{host}-{uuid.uuid4().hex[:8]}"
 
 
 def is_mgpu_function(metafunc: pytest.Metafunc) -> bool:

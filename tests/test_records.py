@@ -1,0 +1,100 @@
+"""Results are never lost or misstated: accept, merge, shards, the CLI (issue 17, the records part).
+
+Each test provokes one case of the issue and failed before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_mgpu.cli import main
+from pytest_mgpu.layout import Layout
+from pytest_mgpu.results import BenchResult, RepeatResult
+from pytest_mgpu.workload import Workload
+
+pytest_plugins = ["pytester"]
+
+FP = "sim-v100-16gb-x4"
+MOD = "perf_tests/test_llama.py"
+BASE = {"output_throughput_per_gpu": 1000.0, "ttft_p50": 50.0, "tpot_p50": 10.0, "ttft_p99": 90.0, "tpot_p99": 14.0,
+        "request_throughput": 8.0}
+SIM = ["--mgpu-engine", "sim", "--mgpu-sim-gpu", "h100-80gb", "-p", "no:cacheprovider", "--mgpu-repeats", "2"]
+SIM_FP = "sim-h100-80gb-x4"
+ONE = """
+import math, pytest
+
+@pytest.mark.layout(tp=1)
+def test_serve(mgpu_bench):
+    mgpu_bench.run(input_len=32, output_len=8, num_requests=16, request_rate=math.inf, warmup_requests=1)
+"""
+
+
+def make_result(test: str = "test_serve[tp2-pp1]", factors: dict[str, float] | None = None,
+                run_id: str | None = "20260102T030405Z-host-0a1b2c3d", **values: float) -> BenchResult:
+    """A hand-built result: BASE x factor over three repeats; ``values`` set a metric in every repeat."""
+    factors = factors or {}
+    reps = [RepeatResult({**{m: v * factors.get(m, 1.0) * j for m, v in BASE.items()}, **values})
+            for j in (1.0, 1.01, 0.99)]
+    env: dict[str, Any] = {"fingerprint": FP, "date": "2026-01-02T03:04:05+00:00", "commit": "0123456789abcdef"}
+    if run_id:
+        env["run_id"] = run_id
+    return BenchResult(
+        nodeid=f"{MOD}::{test}", test_name=test, module=MOD, workload=Workload(), layout=Layout(tp=2),
+        engine="sim", engine_version="0.1.0", model="tiny", repeats=reps, env=env,
+    )
+
+
+def results_file(path: Path, *results: BenchResult, **extra: Any) -> Path:
+    """Write a ``--mgpu-json`` style file."""
+    path.write_text(json.dumps({"schema_version": 2, "fingerprint": FP, "results": [r.to_dict() for r in results],
+                                **extra}))
+    return path
+
+
+def recordings(root: Path, eid: str = "test_serve[tp2-pp1]::in128-out128-n256-qps32") -> list[dict[str, Any]]:
+    doc = json.loads((root / FP / f"{MOD}.json").read_text())
+    return list(doc["entries"][eid]["recordings"])
+
+
+# --- 1. accepting the same run twice --------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_id", ["20260102T030405Z-host-0a1b2c3d", None], ids=["run-id", "older-file"])
+def test_accepting_a_run_twice_records_it_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               run_id: str | None) -> None:
+    """Issue 17.1: a second accept of one file added a second identical recording (narrower noise band)."""
+    f = results_file(tmp_path / "r.json", make_result(run_id=run_id), env={"run_id": run_id})
+    root = tmp_path / "baselines"
+    assert main(["accept", str(f), "--baseline-dir", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["accept", str(f), "--baseline-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to record" in out and "already in the baselines" in out
+    assert "already recorded test_serve[tp2-pp1]::in128-out128-n256-qps32" in out
+    assert len(recordings(root)) == 1
+    # Another run of the same item is still added.
+    other = results_file(tmp_path / "r2.json", make_result(run_id="20260103T000000Z-host-ffffffff",
+                                                           factors={"ttft_p50": 1.02}))
+    assert main(["accept", str(other), "--baseline-dir", str(root)]) == 0
+    assert len(recordings(root)) == 2
+
+
+def test_a_run_records_its_identity(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.1: each recording carries the run that made it; accepting that run's file again is a no-op."""
+    pytester.makepyfile(test_perf=ONE)
+    pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines", "--mgpu-json", "r.json")
+    doc = json.loads((pytester.path / "r.json").read_text())
+    run = doc["env"]["run_id"]
+    assert run and all(r["env"]["run_id"] == run for r in doc["results"])
+    base = json.loads((pytester.path / "baselines" / SIM_FP / "test_perf.py.json").read_text())
+    (entry,) = base["entries"].values()
+    assert [r["env"]["run_id"] for r in entry["recordings"]] == [run]
+    capsys.readouterr()
+    assert main(["accept", str(pytester.path / "r.json"), "--baseline-dir", str(pytester.path / "baselines")]) == 0
+    assert "already in the baselines" in capsys.readouterr().out
+    base = json.loads((pytester.path / "baselines" / SIM_FP / "test_perf.py.json").read_text())
+    assert len(next(iter(base["entries"].values()))["recordings"]) == 1

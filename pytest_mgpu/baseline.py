@@ -91,6 +91,11 @@ def check_samples(values: Any, what: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def undefined_for(metric: str, result: BenchResult, values: Sequence[float]) -> bool:
+    """Whether ``metric`` is 0 because the workload cannot define it: TPOT and ITL of one output token."""
+    return result.workload.output_len <= 1 and metric.startswith(("tpot_", "itl_")) and all(v == 0 for v in values)
+
+
 @dataclass(frozen=True)
 class Recording:
     """One recording of an entry: every stored metric's samples, and what was running.
@@ -119,6 +124,7 @@ class Recording:
         if result.invalid:
             raise BaselineError(f"{result.entry_id}: an invalid result cannot become a baseline ({result.invalid})")
         names = list(dict.fromkeys([*STORED_METRICS, *metrics, *((result.gate_settings or {}).get("metrics", ()))]))
+        gated = set((result.gate_settings or {}).get("gated") or DEFAULT_GATED)
         recs: dict[str, tuple[float, ...]] = {}
         for m in names:
             vals = result.samples(m)
@@ -127,6 +133,11 @@ class Recording:
             bad = [v for v in vals if not math.isfinite(v)]
             if bad:
                 raise BaselineError(f"{result.entry_id}: non-finite values in {m} cannot become a baseline")
+            if m in gated and any(v <= 0 for v in vals) and not undefined_for(m, result, vals):
+                raise BaselineError(
+                    f"{result.entry_id}: the gated metric {m} has a value <= 0 ({min(vals)!r}): a corrupt "
+                    f"measurement cannot become a baseline (the gate would skip {m}); measure it again"
+                )
             if all(v > 0 for v in vals):
                 recs[m] = tuple(_sig(float(v)) for v in vals)
         if not recs:

@@ -21,6 +21,7 @@ from .baseline import (
     DEFAULT_ROOT,
     BaselineEntry,
     BaselineStore,
+    Recording,
     check_fingerprint,
     parse_baseline_data,
 )
@@ -308,6 +309,11 @@ def cmd_accept(args: argparse.Namespace) -> int:
             check_fingerprint(fp)
         except BaselineError as exc:
             raise CliError(f"{p}: {exc}") from None
+        if not r.invalid:
+            try:  # refuse the whole file before writing anything: a corrupt number must not be recorded
+                Recording.from_result(r)
+            except BaselineError as exc:
+                raise CliError(f"{p}: {exc}") from None
         by_module.setdefault((fp, r.module), []).append(r)
     store = BaselineStore(args.baseline_dir)
     written = already = 0

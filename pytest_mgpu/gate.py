@@ -65,6 +65,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             fp = sess.fingerprint_for(r.engine)  # the sim's results have their own, beside a real engine's
             base = store.get(fp, r.module, r.entry_id)
             have = [] if base is not None else store.fingerprints_with(r.module, r.entry_id, exclude=fp)
+            c = compare(r, base, cfg, fingerprint=fp, have=have)  # BaselineError: an entry lacks a gated metric
         except BaselineError as exc:
             broken = str(exc)
         if broken is not None:  # failed outside the except block: the message is printed once
@@ -72,7 +73,6 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             pytest.fail(broken, pytrace=False)
         if base is not None and base.recordings and base.latest.telemetry:
             sess.base_telemetry[r.entry_id] = base.latest.telemetry  # for the SM-clock warning
-        c = compare(r, base, cfg, fingerprint=fp, have=have)
         if c.verdict is Verdict.FAIL and s.confirm and not s.update_baselines:
             _remeasure(item, r)
             c = confirm(c, compare(r, base, cfg, fingerprint=fp))

@@ -589,6 +589,15 @@ def compare(
     mcs = tuple(
         compare_metric(m, base.samples(m), now.samples(m), config, history=_history(base, m)) for m in config.metrics
     )
+    for mc in mcs:
+        if mc.verdict is Verdict.NEW and mc.gated and any(v > 0 for v in _clean(now.samples(mc.metric))):
+            # A gated metric missing from the baseline would turn the gate off for it (NEW passes).
+            from .errors import BaselineError  # lazy: keeps this module free of the plugin's imports
+
+            raise BaselineError(
+                f"the baseline entry {eid!r} lacks the gated metric {mc.metric} (this run has it); record the "
+                f"entry again (--mgpu-update-baselines or pytest-mgpu accept), or stop gating {mc.metric}"
+            )
     compared = [m for m in mcs if m.verdict is not Verdict.NEW]
     notes: list[str] = []
     missing = [m.metric for m in mcs if m.verdict is Verdict.NEW]

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_mgpu.benchmark_export import to_benchmark_json
+from pytest_mgpu.errors import BaselineError
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.metrics import RequestRecord
 from pytest_mgpu.options import add_gate_options
@@ -155,8 +156,15 @@ def test_beyond_tolerance_within_noise_warns() -> None:
     assert not DEFAULT_CONFIG.is_failure(c.verdict) and GateConfig(strict=True).is_failure(c.verdict)
 
 
-def test_missing_metric_in_baseline_is_new_per_metric() -> None:
+def test_missing_gated_metric_in_baseline_is_an_error() -> None:
+    """Issue 17.2: a baseline lacking a gated metric was NEW for it, so the gate skipped it and passed."""
     cfg = DEFAULT_CONFIG.with_overrides(gate=["itl_p50"])
+    now = make_result()
+    for r in now.repeats:
+        r.summary["itl_p50"] = 9.0
+    with pytest.raises(BaselineError, match=r"lacks the gated metric itl_p50"):
+        compare(now, make_result(), cfg)
+    # Neither side has it (a metric the workload does not define): nothing to compare, said in the note.
     c = compare(make_result(), make_result(), cfg)
     assert c.metric("itl_p50").verdict is Verdict.NEW  # type: ignore[union-attr]
     assert c.verdict is Verdict.PASS and "baseline lacks itl_p50" in c.note

@@ -98,3 +98,62 @@ def test_a_run_records_its_identity(pytester: pytest.Pytester, capsys: pytest.Ca
     assert "already in the baselines" in capsys.readouterr().out
     base = json.loads((pytester.path / "baselines" / SIM_FP / "test_perf.py.json").read_text())
     assert len(next(iter(base["entries"].values()))["recordings"]) == 1
+
+
+# --- 2. zero or negative gated metrics ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.0, -3.0])
+def test_zero_or_negative_gated_metric_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  value: float) -> None:
+    """Issue 17.2: accept recorded the file (exit 0) and silently left the metric out of the baseline."""
+    bad = make_result()
+    bad.repeats[1].summary["ttft_p50"] = value
+    f = results_file(tmp_path / "r.json", make_result("test_ok"), bad)
+    root = tmp_path / "baselines"
+    assert main(["accept", str(f), "--baseline-dir", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and bad.entry_id in err and "gated metric ttft_p50" in err and "<= 0" in err
+    assert not root.exists()  # nothing recorded, not even the good result
+
+
+def test_one_token_workload_still_records(tmp_path: Path) -> None:
+    """TPOT of a one-token workload is 0 in every repeat: undefined, not corrupt."""
+    r = make_result(tpot_p50=0.0, tpot_p99=0.0)
+    r.workload = Workload(output_len=1)
+    root = tmp_path / "baselines"
+    assert main(["accept", str(results_file(tmp_path / "r.json", r)), "--baseline-dir", str(root)]) == 0
+    rec = json.loads((root / FP / f"{MOD}.json").read_text())["entries"][r.entry_id]["recordings"][0]
+    assert "tpot_p50" not in rec["metrics"] and "ttft_p50" in rec["metrics"]
+
+
+def test_baseline_entry_lacking_a_gated_metric_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.2: an entry without a gated metric made it NEW: a 3.3x slower run ended WARN, exit 0."""
+    root = tmp_path / "baselines"
+    assert main(["accept", str(results_file(tmp_path / "r.json", make_result())), "--baseline-dir", str(root)]) == 0
+    path = root / FP / f"{MOD}.json"
+    doc = json.loads(path.read_text())
+    eid = make_result().entry_id
+    del doc["entries"][eid]["recordings"][0]["metrics"]["ttft_p50"]
+    path.write_text(json.dumps(doc))
+    slow = results_file(tmp_path / "slow.json", make_result(factors={"ttft_p50": 3.3}, run_id="other"))
+    capsys.readouterr()
+    assert main(["compare", str(path), str(slow)]) == 2
+    err = capsys.readouterr().err
+    assert eid in err and "lacks the gated metric ttft_p50" in err
+
+
+def test_plugin_fails_on_an_entry_lacking_a_gated_metric(pytester: pytest.Pytester) -> None:
+    """Issue 17.2, in the plugin: NEW for the metric (a pass) became a clear baseline error."""
+    pytester.makepyfile(test_perf=ONE)
+    pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
+    path = pytester.path / "baselines" / SIM_FP / "test_perf.py.json"
+    doc = json.loads(path.read_text())
+    for e in doc["entries"].values():
+        for rec in e["recordings"]:
+            del rec["metrics"]["tpot_p50"]
+    path.write_text(json.dumps(doc))
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["*lacks the gated metric tpot_p50*"])
+    assert "Traceback" not in r.stdout.str()

@@ -117,6 +117,8 @@ def merge_shards(shards: Sequence[Shard], allow_missing: bool = False) -> dict[s
             owner[key] = s.path
             results.append(r)
     comparisons = [c for s in shards for c in s.comparisons]
+    judged = {c.entry_id for c in comparisons}
+    comparisons += [c for r in results if (c := ab_comparison(r)) is not None and c.entry_id not in judged]
     results.sort(key=lambda r: (str(r.get("module")), str(r.get("nodeid")), str(r.get("entry_id"))))
     comparisons.sort(key=lambda c: c.entry_id)
     env = dict(shards[0].doc.get("env", {}))
@@ -124,13 +126,38 @@ def merge_shards(shards: Sequence[Shard], allow_missing: bool = False) -> dict[s
     env["shards"] = [{"file": s.path.name, "shard": s.doc.get("env", {}).get("shard"),
                       "commit": s.doc.get("env", {}).get("commit"), "date": s.doc.get("env", {}).get("date")}
                      for s in shards]
-    return {
+    doc: dict[str, Any] = {
         "schema_version": shards[0].doc.get("schema_version", RESULTS_SCHEMA_VERSION),
         "fingerprint": shards[0].doc.get("fingerprint"),
         "env": env,
         "results": results,
         "comparisons": [comparison_to_dict(c) for c in comparisons],
     }
+    abs_ = [s.doc["ab"] for s in shards if isinstance(s.doc.get("ab"), Mapping)]
+    if abs_:  # the A/B block of one run: the first shard's sides and rule, the shards' counts summed
+        counts: dict[str, int] = {}
+        for a in abs_:
+            for v, n in (a.get("verdicts") or {}).items():
+                counts[str(v)] = counts.get(str(v), 0) + int(n)
+        doc["ab"] = {**abs_[0], "verdicts": counts, "summary": None,
+                     "gpu_minutes": sum(float(a.get("gpu_minutes") or 0.0) for a in abs_)}
+    return doc
+
+
+def ab_comparison(result: Mapping[str, Any]) -> Comparison | None:
+    """A result's same-job A/B verdict (its ``ab`` block) as a comparison, so that it counts in the merge."""
+    ab = result.get("ab")
+    if not isinstance(ab, Mapping) or "verdict" not in ab:
+        return None
+    try:
+        verdict = Verdict(str(ab["verdict"]))
+    except ValueError:
+        raise CliError(f"{result.get('entry_id')}: unknown A/B verdict {ab['verdict']!r}") from None
+    note = f"A/B, {ab.get('rounds', '?')} rounds" + (f": {ab['note']}" if ab.get("note") else "")
+    return Comparison(
+        str(result.get("entry_id")), verdict, (), note, str(ab.get("old_version") or "?"),
+        str(ab.get("new_version") or result.get("engine_version") or "?"), str(result.get("engine") or "") or None,
+    )
 
 
 def merged_comparisons(doc: Mapping[str, Any]) -> list[Comparison]:

@@ -157,3 +157,36 @@ def test_plugin_fails_on_an_entry_lacking_a_gated_metric(pytester: pytest.Pytest
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines(["*lacks the gated metric tpot_p50*"])
     assert "Traceback" not in r.stdout.str()
+
+
+# --- 3. merge of a shard whose A/B failed ---------------------------------------------------
+
+
+def ab_shard(tmp_path: Path, name: str, shard: str, test: str, verdict: str) -> str:
+    """A shard file of an A/B run: the new side's result with its ``ab`` block, no gate comparisons."""
+    d = make_result(test).to_dict()
+    d["ab"] = {"verdict": verdict, "old_version": "0.1.0", "new_version": "0.1.1", "rounds": 3,
+               "note": "regression: tpot_p50 +9.0%" if verdict == "FAIL" else ""}
+    doc = {"schema_version": 2, "fingerprint": FP, "env": {"shard": shard, "commit": "abc"}, "results": [d],
+           "comparisons": [], "ab": {"verdicts": {verdict: 1}, "gpu_minutes": 1.5, "rule": {}}}
+    p = tmp_path / name
+    p.write_text(json.dumps(doc))
+    return str(p)
+
+
+def test_merge_keeps_the_ab_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.3: a shard whose A/B failed merged to "no results", exit 0."""
+    a = ab_shard(tmp_path, "1.json", "1/2", "test_a[tp1-pp1]", "FAIL")
+    b = ab_shard(tmp_path, "2.json", "2/2", "test_b[tp1-pp1]", "PASS")
+    out_json = tmp_path / "m.json"
+    assert main(["merge", a, b, "--json", str(out_json)]) == 1
+    out = capsys.readouterr().out
+    assert "no results" not in out and "1 failed, 1 passed" in out
+    doc = json.loads(out_json.read_text())
+    assert sorted(c["verdict"] for c in doc["comparisons"]) == ["FAIL", "PASS"]
+    assert doc["ab"]["verdicts"] == {"FAIL": 1, "PASS": 1}
+    # The merged document merges again to the same verdicts (nothing counted twice).
+    assert main(["merge", str(out_json)]) == 1
+    assert "1 failed, 1 passed" in capsys.readouterr().out
+    ok = ab_shard(tmp_path, "3.json", "1/2", "test_a[tp1-pp1]", "WARN")
+    assert main(["merge", ok, b]) == 0 and main(["merge", ok, b, "--strict"]) == 1

@@ -107,6 +107,7 @@ def merge_shards(shards: Sequence[Shard], allow_missing: bool = False) -> dict[s
             )
     elif any(ids):
         raise CliError("some files are shards (--mgpu-shard) and some are not; merge the shards of one run")
+    check_coverage(shards, allow_missing)
     owner: dict[tuple[str, str], Path] = {}
     results: list[dict[str, Any]] = []
     for s in shards:
@@ -142,6 +143,52 @@ def merge_shards(shards: Sequence[Shard], allow_missing: bool = False) -> dict[s
         doc["ab"] = {**abs_[0], "verdicts": counts, "summary": None,
                      "gpu_minutes": sum(float(a.get("gpu_minutes") or 0.0) for a in abs_)}
     return doc
+
+
+def _share(s: Shard) -> tuple[list[str], list[str]] | None:
+    """A shard file's (collected items, its items), None for a file written before shards recorded them."""
+    share = s.doc.get("shard")
+    if share is None:
+        return None
+    ok = isinstance(share, Mapping) and all(
+        isinstance(share.get(k), list) and all(isinstance(x, str) for x in share[k]) for k in ("collected", "items"))
+    if not ok:
+        raise CliError(f"{s.path}: 'shard' is malformed (want lists of node ids 'collected' and 'items'); "
+                       f"regenerate the file with --mgpu-json")
+    return list(share["collected"]), list(share["items"])
+
+
+def check_coverage(shards: Sequence[Shard], allow_missing: bool = False) -> None:
+    """Every collected item in exactly one shard: CliError names a duplicated or a missing item.
+
+    Shards split the suite on its items alone, so every runner must have collected the same items;
+    files written before shards recorded their items are not checked.
+    """
+    shares = [(s, _share(s)) for s in shards]
+    known = [(s, sh) for s, sh in shares if sh is not None]
+    if not known or len(known) != len(shares):
+        return
+    first, (suite, _) = known[0][0], known[0][1]
+    for s, (collected, _) in known[1:]:
+        if set(collected) != set(suite):
+            diff = sorted(set(collected) ^ set(suite))
+            raise CliError(
+                f"{first.path} and {s.path} collected different suites (e.g. {diff[0]}); every shard must run the "
+                f"same tests with the same options"
+            )
+    where: dict[str, Path] = {}
+    for s, (_, items) in known:
+        for nodeid in items:
+            if nodeid in where:
+                raise CliError(f"{nodeid} ran in two shards ({where[nodeid]}, {s.path}): the shards overlap")
+            where[nodeid] = s.path
+    missing = [x for x in suite if x not in where]
+    if missing and not allow_missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CliError(
+            f"{missing[0]}{more} ran in no shard: the report would lack {'them' if more else 'it'}; pass every "
+            f"shard's file, or --allow-missing"
+        )
 
 
 def ab_comparison(result: Mapping[str, Any]) -> Comparison | None:

@@ -42,6 +42,8 @@ def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
         # `pytest-mgpu merge` can report the shards of a run as one run.
         "comparisons": [comparison_to_dict(c) for c in sess.comparisons],
     }
+    if sess.shard is not None:  # the collected items and this shard's share: merge checks the coverage
+        doc["shard"] = sess.shard
     if sess.ab is not None:
         from .ab import ab_document  # lazy: the A/B module imports the session, which imports this one
 

@@ -4,28 +4,24 @@ Every runner of a job matrix collects the same suite and computes the same assig
 shards are disjoint and together cover every item. The unit of assignment is an *engine group*:
 all items that share an engine key (engine, model, layout, options), so no engine starts in two
 shards; every other item is a unit of its own. Units are placed longest first on the least
-loaded shard (LPT), ties broken by name, so the result depends only on the collected items and
-the committed baselines, never on the runner.
+loaded shard (LPT), ties broken by name, so the result depends only on the collected items,
+never on the runner and never on the baselines: shards run one after the other in one checkout
+with ``--mgpu-update-baselines``, or on runners whose baselines differ, must still split alike.
 
-A unit's cost is an estimate in seconds: the engine's start (:data:`START_COST_S`) plus, per
-item, the time its baseline entries took (repeats x (requests + warm-ups) / request throughput,
-from the baselines of this fingerprint), or the median of the known items where an item has no
-baseline yet (:data:`DEFAULT_ITEM_COST_S` when none has one).
+A unit's cost is an estimate in seconds from what collection knows: the engine's start
+(:data:`START_COST_S`) plus :data:`DEFAULT_ITEM_COST_S` per item. Each shard's ``--mgpu-json``
+carries the collected items and its share (``shard``), so that ``pytest-mgpu merge`` checks that
+the shards cover every item exactly once.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
-from .baseline import BaselineStore
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls select()
     from .session import MgpuSession
@@ -33,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls select()
 #: Seconds an engine takes to start, by engine (vLLM compiles per layout: 2-3 min on an H100 the
 #: first time, see shared notes; TensorRT-LLM builds its engine; the sim starts in about a second).
 START_COST_S = {"sim": 2.0, "vllm": 120.0, "trtllm": 180.0}
-#: Seconds per item when no item of the suite has a baseline to estimate from.
+#: Seconds per item that uses an engine (collection does not know its workload).
 DEFAULT_ITEM_COST_S = 60.0
 #: Seconds for an item that uses no engine.
 PLAIN_ITEM_COST_S = 0.1
@@ -76,30 +72,10 @@ def assign(units: Sequence[tuple[str, float]], n: int) -> dict[str, int]:
     return out
 
 
-def item_costs(root: Path, fingerprint: str) -> dict[str, float]:
-    """Estimated seconds per item node id, from the baselines of ``fingerprint`` under ``root``."""
-    costs: dict[str, float] = {}
-    try:
-        files = [f for f in BaselineStore(root).iter_all() if f.fingerprint == fingerprint and not f.error]
-    except OSError:
-        return costs
-    for f in files:
-        for e in f.entries.values():
-            samples = e.samples("request_throughput")  # the samples, as the gate reads them
-            rate = statistics.median(samples) if samples else 0.0
-            wl = e.workload
-            requests = int(wl.get("num_requests", 0)) + int(wl.get("warmup_requests", 0))
-            if not e.nodeid or not rate or rate <= 0 or not math.isfinite(rate):
-                continue
-            costs[e.nodeid] = costs.get(e.nodeid, 0.0) + max(e.repeats, 1) * requests / rate
-    return costs
-
-
-def units_of(items: Iterable[pytest.Item], key_of: Any, engine_of: Any, known: dict[str, float]) -> list[Unit]:
+def units_of(items: Iterable[pytest.Item], key_of: Any, engine_of: Any) -> list[Unit]:
     """Group items into units: by engine key (``key_of(item)``, None for a plain item), costed."""
     groups: dict[Any, Unit] = {}
     plain: list[Unit] = []
-    guess = statistics.median(known.values()) if known else DEFAULT_ITEM_COST_S
     for item in items:
         key = key_of(item)
         if key is None:
@@ -109,7 +85,7 @@ def units_of(items: Iterable[pytest.Item], key_of: Any, engine_of: Any, known: d
         if unit is None:
             unit = groups[key] = Unit(item.nodeid, [], START_COST_S.get(engine_of(item), DEFAULT_ITEM_COST_S))
         unit.items.append(item)
-        unit.cost += known.get(item.nodeid, guess)
+        unit.cost += DEFAULT_ITEM_COST_S
     return [*groups.values(), *plain]
 
 
@@ -121,7 +97,6 @@ def select(sess: MgpuSession, config: pytest.Config, items: list[pytest.Item]) -
     from .session import SPEC_KEY  # the session module imports this one lazily
 
     i, n = shard
-    known = item_costs(sess.settings.baseline_dir, sess.fingerprint)
 
     def key_of(item: pytest.Item) -> Any:
         spec = item.stash.get(SPEC_KEY, None)
@@ -131,7 +106,8 @@ def select(sess: MgpuSession, config: pytest.Config, items: list[pytest.Item]) -
         spec = item.stash.get(SPEC_KEY, None)
         return spec.engine if spec is not None else ""
 
-    units = units_of(items, key_of, engine_of, known)
+    units = units_of(items, key_of, engine_of)
+    collected = [it.nodeid for it in items]
     where = assign([(u.name, u.cost) for u in units], n)
     keep = {id(it) for u in units if where[u.name] == i for it in u.items}
     selected = [it for it in items if id(it) in keep]
@@ -144,9 +120,11 @@ def select(sess: MgpuSession, config: pytest.Config, items: list[pytest.Item]) -
     total = sum(u.cost for u in units)
     engines = sum(1 for u in mine if key_of(u.items[0]) is not None)
     sess.env_info["shard"] = f"{i}/{n}"
+    sess.shard = {"index": i, "count": n, "collected": collected, "items": [it.nodeid for it in selected]}
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
             f"mgpu shard {i}/{n}: {len(selected)} of {len(selected) + len(deselected)} items, {engines} engine "
             f"group(s), estimated {load:.0f}s of {total:.0f}s"
+            + ("; this shard has no items (it passes; the other shards run them)" if not selected else "")
         )

@@ -1,5 +1,6 @@
 """Files written at session end: ``--mgpu-json`` results, the Markdown report, the pytest-benchmark export,
-and ``.mgpu/last-results.json`` (what ``pytest-mgpu accept`` records without a re-run).
+and the run's own ``.mgpu/results-<run id>.json`` (what the printed ``pytest-mgpu accept`` command
+records without a re-run), copied to ``.mgpu/last-results.json`` for convenience.
 
 Each file is written on its own: one that fails is reported as a session error and never keeps
 the others, or the terminal summary, from being written.
@@ -7,6 +8,7 @@ the others, or the terminal summary, from being written.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,8 @@ from .results import RESULTS_SCHEMA_VERSION
 if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls write_outputs
     from .session import MgpuSession
 
-#: Where every session with results leaves them for ``pytest-mgpu accept``, under the rootdir.
+#: Where every session with results leaves a copy of its own results file, under the rootdir: a
+#: convenience only, since the next run replaces it; the accept command a run prints names its own file.
 LAST_RESULTS = Path(".mgpu") / "last-results.json"
 
 
@@ -60,6 +63,11 @@ def last_results_path(sess: MgpuSession) -> Path:
     return Path(sess.config.rootpath) / LAST_RESULTS
 
 
+def run_results_path(sess: MgpuSession) -> Path:
+    """``<rootdir>/.mgpu/results-<run id>.json``: this run's results, which no other run overwrites."""
+    return Path(sess.config.rootpath) / LAST_RESULTS.parent / f"results-{sess.run_id}.json"
+
+
 def write_outputs(sess: MgpuSession) -> list[str]:
     """Write whichever output files were asked for, each independently; return one error line per failure.
 
@@ -68,7 +76,9 @@ def write_outputs(sess: MgpuSession) -> list[str]:
     s = sess.settings
     jobs: list[tuple[str, Path, Callable[[], str]]] = []
     if sess.results:
-        jobs.append(("last results", last_results_path(sess), lambda: _json_text(results_document(sess, False))))
+        text = functools.cache(lambda: _json_text(results_document(sess, False)))  # one document, two files
+        jobs.append(("this run's results", run_results_path(sess), text))
+        jobs.append(("last results", last_results_path(sess), text))
     if s.json_path is not None:
         jobs.append(("--mgpu-json", s.json_path, lambda: _json_text(results_document(sess, s.json_records))))
     if s.report_md is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .analysis import analysis_lines
 from .baseline import DEFAULT_HISTORY, DEFAULT_ROOT
 from .layout import Layout
-from .outputs import last_results_path
+from .outputs import run_results_path
 from .render.table import format_table
 from .render.text import VERDICT_WORDS, render_table, summary_line
 from .results import BenchResult
@@ -159,7 +159,10 @@ def side_by_side_lines(rows: Sequence[SeedRow]) -> Iterator[Line]:
 
 
 def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
-    """The exact ``pytest-mgpu accept`` command that records this session's results (no re-run)."""
+    """The exact ``pytest-mgpu accept`` command that records this session's results (no re-run).
+
+    It names the run's own results file, never ``.mgpu/last-results.json``, which the next run replaces.
+    """
     s = sess.settings
 
     def rel(p: Path) -> str:
@@ -168,7 +171,7 @@ def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
         except ValueError:  # pragma: no cover - another drive on Windows
             return str(p)
 
-    args = ["pytest-mgpu", "accept", rel(last_results_path(sess))]
+    args = ["pytest-mgpu", "accept", rel(run_results_path(sess))]
     if Path(s.baseline_dir).resolve() != (Path.cwd() / DEFAULT_ROOT).resolve():
         args += ["--baseline-dir", rel(Path(s.baseline_dir))]
     if s.baseline_history != DEFAULT_HISTORY:

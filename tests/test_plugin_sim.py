@@ -64,7 +64,7 @@ def test_end_to_end_measures_normalises_and_reports(pytester: pytest.Pytester, p
             "*no baseline for sim-h100-80gb-x4",
             "mgpu gate: 2 new",
             "to record the new results as baselines from this run (no re-run needed):",
-            "  pytest-mgpu accept .mgpu/last-results.json",
+            "  pytest-mgpu accept .mgpu/results-*.json",
         ]
     )
     assert "--mgpu-update-baselines" not in result.stdout.str()
@@ -143,7 +143,7 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     # 1. no baseline -> NEW (passes, but is reported)
     r = pytester.runpytest(*args)
     r.assert_outcomes(passed=1)
-    r.stdout.fnmatch_lines(["*NEW*", "mgpu gate: 1 new", "  pytest-mgpu accept .mgpu/last-results.json"])
+    r.stdout.fnmatch_lines(["*NEW*", "mgpu gate: 1 new", "  pytest-mgpu accept .mgpu/results-*.json"])
     # 2. update -> written, atomically and diff-friendly
     r = pytester.runpytest(*args, "--mgpu-update-baselines")
     r.assert_outcomes(passed=1)

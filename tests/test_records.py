@@ -190,3 +190,29 @@ def test_merge_keeps_the_ab_verdicts(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "1 failed, 1 passed" in capsys.readouterr().out
     ok = ab_shard(tmp_path, "3.json", "1/2", "test_a[tp1-pp1]", "WARN")
     assert main(["merge", ok, b]) == 0 and main(["merge", ok, b, "--strict"]) == 1
+
+
+# --- 5. each run its own results file -------------------------------------------------------
+
+
+def test_the_printed_accept_command_records_its_own_run(pytester: pytest.Pytester,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.5: the printed command named .mgpu/last-results.json, so after a second run it recorded
+    the other run into the baselines."""
+    import shlex
+
+    pytester.makepyfile(test_perf=ONE)
+    commands, runs = [], []
+    for model in ("tiny-llama", "llama-2-7b"):
+        r = pytester.runpytest(*SIM, "--mgpu-model", model)
+        line = next(ln.strip() for ln in r.stdout.lines if ln.strip().startswith("pytest-mgpu accept "))
+        commands.append(line)
+        runs.append(json.loads((pytester.path / ".mgpu" / "last-results.json").read_text())["env"]["run_id"])
+    assert commands[0] != commands[1] and ".mgpu/results-" in commands[0] and "last-results" not in commands[0]
+    capsys.readouterr()
+    assert main(shlex.split(commands[0])[1:]) == 0  # the first run's command, after the second run
+    doc = json.loads((pytester.path / "baselines" / SIM_FP / "test_perf.py.json").read_text())
+    (entry,) = doc["entries"].values()
+    assert entry["model"] == "tiny-llama" and entry["recordings"][0]["env"]["run_id"] == runs[0]
+    assert sorted(p.name for p in (pytester.path / ".mgpu").glob("*.json")) == sorted(
+        ["last-results.json", f"results-{runs[0]}.json", f"results-{runs[1]}.json"])

@@ -63,6 +63,10 @@ STORED_METRICS: tuple[str, ...] = DEFAULT_GATED + DEFAULT_WARN_ONLY + (
 
 _FINGERPRINT_RE = re.compile(r"^[a-z0-9][a-z0-9+._-]*$")
 
+#: The range of a plausible stored sample (ms, tokens/s, requests/s). Outside it a number is corrupt:
+#: 1e-300 beside 50.0 overflows the geometric mean of the recordings.
+SAMPLE_RANGE = (1e-12, 1e15)
+
 
 def _sig(x: float, digits: int = 6) -> float:
     """Round to ``digits`` significant digits: far below any noise, and short in diffs."""
@@ -74,8 +78,9 @@ def _sig(x: float, digits: int = 6) -> float:
 def check_samples(values: Any, what: str) -> tuple[float, ...]:
     """A metric's samples as floats: a non-empty list of finite numbers > 0, else ValueError naming ``what``.
 
-    NaN, infinities, zero or negative values, an empty list or a non-list are corrupt numbers:
-    the gate must never silently skip them (that would turn it off).
+    NaN, infinities, zero or negative values, values outside :data:`SAMPLE_RANGE`, an empty list
+    or a non-list are corrupt numbers: the gate must never silently skip them (that would turn it
+    off), nor crash on them.
     """
     if isinstance(values, Mapping):  # schema 1: {"samples": [...], "median": ..., "noise": ...}
         values = values.get("samples")
@@ -87,6 +92,9 @@ def check_samples(values: Any, what: str) -> tuple[float, ...]:
             raise ValueError(f"{what}: sample {v!r} is not a number")
         if not math.isfinite(v) or v <= 0:
             raise ValueError(f"{what}: sample {v!r} is not a finite number > 0")
+        if not SAMPLE_RANGE[0] <= v <= SAMPLE_RANGE[1]:
+            raise ValueError(f"{what}: sample {v!r} is not a finite number > 0 in the range of a measurement "
+                             f"({SAMPLE_RANGE[0]:g} to {SAMPLE_RANGE[1]:g})")
         out.append(float(v))
     return tuple(out)
 
@@ -133,6 +141,10 @@ class Recording:
             bad = [v for v in vals if not math.isfinite(v)]
             if bad:
                 raise BaselineError(f"{result.entry_id}: non-finite values in {m} cannot become a baseline")
+            odd = [v for v in vals if v > 0 and not SAMPLE_RANGE[0] <= v <= SAMPLE_RANGE[1]]
+            if odd:
+                raise BaselineError(f"{result.entry_id}: {m} value {odd[0]!r} is outside the range of a measurement "
+                                    f"({SAMPLE_RANGE[0]:g} to {SAMPLE_RANGE[1]:g}) and cannot become a baseline")
             if m in gated and any(v <= 0 for v in vals) and not undefined_for(m, result, vals):
                 raise BaselineError(
                     f"{result.entry_id}: the gated metric {m} has a value <= 0 ({min(vals)!r}): a corrupt "

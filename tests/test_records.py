@@ -6,6 +6,7 @@ Each test provokes one case of the issue and failed before its fix.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,39 @@ def test_the_printed_accept_command_records_its_own_run(pytester: pytest.Pyteste
     assert entry["model"] == "tiny-llama" and entry["recordings"][0]["env"]["run_id"] == runs[0]
     assert sorted(p.name for p in (pytester.path / ".mgpu").glob("*.json")) == sorted(
         ["last-results.json", f"results-{runs[0]}.json", f"results-{runs[1]}.json"])
+
+
+# --- 6. a tiny positive sample ---------------------------------------------------------------
+
+
+def test_a_tiny_sample_is_a_broken_baseline_not_a_crash(pytester: pytest.Pytester,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.6: 1e-300 in one of three recordings crashed the gate (OverflowError), compare printed a
+    traceback and show printed inf."""
+    pytester.makepyfile(test_perf=ONE)
+    for _ in range(3):
+        pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines", "--mgpu-json", "r.json")
+    path = pytester.path / "baselines" / SIM_FP / "test_perf.py.json"
+    doc = json.loads(path.read_text())
+    (entry,) = doc["entries"].values()
+    assert len(entry["recordings"]) == 3
+    samples = entry["recordings"][1]["metrics"]["tpot_p50"]
+    samples[:] = [1e-300] * len(samples)
+    path.write_text(json.dumps(doc))
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines([f"*baseline file {path}: broken entry *recording 2: metric 'tpot_p50': sample 1e-300 *"])
+    assert "OverflowError" not in r.stdout.str()
+    capsys.readouterr()
+    assert main(["compare", str(path), str(pytester.path / "r.json")]) == 2
+    assert "sample 1e-300" in capsys.readouterr().err
+    assert main(["show", str(pytester.path / "baselines")]) == 2
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and "sample 1e-300" in out and not re.search(r"\binf\b", out)
+
+
+def test_a_tiny_sample_in_a_results_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.6: the number that later crashed the gate must not be recorded in the first place."""
+    f = results_file(tmp_path / "r.json", make_result(ttft_p50=1e-300))
+    assert main(["accept", str(f), "--baseline-dir", str(tmp_path / "b")]) == 2
+    assert "1e-300" in capsys.readouterr().err

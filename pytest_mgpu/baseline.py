@@ -171,6 +171,14 @@ class Recording:
         opts = tuple(sorted(self.engine_options.items())) if self.engine_options is not None else None
         return self.engine_version, opts
 
+    def same_level(self, other: Recording) -> bool:
+        """Whether two recordings are of one level: the same engine version, and the same engine options
+        where both recorded them (a schema 1 recording has none, and joins the level of its version)."""
+        if self.engine_version != other.engine_version:
+            return False
+        mine, theirs = self.engine_options, other.engine_options
+        return mine is None or theirs is None or mine == theirs
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d: dict[str, Any] = {
@@ -270,11 +278,11 @@ class BaselineEntry:
         A level is a run of recordings with the same engine version and engine options: an
         upgrade or a new setting that was accepted measured something else, so the recordings
         before it are kept (``show`` lists them) but neither centre the baseline nor widen its
-        noise band.
+        noise band. A recording without engine options (schema 1) belongs to the level of its
+        engine version: the options it ran with are unknown, and taken to be the same.
         """
-        key = self.latest.level
         start = len(self.recordings) - 1
-        while start > 0 and self.recordings[start - 1].level == key:
+        while start > 0 and self.recordings[start - 1].same_level(self.latest):
             start -= 1
         return self.recordings[start:]
 

@@ -253,3 +253,32 @@ def test_a_tiny_sample_in_a_results_file_is_refused(tmp_path: Path, capsys: pyte
     f = results_file(tmp_path / "r.json", make_result(ttft_p50=1e-300))
     assert main(["accept", str(f), "--baseline-dir", str(tmp_path / "b")]) == 2
     assert "1e-300" in capsys.readouterr().err
+
+
+# --- 7. v1 baselines, migrated then updated -------------------------------------------------
+
+
+def test_a_migrated_v1_recording_stays_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17.7: after a v1 baseline was updated, its recording showed as "(not used)" without a word,
+    because v1 recorded no engine options."""
+    r = make_result()
+    root = tmp_path / "baselines"
+    path = root / FP / f"{MOD}.json"
+    path.parent.mkdir(parents=True)
+    v1 = {"engine": "sim", "engine_version": "0.1.0", "model": "tiny", "nodeid": r.nodeid,
+          "layout": Layout(tp=2).to_dict(), "repeats": 3, "workload": Workload().to_dict(),
+          "env": {"date": "2025-12-01T00:00:00+00:00", "commit": "old"},
+          "metrics": {m: {"samples": [v, v * 1.01, v * 0.99]} for m, v in BASE.items()}}
+    path.write_text(json.dumps({"schema_version": 1, "fingerprint": FP, "module": MOD, "entries": {r.entry_id: v1}}))
+    assert main(["accept", str(results_file(tmp_path / "r.json", r)), "--baseline-dir", str(root)]) == 0
+    assert "new level" not in capsys.readouterr().out
+    assert main(["show", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "(not used)" not in out and "geometric mean of 2 recordings" in out
+    # Another engine version is a new level, and accept says so.
+    r2 = make_result(run_id="later")
+    r2.engine_version = "0.2.0"
+    assert main(["accept", str(results_file(tmp_path / "r2.json", r2)), "--baseline-dir", str(root)]) == 0
+    assert "new level (engine version 0.1.0 -> 0.2.0)" in capsys.readouterr().out
+    assert main(["show", str(root)]) == 0
+    assert capsys.readouterr().out.count("(not used)") == 2

@@ -2,13 +2,15 @@
 export to pytest-benchmark, merge the results of a sharded run.
 
 Exit codes: 0 nothing fails, 1 a result fails (:func:`~pytest_mgpu.verdicts.fails`: INVALID or
-FAIL; with ``--strict`` also WARN, MISMATCH and NEW), 2 a usage or file error.
+FAIL; with ``--strict`` also WARN, MISMATCH and NEW), 2 a usage or file error, 141 the reader of
+the output went away (``pytest-mgpu show | head``), as a tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,6 +24,7 @@ from .baseline import (
     BaselineEntry,
     BaselineStore,
     Recording,
+    atomic_write_text,
     check_fingerprint,
     parse_baseline_data,
 )
@@ -45,6 +48,15 @@ class Side:
     kind: str  # "baseline" or "results"
     items: dict[tuple[str | None, str], Measured]
     fingerprint: str | None = None
+
+
+def write_output(path: str | Path, text: str) -> None:
+    """Write an output file the user named, creating its folder; CliError (exit 2) when that fails."""
+    p = Path(path)
+    try:
+        atomic_write_text(p, text)
+    except OSError as exc:
+        raise CliError(f"cannot write {p}: {exc.strerror or exc}") from None
 
 
 def _load_json(path: Path) -> Any:
@@ -181,7 +193,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"not in {now.path.name}: {eid}")
     print(summary_line(comps))
     if args.markdown:
-        Path(args.markdown).write_text(render_markdown(comps, title=args.title), encoding="utf-8")
+        write_output(args.markdown, render_markdown(comps, title=args.title))
         print(f"wrote {args.markdown}")
     return 1 if any(fails(c.verdict, args.strict) for c in comps) else 0
 
@@ -300,7 +312,14 @@ def cmd_accept(args: argparse.Namespace) -> int:
             comp = raw.get("comparison")
             if not isinstance(comp, Mapping):
                 raise CliError(f"{p}: {r.entry_id} has no verdict (the file predates them); accept without --only")
-            if Verdict(str(comp.get("verdict"))) not in only:
+            try:
+                verdict = Verdict(str(comp.get("verdict")))
+            except ValueError:
+                raise CliError(
+                    f"{p}: {r.entry_id} has the unknown verdict {comp.get('verdict')!r} (known: "
+                    f"{', '.join(v.value for v in Verdict)}); regenerate the file, or accept without --only"
+                ) from None
+            if verdict not in only:
                 left_out += 1
                 continue
         # With several engines side by side each result has its own fingerprint (the sim's beside the GPU's).
@@ -351,7 +370,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise CliError(f"{args.results}: not a --mgpu-json results file (no 'results' list)")
     results = [r for r, _ in _results(data, p)]
-    Path(args.out).write_text(json.dumps(to_benchmark_json(results), indent=4) + "\n", encoding="utf-8")
+    write_output(args.out, json.dumps(to_benchmark_json(results), indent=4) + "\n")
     print(f"wrote {args.out}; read it with: pytest-benchmark compare {args.out}")
     return 0
 
@@ -399,6 +418,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`pytest-mgpu show | head`): stop quietly, as a killed-by-SIGPIPE tool would.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except CliError as exc:
         print(f"pytest-mgpu: error: {exc}", file=sys.stderr)
         return 2

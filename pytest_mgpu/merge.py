@@ -72,9 +72,16 @@ def load_shard(path: str | Path) -> Shard:
         raise CliError(f"{p}: not a --mgpu-json results file (no 'results' list)")
     if not isinstance(doc.get("comparisons"), list):
         raise CliError(f"{p}: has no 'comparisons' (the gate's verdicts); write it with this version's --mgpu-json")
+    if not isinstance(doc.get("env", {}), dict):
+        kind = type(doc["env"]).__name__
+        raise CliError(f"{p}: 'env' is {kind}, not an object; regenerate the file with --mgpu-json")
+    for i, r in enumerate(doc["results"]):
+        if not isinstance(r, dict) or not isinstance(r.get("entry_id"), str):
+            raise CliError(f"{p}: result #{i + 1} is malformed ({str(r)[:60]!r}: not an object with an 'entry_id'); "
+                           f"regenerate the file with --mgpu-json")
     try:
         comps = [comparison_from_dict(c) for c in doc["comparisons"]]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CliError(f"{p}: a comparison is malformed ({exc!r}); regenerate the file with --mgpu-json") from None
     return Shard(p, doc, comps)
 
@@ -226,12 +233,14 @@ def cmd_merge(args: Any) -> int:
         print(render_table(comps))
         print()
     print(summary_line(comps))
+    from .cli import write_output  # the CLI module registers this command; imported when it runs
+
     if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_output(args.json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}")
     if args.markdown:
         title = args.title or f"pytest-mgpu: {doc['fingerprint']} ({len(shards)} shards)"
-        Path(args.markdown).write_text(render_markdown(comps, title=title), encoding="utf-8")
+        write_output(args.markdown, render_markdown(comps, title=title))
         print(f"wrote {args.markdown}")
     return 1 if any(fails(c.verdict, args.strict) for c in comps) else 0
 

@@ -282,3 +282,75 @@ def test_a_migrated_v1_recording_stays_in_use(tmp_path: Path, capsys: pytest.Cap
     assert "new level (engine version 0.1.0 -> 0.2.0)" in capsys.readouterr().out
     assert main(["show", str(root)]) == 0
     assert capsys.readouterr().out.count("(not used)") == 2
+
+
+# --- crashes instead of clear errors ----------------------------------------------------------
+
+
+def test_output_paths_in_a_missing_folder_are_created(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: merge --json, compare --markdown and export-benchmark into a missing folder: FileNotFoundError."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "baselines"
+    r = results_file(tmp_path / "r.json", make_result())
+    assert main(["accept", str(r), "--baseline-dir", str(root)]) == 0
+    base = root / FP / f"{MOD}.json"
+    assert main(["compare", str(base), str(r), "--markdown", "nodir/x.md"]) == 0
+    assert main(["export-benchmark", str(r), "nodir2/b.json"]) == 0
+    shard = ab_shard(tmp_path, "s.json", "1/1", "test_a[tp1-pp1]", "PASS")
+    assert main(["merge", shard, "--json", "nodir3/m.json", "--markdown", "nodir4/m.md"]) == 0
+    for p in ("nodir/x.md", "nodir2/b.json", "nodir3/m.json", "nodir4/m.md"):
+        assert (tmp_path / p).stat().st_size > 0
+    # A folder that cannot be made: exit 2, naming the path.
+    (tmp_path / "afile").write_text("")
+    capsys.readouterr()
+    assert main(["export-benchmark", str(r), "afile/b.json"]) == 2
+    assert "cannot write afile/b.json" in capsys.readouterr().err
+
+
+def test_show_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """Issue 17: `pytest-mgpu show | head` printed a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "baselines"
+    many = [make_result(f"test_{i}[tp2-pp1]") for i in range(400)]
+    assert main(["accept", str(results_file(tmp_path / "r.json", *many)), "--baseline-dir", str(root)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_mgpu.cli", "show", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert code == 141
+
+
+@pytest.mark.parametrize(("edit", "what"), [
+    (lambda d: d.update(env="a string"), "'env' is str"),
+    (lambda d: d.update(results=[1, 2]), "result #1 is malformed"),
+    (lambda d: d.update(comparisons=[1]), "a comparison is malformed"),
+])
+def test_a_corrupt_shard_file_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                edit: Any, what: str) -> None:
+    """Issue 17: a shard file with `env` a string or `results` [1, 2] gave an AttributeError traceback."""
+    good = json.loads(Path(ab_shard(tmp_path, "a.json", "1/1", "test_a[tp1-pp1]", "PASS")).read_text())
+    edit(good)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(good))
+    assert main(["merge", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and what in err
+
+
+def test_accept_only_with_an_unknown_verdict_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: `accept --only` on a file holding an unknown verdict gave a ValueError traceback."""
+    r = make_result()
+    d = r.to_dict()
+    d["comparison"] = {"verdict": "BETTER"}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"schema_version": 2, "fingerprint": FP, "results": [d]}))
+    assert main(["accept", str(f), "--only", "new", "--baseline-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and r.entry_id in err and "unknown verdict 'BETTER'" in err

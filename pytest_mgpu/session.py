@@ -357,8 +357,7 @@ class MgpuSession:
         if report.nodeid not in self.measuring:
             return
         if report.skipped:
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            self.outcomes[report.nodeid] = ("skipped", reason.removeprefix("Skipped: "))
+            self.outcomes[report.nodeid] = ("skipped", skip_reason(report))
         elif report.failed:
             self.outcomes[report.nodeid] = ("failed" if report.when == "call" else "error", "")
         elif report.when == "call":
@@ -422,6 +421,17 @@ ITEM_RESULTS_KEY: pytest.StashKey[list[BenchResult]] = pytest.StashKey()
 
 #: Fixtures that make a test an mgpu test.
 MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    """Why a test was skipped, in one line: the skip's reason, or ``xfailed: <reason>`` (an xfailed
+    test's report holds the whole traceback of its expected failure, which is no reason)."""
+    if hasattr(report, "wasxfail"):
+        why = str(report.wasxfail or "").removeprefix("reason: ")
+        return f"xfailed: {why}" if why else "xfailed"
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    lines = reason.removeprefix("Skipped: ").strip().splitlines()
+    return lines[0] if lines else "skipped"
 
 
 def new_run_id() -> str:

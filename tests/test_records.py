@@ -354,3 +354,22 @@ def test_accept_only_with_an_unknown_verdict_exits_2(tmp_path: Path, capsys: pyt
     assert main(["accept", str(f), "--only", "new", "--baseline-dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert str(f) in err and r.entry_id in err and "unknown verdict 'BETTER'" in err
+
+
+# --- said too quietly, or not at all --------------------------------------------------------
+
+
+def test_an_xfailed_tests_reason_is_one_line(pytester: pytest.Pytester) -> None:
+    """Issue 17: the "no result was measured" line quoted an xfailed test's whole traceback as its skip reason."""
+    pytester.makepyfile(test_perf="""
+import math, pytest
+
+@pytest.mark.xfail(reason="engine bug 123")
+@pytest.mark.layout(tp=1)
+def test_serve(mgpu_bench):
+    raise RuntimeError("boom")
+""")
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
+    line = next(ln for ln in r.stdout.lines if ln.startswith("mgpu: no result was measured"))
+    assert "skipped because: xfailed: engine bug 123 (1x). A perf run" in line
+    assert "RuntimeError" not in r.stdout.str() and "mgpu_bench = <" not in r.stdout.str()

@@ -35,7 +35,7 @@ from .options import add_gate_options
 from .render.markdown import render_markdown
 from .render.table import fmt_number, format_table
 from .render.text import render_table, summary_line
-from .results import BenchResult
+from .results import BenchResult, json_text
 from .verdicts import DEFAULT_GATED, Comparison, GateConfig, Measured, Tolerance, Verdict, compare, fails
 from .workload import Workload
 
@@ -370,7 +370,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise CliError(f"{args.results}: not a --mgpu-json results file (no 'results' list)")
     results = [r for r, _ in _results(data, p)]
-    write_output(args.out, json.dumps(to_benchmark_json(results), indent=4) + "\n")
+    write_output(args.out, json_text(to_benchmark_json(results), indent=4))
     print(f"wrote {args.out}; read it with: pytest-benchmark compare {args.out}")
     return 0
 

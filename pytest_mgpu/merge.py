@@ -20,7 +20,7 @@ from typing import Any
 from .errors import CliError
 from .render.markdown import render_markdown
 from .render.text import render_table, summary_line
-from .results import RESULTS_SCHEMA_VERSION
+from .results import RESULTS_SCHEMA_VERSION, json_text
 from .verdicts import STRICT_HELP, Comparison, MetricComparison, Verdict, fails
 
 
@@ -30,8 +30,10 @@ def comparison_to_dict(c: Comparison) -> dict[str, Any]:
 
 
 def _fields(cls: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of ``cls``; a number field's ``"inf"`` (see ``json_safe``) as a float."""
+    numbers = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type)}
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+    return {k: (float(v) if k in numbers and v in ("inf", "-inf", "nan") else v) for k, v in data.items() if k in names}
 
 
 def comparison_from_dict(data: Mapping[str, Any]) -> Comparison:
@@ -236,7 +238,7 @@ def cmd_merge(args: Any) -> int:
     from .cli import write_output  # the CLI module registers this command; imported when it runs
 
     if args.json:
-        write_output(args.json, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        write_output(args.json, json_text(doc))
         print(f"wrote {args.json}")
     if args.markdown:
         title = args.title or f"pytest-mgpu: {doc['fingerprint']} ({len(shards)} shards)"

@@ -9,7 +9,6 @@ the others, or the terminal summary, from being written.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from .baseline import atomic_write_text
 from .benchmark_export import to_benchmark_json
 from .merge import comparison_to_dict
 from .render.markdown import render_markdown
-from .results import RESULTS_SCHEMA_VERSION
+from .results import RESULTS_SCHEMA_VERSION, json_text
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls write_outputs
     from .session import MgpuSession
@@ -55,7 +54,7 @@ def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
 
 
 def _json_text(doc: Any) -> str:
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return json_text(doc)
 
 
 def last_results_path(sess: MgpuSession) -> Path:

@@ -31,6 +31,26 @@ RESULTS_SCHEMA_VERSION = 2
 IDENTITY_ENGINE_OPTIONS: frozenset[str] = frozenset({"dtype", "quantization", "kv-cache-dtype", "time-scale"})
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as a string (``"inf"``, ``"-inf"``, ``"nan"``).
+
+    JSON has no infinity: ``json.dumps`` would write ``Infinity``, which other tools refuse. The
+    readers of this package take the strings back with ``float()`` (and still read the old form).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(doc: Any, indent: int = 2) -> str:
+    """Standard JSON text of an output document (sorted keys, no ``Infinity`` or ``NaN``), final newline."""
+    return json.dumps(json_safe(doc), indent=indent, sort_keys=True, allow_nan=False) + "\n"
+
+
 def option_key(key: str) -> str:
     """``--Max_Num_Seqs`` -> ``max-num-seqs``: the form in which engine options are compared."""
     return key.strip().lstrip("-").replace("_", "-").lower()

@@ -373,3 +373,37 @@ def test_serve(mgpu_bench):
     line = next(ln for ln in r.stdout.lines if ln.startswith("mgpu: no result was measured"))
     assert "skipped because: xfailed: engine bug 123 (1x). A perf run" in line
     assert "RuntimeError" not in r.stdout.str() and "mgpu_bench = <" not in r.stdout.str()
+
+
+def _strict_json(text: str) -> Any:
+    """Parse as other tools do: ``Infinity`` and ``NaN`` are not JSON."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_no_infinity_in_the_json_outputs(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: rate-inf runs wrote `Infinity` (achieved_request_rate of one dispatch instant), not valid JSON."""
+    pytester.makepyfile(test_perf="""
+import math, pytest
+
+@pytest.mark.layout(tp=1)
+def test_serve(mgpu_bench):
+    mgpu_bench.run(input_len=32, output_len=8, num_requests=1, request_rate=math.inf, warmup_requests=0)
+""")
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-json", "r.json", "--mgpu-benchmark-json", "b.json")
+    r.assert_outcomes(passed=1)
+    doc = _strict_json((pytester.path / "r.json").read_text())
+    assert doc["results"][0]["repeats"][0]["summary"]["achieved_request_rate"] == "inf"
+    _strict_json((pytester.path / "b.json").read_text())
+    _strict_json((pytester.path / ".mgpu" / "last-results.json").read_text())
+    out = str(pytester.path / "x")
+    capsys.readouterr()
+    assert main(["export-benchmark", str(pytester.path / "r.json"), out + "-b.json"]) == 0
+    _strict_json(Path(out + "-b.json").read_text())
+    # The readers take the new form back, and still read the old one.
+    root = str(pytester.path / "baselines")
+    assert main(["accept", str(pytester.path / "r.json"), "--baseline-dir", root]) == 0
+    old = (pytester.path / "r.json").read_text().replace('"inf"', "Infinity").replace('"qpsInfinity', '"qpsinf')
+    (pytester.path / "old.json").write_text(old)
+    assert main(["compare", str(pytester.path / "r.json"), str(pytester.path / "old.json")]) == 0

@@ -235,9 +235,32 @@ def check_paths(settings: Settings) -> None:
     )
     for name, file in files:
         if file is not None:
-            why = _file_problem(file)
+            why = _file_problem(file) or _baseline_problem(file, settings.baseline_dir)
             if why:
                 raise pytest.UsageError(f"{name} {file} {why}")
+
+
+def _baseline_problem(path: Path, baseline_dir: Path) -> str:
+    """Why an output file must not be written at ``path``: it is in the baseline store, or is a baseline file."""
+    try:
+        inside = path.resolve().is_relative_to(Path(baseline_dir).resolve())
+    except OSError:
+        inside = False
+    if inside:
+        return (f"is inside the baseline directory {baseline_dir}: the run would overwrite or add to the "
+                f"baselines; write it elsewhere (record baselines with --mgpu-update-baselines or pytest-mgpu accept)")
+    try:  # a baseline file is small; a large file (a results file with records) is not one
+        if not path.is_file() or path.stat().st_size > 32 * 2**20:
+            return ""
+        import json
+
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if isinstance(doc, dict) and "entries" in doc and "schema_version" in doc:
+        return ("is a baseline file (it holds 'entries'): the run would overwrite it; write the output elsewhere "
+                "(record baselines with --mgpu-update-baselines or pytest-mgpu accept)")
+    return ""
 
 
 def check_sim_profile(name: str) -> None:

@@ -407,3 +407,19 @@ def test_serve(mgpu_bench):
     old = (pytester.path / "r.json").read_text().replace('"inf"', "Infinity").replace('"qpsInfinity', '"qpsinf')
     (pytester.path / "old.json").write_text(old)
     assert main(["compare", str(pytester.path / "r.json"), str(pytester.path / "old.json")]) == 0
+
+
+@pytest.mark.parametrize("where", ["inside", "copied"])
+def test_mgpu_json_at_a_baseline_file_is_a_usage_error(pytester: pytest.Pytester, where: str) -> None:
+    """Issue 17: --mgpu-json pointed at a baseline file overwrote it."""
+    pytester.makepyfile(test_perf=ONE)
+    pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
+    base = pytester.path / "baselines" / SIM_FP / "test_perf.py.json"
+    target = base if where == "inside" else pytester.path / "kept.json"
+    if where == "copied":
+        target.write_text(base.read_text())
+    before = target.read_text()
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-json", str(target))
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines([f"*--mgpu-json {target} is *baseline*write * elsewhere*"])
+    assert target.read_text() == before

@@ -307,6 +307,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
         raise CliError(f"--history must be >= 1, got {args.history}")
     by_module: dict[tuple[str, str], list[BenchResult]] = {}
     left_out = 0
+    failed: list[str] = []  # results that FAILed in that run and are recorded anyway (no --only)
     for r, raw in pairs:
         if only is not None:
             comp = raw.get("comparison")
@@ -322,6 +323,10 @@ def cmd_accept(args: argparse.Namespace) -> int:
             if verdict not in only:
                 left_out += 1
                 continue
+        else:
+            comp = raw.get("comparison")
+            if isinstance(comp, Mapping) and comp.get("verdict") == Verdict.FAIL.value and not r.invalid:
+                failed.append(r.entry_id)
         # With several engines side by side each result has its own fingerprint (the sim's beside the GPU's).
         fp = str(r.env.get("fingerprint") or fingerprint)
         try:
@@ -336,9 +341,11 @@ def cmd_accept(args: argparse.Namespace) -> int:
         by_module.setdefault((fp, r.module), []).append(r)
     store = BaselineStore(args.baseline_dir)
     written = already = 0
+    written_ids: set[str] = set()
     for (fp, module), results in sorted(by_module.items()):
         res = store.update(fp, module, results, history=args.history)
         written += len(res.written)
+        written_ids.update(res.written)
         already += len(res.already)
         if res.written:
             print(f"{res.path}: recorded {len(res.written)} entr{'y' if len(res.written) == 1 else 'ies'}")
@@ -358,6 +365,10 @@ def cmd_accept(args: argparse.Namespace) -> int:
               f"({already} entr{'y' if already == 1 else 'ies'}); accepting a run twice changes nothing")
         return 0
     where = ", ".join(str(Path(args.baseline_dir) / fp) for fp in sorted({fp for fp, _ in by_module}))
+    failed = [eid for eid in failed if eid in written_ids]
+    if failed:
+        print(f"warning: recorded {len(failed)} result(s) that FAILed in that run: {', '.join(failed)}; their "
+              f"regression is now the baseline. To record only some verdicts: --only new,improved,mismatch")
     print(f"recorded {written} result(s) under {where or Path(args.baseline_dir) / str(fingerprint)} "
           f"(keeping the last {args.history} recordings of each){tail}")
     return 0

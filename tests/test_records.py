@@ -423,3 +423,18 @@ def test_mgpu_json_at_a_baseline_file_is_a_usage_error(pytester: pytest.Pytester
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     r.stderr.fnmatch_lines([f"*--mgpu-json {target} is *baseline*write * elsewhere*"])
     assert target.read_text() == before
+
+
+def test_accepting_a_fail_without_only_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: accepting a FAIL result without --only recorded the regression as the baseline silently."""
+    bad, ok = make_result(factors={"tpot_p50": 1.3}), make_result("test_ok")
+    d_bad, d_ok = bad.to_dict(), ok.to_dict()
+    d_bad["comparison"], d_ok["comparison"] = {"verdict": "FAIL"}, {"verdict": "PASS"}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"schema_version": 2, "fingerprint": FP, "results": [d_bad, d_ok]}))
+    assert main(["accept", str(f), "--baseline-dir", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: recorded 1 result(s) that FAILed in that run: {bad.entry_id};" in out
+    assert "--only new,improved" in out and ok.entry_id not in out.split("warning:")[1]
+    assert main(["accept", str(f), "--only", "pass", "--baseline-dir", str(tmp_path / "c")]) == 0
+    assert "FAILed" not in capsys.readouterr().out

@@ -200,6 +200,21 @@ def check_coverage(shards: Sequence[Shard], allow_missing: bool = False) -> None
         )
 
 
+def settings_warnings(shards: Sequence[Shard]) -> list[str]:
+    """One warning per setting (tolerances, engine options, ...) that differs between the shards' runs."""
+    known = [(s, s.doc["settings"]) for s in shards if isinstance(s.doc.get("settings"), Mapping)]
+    out = []
+    keys = sorted({k for _, st in known for k in st})
+    for key in keys:
+        values = {json.dumps(st.get(key), sort_keys=True) for _, st in known}
+        if len(values) > 1:
+            per = "; ".join(f"{s.path.name}: {json.dumps(st.get(key), sort_keys=True)}" for s, st in known)
+            what = {"gate": "gate settings (tolerances, gated metrics, noise)"}.get(key, key.replace("_", " "))
+            out.append(f"warning: the shards ran with different {what}, so the merged verdicts were not judged "
+                       f"alike: {per}")
+    return out
+
+
 def ab_comparison(result: Mapping[str, Any]) -> Comparison | None:
     """A result's same-job A/B verdict (its ``ab`` block) as a comparison, so that it counts in the merge."""
     ab = result.get("ab")
@@ -230,6 +245,8 @@ def cmd_merge(args: Any) -> int:
     commits = {s["commit"] for s in doc["env"]["shards"] if s.get("commit")}
     if len(commits) > 1:
         print(f"warning: the shards ran different commits: {', '.join(sorted(c[:10] for c in commits))}")
+    for line in settings_warnings(shards):
+        print(line)
     print()
     if comps:
         print(render_table(comps))

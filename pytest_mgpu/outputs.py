@@ -44,6 +44,11 @@ def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
         # `pytest-mgpu merge` can report the shards of a run as one run.
         "comparisons": [comparison_to_dict(c) for c in sess.comparisons],
     }
+    s = sess.settings
+    # What the whole run was judged and measured with: merge warns when the shards' differ.
+    doc["settings"] = {"gate": {**sess.gate.to_dict(), "strict": sess.gate.strict}, "engine": s.engine,
+                       "engine_options": dict(s.engine_options), "repeats": s.repeats, "confirm": s.confirm,
+                       "sim_time_scale": s.sim_time_scale}
     if sess.shard is not None:  # the collected items and this shard's share: merge checks the coverage
         doc["shard"] = sess.shard
     if sess.ab is not None:

@@ -438,3 +438,32 @@ def test_accepting_a_fail_without_only_says_so(tmp_path: Path, capsys: pytest.Ca
     assert "--only new,improved" in out and ok.entry_id not in out.split("warning:")[1]
     assert main(["accept", str(f), "--only", "pass", "--baseline-dir", str(tmp_path / "c")]) == 0
     assert "FAILed" not in capsys.readouterr().out
+
+
+def test_merging_shards_of_different_settings_warns(pytester: pytest.Pytester,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 17: shards made with different tolerances or engine options merged without a word."""
+    pytester.makepyfile(test_perf="""
+import math, pytest
+
+@pytest.mark.layout(tp=1)
+def test_a(mgpu_bench):
+    mgpu_bench.run(input_len=32, output_len=8, num_requests=8, request_rate=math.inf, warmup_requests=0)
+
+@pytest.mark.layout(tp=2)
+def test_b(mgpu_bench):
+    mgpu_bench.run(input_len=32, output_len=8, num_requests=8, request_rate=math.inf, warmup_requests=0)
+""")
+    one = [*SIM, "--mgpu-model", "tiny-llama", "--mgpu-shard", "1/2", "--mgpu-json", "1.json"]
+    two = [*SIM, "--mgpu-model", "tiny-llama", "--mgpu-shard", "2/2", "--mgpu-json", "2.json"]
+    pytester.runpytest(*one)
+    pytester.runpytest(*two)
+    files = [str(pytester.path / "1.json"), str(pytester.path / "2.json")]
+    capsys.readouterr()
+    main(["merge", *files])
+    assert "warning" not in capsys.readouterr().out
+    pytester.runpytest(*two, "--mgpu-tolerance", "tpot_p50=30%", "--mgpu-engine-opt", "max_num_seqs=8")
+    main(["merge", *files])
+    out = capsys.readouterr().out
+    assert "warning: the shards ran with different gate settings" in out and "30%" in out
+    assert "warning: the shards ran with different engine options" in out and "max_num_seqs" in out

@@ -467,3 +467,15 @@ def test_b(mgpu_bench):
     out = capsys.readouterr().out
     assert "warning: the shards ran with different gate settings" in out and "30%" in out
     assert "warning: the shards ran with different engine options" in out and "max_num_seqs" in out
+
+
+def test_gate_doc_names_every_identity_option() -> None:
+    """Issue 17: --mgpu-sim-time-scale is part of a result's identity but was missing from docs/gate.md's table."""
+    from pytest_mgpu.results import IDENTITY_ENGINE_OPTIONS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "gate.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `engine_config` |"))
+    for opt in IDENTITY_ENGINE_OPTIONS:
+        assert f"`{opt}`" in row, opt
+    assert "`--mgpu-sim-time-scale`" in row
+    assert "## What is refused, warned and recorded" in text

@@ -184,6 +184,23 @@ def test_confirm() -> None:
     assert inv.verdict is Verdict.INVALID
 
 
+def test_confirm_improved() -> None:
+    """Issue 17: an IMPROVED stands only if the same metric improves again; else the re-measurement's verdict, at best PASS."""
+    base = make_result()
+    better = compare(make_result({"output_throughput_per_gpu": 1.25}), base)
+    assert better.verdict is Verdict.IMPROVED
+    again = confirm(better, compare(make_result({"output_throughput_per_gpu": 1.24}), base))
+    assert again.verdict is Verdict.IMPROVED and again.note.startswith("improvement confirmed by a re-measurement")
+    gone = confirm(better, compare(make_result(), base))
+    assert gone.verdict is Verdict.PASS and gone.note.startswith("improvement not confirmed: output_throughput_per_gpu +25.0%")
+    # Another metric improving on the re-measurement alone is PASS; a FAIL there alone is WARN.
+    other = confirm(better, compare(make_result({"tpot_p50": 0.7}), base))
+    assert other.verdict is Verdict.PASS and other.metric("tpot_p50").verdict is Verdict.PASS  # type: ignore[union-attr]
+    worse = confirm(better, compare(make_result({"tpot_p50": 1.3}), base))
+    assert worse.verdict is Verdict.WARN and worse.measurement == "re-measurement"
+    assert confirm(better, compare(make_result(invalid="boom"), base)).verdict is Verdict.INVALID
+
+
 # --- properties --------------------------------------------------------------------------------
 
 GOODNESS = {Verdict.IMPROVED: 3, Verdict.PASS: 2, Verdict.WARN: 1, Verdict.FAIL: 0}

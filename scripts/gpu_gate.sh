@@ -116,7 +116,8 @@ fidelity_one() {
     --input-len "$inp" --output-len "$outp" --num-prompts "$n" --request-rate "$rate" --warmups 4 \
     --rounds "${MGPU_FID_ROUNDS:-3}" --tolerance 1 --log-dir "/tmp/mgpu-logs/$name" --json "$out/$name.json" "$@" \
     2>&1 | tee "$out/$name.txt"
-  local rc=${PIPESTATUS[0]}
+  local r=${PIPESTATUS[0]}
+  (( r > ${rc:-0} )) && rc=$r
   python3 - "$out/$name.json" <<'EOF' | tee -a "$out/$name.txt"
 import json, statistics, sys
 try:
@@ -129,7 +130,7 @@ for row in doc["rows"]:
         print(f"TTFT p50 ({row['mode']}), median of rounds: ours {ours:.2f} ms vs vllm bench serve {theirs:.2f} ms: "
               f"{row['delta_pct']:+.2f}% ({'within' if abs(row['delta_pct']) <= 1 else 'OUTSIDE'} 1%)")
 EOF
-  echo "gpu_gate $name: exit $rc, $(( $(date +%s) - t1 ))s" | tee -a "$out/$name.txt"
+  echo "gpu_gate $name: exit $r, $(( $(date +%s) - t1 ))s" | tee -a "$out/$name.txt"
 }
 
 case $step in

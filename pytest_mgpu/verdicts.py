@@ -630,9 +630,11 @@ def confirm(first: Comparison, second: Comparison) -> Comparison:
     first_failed = {m.metric for m in first.failed_metrics}
     first_improved = {m.metric for m in first.improvements}
     metrics = []
+    fail_once: list[str] = []  # failed on the re-measurement only
     for m in second.metrics:
         if m.verdict is Verdict.FAIL and m.metric not in first_failed:
             m = replace(m, verdict=Verdict.WARN)
+            fail_once.append(m.metric)
         elif m.verdict is Verdict.IMPROVED and m.metric not in first_improved:
             m = replace(m, verdict=Verdict.PASS)
         metrics.append(m)
@@ -654,7 +656,9 @@ def confirm(first: Comparison, second: Comparison) -> Comparison:
         else:
             was = "; ".join(m.describe() for m in first.improvements)
             note = f"improvement not confirmed: {was} in the first measurement, not on a re-measurement"
-            if second.note:
+            if fail_once:
+                note += f"; {', '.join(fail_once)} failed on the re-measurement only"
+            elif second.note:
                 note += f"; {second.note}"
     return replace(second, verdict=verdict, metrics=tuple(metrics), note=note, measurement="re-measurement")
 

@@ -198,6 +198,7 @@ def test_confirm_improved() -> None:
     assert other.verdict is Verdict.PASS and other.metric("tpot_p50").verdict is Verdict.PASS  # type: ignore[union-attr]
     worse = confirm(better, compare(make_result({"tpot_p50": 1.3}), base))
     assert worse.verdict is Verdict.WARN and worse.measurement == "re-measurement"
+    assert worse.note.endswith("; tpot_p50 failed on the re-measurement only") and "regression" not in worse.note
     assert confirm(better, compare(make_result(invalid="boom"), base)).verdict is Verdict.INVALID
 
 

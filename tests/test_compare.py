@@ -202,6 +202,25 @@ def test_confirm_improved() -> None:
     assert confirm(better, compare(make_result(invalid="boom"), base)).verdict is Verdict.INVALID
 
 
+factor_maps = st.dictionaries(st.sampled_from(sorted(BASE)), st.floats(0.5, 2.0), max_size=3)
+
+
+@given(factor_maps, factor_maps)
+def test_confirm_needs_the_same_metric_twice(f1: dict[str, float], f2: dict[str, float]) -> None:
+    """Whatever two measurements show: a confirmed FAIL (or IMPROVED) has a metric that FAILed (or improved) in both."""
+    base = make_result()
+    first, second = compare(make_result(f1), base), compare(make_result(f2), base)
+    c = confirm(first, second)
+    if first.verdict not in (Verdict.FAIL, Verdict.IMPROVED):
+        assert c is first
+        return
+    both = {m.metric for m in first.metrics if m.verdict is c.verdict} & {m.metric for m in second.metrics
+                                                                           if m.verdict is c.verdict}
+    if c.verdict in (Verdict.FAIL, Verdict.IMPROVED):
+        assert c.verdict is first.verdict and both
+    assert c.verdict is not (Verdict.IMPROVED if first.verdict is Verdict.FAIL else Verdict.FAIL)
+
+
 # --- properties --------------------------------------------------------------------------------
 
 GOODNESS = {Verdict.IMPROVED: 3, Verdict.PASS: 2, Verdict.WARN: 1, Verdict.FAIL: 0}

@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.client import run_workload  # noqa: E402
+from pytest_mgpu.client import run_workload, vllm_trust_env  # noqa: E402
 from pytest_mgpu.engines.base import EngineSpec, RunningEngine  # noqa: E402
 from pytest_mgpu.engines.vllm import VllmAdapter  # noqa: E402
 from pytest_mgpu.gpus import query_inventory  # noqa: E402
@@ -203,6 +203,9 @@ def main() -> int:
 
     engine = VllmAdapter()
     print(f"vLLM {engine.version(a.python)} ({a.python})", flush=True)
+    # Whether our session does the per-request environment look-ups that vLLM's does inside its TTFT clock.
+    print(f"our client's session reads the environment as vLLM's does (trust_env): "
+          f"{'yes' if vllm_trust_env() else 'no, a proxy variable is set'} (docs/client.md)", flush=True)
     model = resolve_model(a.model)
     work = Path(tempfile.mkdtemp(prefix="mgpu-fidelity-"))
     opts = tuple(tuple(o.split("=", 1)) for o in a.opt)  # type: ignore[misc]

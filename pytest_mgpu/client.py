@@ -5,7 +5,8 @@ It times each request exactly as ``vllm bench serve`` does
 
 - the timer ``start`` is taken just before the POST, *after* the ``max_concurrency`` semaphore
   was acquired (vLLM's ``limited_request_func`` wraps the request function in the semaphore);
-- every SSE message whose ``choices`` is non-empty is one chunk, timed when its bytes were read;
+- every SSE message whose ``choices`` is non-empty is one chunk, even when its text is empty; the
+  first is timed once it is parsed (vLLM's TTFT instant), later ones when their bytes were read;
 - the output length is ``usage.completion_tokens`` of the stream (the last non-null one);
 - an HTTP error status or an exception marks the request failed, with the cause as its error.
 
@@ -48,6 +49,7 @@ __all__ = [
     "request_body",
     "run_requests",
     "run_workload",
+    "vllm_trust_env",
 ]
 
 _perf = time.perf_counter
@@ -318,6 +320,8 @@ async def _consume(content: aiohttp.StreamReader, rec: RequestRecord, stamps: _S
         for ev in events:
             e = parse(ev)
             if e is TOKEN:
+                if not rec.chunk_times:
+                    t = _perf()  # vLLM's TTFT instant: after the first token event was parsed (docs/client.md)
                 append(t)
                 if stamps is not None:
                     ts, arrival = parse_stamps(ev)
@@ -328,6 +332,8 @@ async def _consume(content: aiohttp.StreamReader, rec: RequestRecord, stamps: _S
                 continue
             else:
                 if e.token:
+                    if not rec.chunk_times:
+                        t = _perf()
                     append(t)
                     if stamps is not None:
                         ts, arrival = parse_stamps(ev)
@@ -495,6 +501,20 @@ async def _run_batch(
     return t0, t_last, _perf(), timed_out
 
 
+def vllm_trust_env() -> bool:
+    """Whether the client's session reads the environment, as ``vllm bench serve``'s does (``trust_env=True``).
+
+    With it, aiohttp looks up ``~/.netrc`` and the proxy variables in a worker thread on every
+    request, after vLLM's TTFT clock has started: about 0.5 ms per request on the 2-core dev
+    machine (``benchmarks/ttft_instants.py``; docs/client.md). The client does the same work at the
+    same place so that its TTFT is vLLM's. Not when a proxy variable is set: the benchmark's
+    requests must not go through a proxy (vLLM's would), and the two TTFTs then differ by that work.
+    """
+    import urllib.request
+
+    return not any(k in ("http", "https", "ws", "wss") for k in urllib.request.getproxies())
+
+
 async def announce_run(
     session: aiohttp.ClientSession, base_url: str, offsets: Sequence[float], max_concurrency: int | None
 ) -> dict[str, Any] | None:
@@ -530,6 +550,7 @@ async def run_requests(
     prompts: tuple[Sequence[str | Sequence[int]], Sequence[str | Sequence[int]]] | None = None,
     sim_clock: bool = False,
     progress: Callable[[int, int, int, float], None] | None = None,
+    trust_env: bool | None = None,
 ) -> RunOutcome:
     """Send ``workload`` to ``{base_url}/v1/completions`` and record every request.
 
@@ -545,7 +566,8 @@ async def run_requests(
     requests by the modelled stamps on their chunks (``meta["clock"] == "model"``; records and
     ``dispatch_start`` are then modelled seconds from the run's origin). A sim in zero-delay
     mode declines, and the wall clock is used. ``progress(done, total, tokens, seconds)``
-    follows the measured phase (live progress).
+    follows the measured phase (live progress). ``trust_env`` (None: :func:`vllm_trust_env`) is
+    the session's, as in ``vllm bench serve``: it decides what work falls inside the TTFT clock.
     """
     import aiohttp  # lazy: heavy, and the SSE parsing above is used without it
 
@@ -553,6 +575,7 @@ async def run_requests(
         raise ValueError(f"timeout_s={timeout_s!r} must be > 0")
     url = base_url.rstrip("/") + "/v1/completions"
     deadline = _perf() + timeout_s
+    trust = vllm_trust_env() if trust_env is None else trust_env
     out_len = workload.output_len
     n = workload.num_requests
     w = workload.warmup_requests
@@ -590,7 +613,7 @@ async def run_requests(
     # Our own deadline governs; aiohttp's total timeout is only a backstop.
     client_timeout = aiohttp.ClientTimeout(total=timeout_s + 60.0, sock_connect=min(timeout_s, 60.0))
     async with aiohttp.ClientSession(
-        connector=connector, timeout=client_timeout, read_bufsize=1 << 18, auto_decompress=False
+        connector=connector, timeout=client_timeout, read_bufsize=1 << 18, auto_decompress=False, trust_env=trust
     ) as session:
         warm_timed_out = False
         if w:
@@ -650,7 +673,8 @@ def run_workload(
     prompts: tuple[Sequence[str | Sequence[int]], Sequence[str | Sequence[int]]] | None = None,
     sim_clock: bool = False,
     progress: Callable[[int, int, int, float], None] | None = None,
+    trust_env: bool | None = None,
 ) -> RunOutcome:
     """Synchronous :func:`run_requests` (runs its own event loop with ``asyncio.run``)."""
     return asyncio.run(run_requests(base_url, model, workload, timeout_s=timeout_s, extra_body=extra_body,
-                                    prompts=prompts, sim_clock=sim_clock, progress=progress))
+                                    prompts=prompts, sim_clock=sim_clock, progress=progress, trust_env=trust_env))

@@ -47,6 +47,9 @@ def item_gate_config(sess: MgpuSession, item: pytest.Item) -> GateConfig:
 def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     """Compare this item's results with the baselines; fail the test on a confirmed regression.
 
+    A FAIL or an IMPROVED is re-measured first (unless ``--mgpu-no-confirm``) and stands only if
+    the same metric repeats it (:func:`~pytest_mgpu.verdicts.confirm`).
+
     Records the gate settings with each result, the key metrics of the measurement the verdict
     used as JUnit properties and, with ``--mgpu-update-baselines``, writes the results to the
     store at once (so an aborted session loses nothing that was measured).
@@ -73,7 +76,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             pytest.fail(broken, pytrace=False)
         if base is not None and base.recordings and base.latest.telemetry:
             sess.base_telemetry[r.entry_id] = base.latest.telemetry  # for the SM-clock warning
-        if c.verdict is Verdict.FAIL and s.confirm and not s.update_baselines:
+        if c.verdict in (Verdict.FAIL, Verdict.IMPROVED) and s.confirm and not s.update_baselines:
             _remeasure(item, r)
             c = confirm(c, compare(r, base, cfg, fingerprint=fp))
         sess.comparisons.append(c)

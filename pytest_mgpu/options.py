@@ -176,7 +176,7 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Record this run's results in the baselines: adds a recording to each entry, keeping the last "
              "ini mgpu_baseline_history (default 5); pytest-mgpu accept does the same from a finished run")
     add(f"{prefix}no-confirm", dest=_dest(prefix, "confirm"), action="store_false", default=True,
-        help="Do not re-measure before a FAIL is final (default: confirm)")
+        help="Do not re-measure before a FAIL or an IMPROVED is final (default: confirm)")
     add(f"{prefix}report-md", metavar="PATH", default=None,
         help="Write a Markdown gate report fit for a PR comment")
     add(f"{prefix}plot", metavar="DIR", default=None,

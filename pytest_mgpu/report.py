@@ -21,7 +21,7 @@ from .outputs import run_results_path
 from .render.table import format_table
 from .render.text import VERDICT_WORDS, render_table, summary_line
 from .results import BenchResult
-from .verdicts import Comparison, Verdict
+from .verdicts import Comparison, Verdict, unproven_improvement
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle: the session writes what this module yields
     from .session import MgpuSession
@@ -197,6 +197,12 @@ def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
                      f"(keeping the last {s.baseline_history} recordings of each)")
         lines.extend(sess.update_notes)
     else:
+        unproven = [(c.entry_id, why) for c in comparisons if (why := unproven_improvement(c))]
+        if unproven:  # `--only improved` would take them too: no improvement is offered
+            verdicts.discard(Verdict.IMPROVED)
+            lines.append("improvements not offered for acceptance (not shown to be beyond the noise "
+                         "of the baseline's history; more recordings, --mgpu-update-baselines, show it):")
+            lines.extend(f"  {eid}: {why}" for eid, why in unproven)
         wanted = [v for v in (Verdict.NEW, Verdict.MISMATCH, Verdict.IMPROVED) if v in verdicts]
         if wanted:
             words = ", ".join(VERDICT_WORDS[v] for v in wanted)

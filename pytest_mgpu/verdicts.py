@@ -384,6 +384,11 @@ class Comparison:
         return [m for m in self.metrics if m.verdict is Verdict.FAIL]
 
     @property
+    def improvements(self) -> list[MetricComparison]:
+        """Metrics whose verdict is IMPROVED."""
+        return [m for m in self.metrics if m.verdict is Verdict.IMPROVED]
+
+    @property
     def regressions(self) -> list[MetricComparison]:
         """Metrics that FAIL or WARN because they got worse."""
         return [m for m in self.metrics if m.verdict in (Verdict.FAIL, Verdict.WARN)]
@@ -618,30 +623,72 @@ def compare(
 
 
 def confirm(first: Comparison, second: Comparison) -> Comparison:
-    """Combine a FAIL with its re-measurement: FAIL only if the same metric fails again.
+    """Combine a FAIL or an IMPROVED with its re-measurement: it stands only if the same metric repeats it.
 
-    A FAIL that does not reproduce becomes WARN ("did not reproduce"). A non-FAIL ``first`` is
+    A FAIL that does not reproduce becomes WARN ("did not reproduce"); an IMPROVED that does not
+    becomes the re-measurement's own verdict, at best PASS ("improvement not confirmed"). In the
+    re-measurement, a metric that FAILs or improves without having done so in the first
+    measurement counts as WARN or PASS: one measurement decides nothing. Any other ``first`` is
     returned as is. The metrics shown are the re-measurement's (``measurement`` says so).
     """
-    if first.verdict is not Verdict.FAIL:
+    if first.verdict not in (Verdict.FAIL, Verdict.IMPROVED):
         return first
     if second.verdict is Verdict.INVALID:
-        return replace(second, note=f"first measurement: {first.note}; re-measurement {second.note}",
+        return replace(second, note=f"first measurement: {first.note or first.verdict}; re-measurement {second.note}",
                        measurement="re-measurement")
     first_failed = {m.metric for m in first.failed_metrics}
+    first_improved = {m.metric for m in first.improvements}
     metrics = []
+    fail_once: list[str] = []  # failed on the re-measurement only
     for m in second.metrics:
         if m.verdict is Verdict.FAIL and m.metric not in first_failed:
             m = replace(m, verdict=Verdict.WARN)
+            fail_once.append(m.metric)
+        elif m.verdict is Verdict.IMPROVED and m.metric not in first_improved:
+            m = replace(m, verdict=Verdict.PASS)
         metrics.append(m)
-    if any(m.verdict is Verdict.FAIL for m in metrics):
-        verdict = Verdict.FAIL
-        note = "confirmed by a re-measurement; " + "; ".join(m.describe() for m in metrics if m.verdict is Verdict.FAIL)
+    compared = [m.verdict for m in metrics if m.verdict is not Verdict.NEW]
+    if first.verdict is Verdict.FAIL:
+        if any(m.verdict is Verdict.FAIL for m in metrics):
+            verdict = Verdict.FAIL
+            note = "confirmed by a re-measurement; " + "; ".join(
+                m.describe() for m in metrics if m.verdict is Verdict.FAIL)
+        else:
+            verdict = worst([Verdict.WARN, *compared])
+            gone = ", ".join(sorted(first_failed))
+            note = f"did not reproduce: {gone} failed, then not on a re-measurement ({first.note})"
     else:
-        verdict = worst([Verdict.WARN, *(m.verdict for m in metrics)])
-        gone = ", ".join(sorted(first_failed))
-        note = f"did not reproduce: {gone} failed, then not on a re-measurement ({first.note})"
+        verdict = worst(compared)
+        kept = [m for m in metrics if m.verdict is Verdict.IMPROVED]
+        if verdict is Verdict.IMPROVED:
+            note = "improvement confirmed by a re-measurement; " + "; ".join(m.describe() for m in kept)
+        else:
+            was = "; ".join(m.describe() for m in first.improvements)
+            note = f"improvement not confirmed: {was} in the first measurement, not on a re-measurement"
+            if fail_once:
+                note += f"; {', '.join(fail_once)} failed on the re-measurement only"
+            elif second.note:
+                note += f"; {second.note}"
     return replace(second, verdict=verdict, metrics=tuple(metrics), note=note, measurement="re-measurement")
+
+
+def unproven_improvement(c: Comparison) -> str:
+    """Why an IMPROVED result is not offered for acceptance ('' when it is, or is not IMPROVED).
+
+    An improvement is offered only beyond the noise of the baseline's history: every improved
+    metric must have been judged against at least two recordings, so that its band held their
+    spread (``var_between``; the band is at least ``k * sqrt(var_between * (1 + 1/m))``). With
+    one recording the band knows only the repeats of two sessions, and an engine restart alone
+    can move a single-stream TTFT by more than that.
+    """
+    if c.verdict is not Verdict.IMPROVED:
+        return ""
+    alone = [m for m in c.improvements if m.recordings < 2]
+    if not alone:
+        return ""
+    names = ", ".join(f"{m.metric} {m.delta_pct:+.1f}%" if m.delta_pct is not None else m.metric for m in alone)
+    return (f"{names}: beyond this run's noise, but the baseline has one recording, so the spread "
+            "between sessions is unknown")
 
 
 def verdict_counts(comparisons: Iterable[Comparison]) -> dict[Verdict, int]:

@@ -192,6 +192,43 @@ def test_confirm() -> None:
     assert inv.verdict is Verdict.INVALID
 
 
+def test_confirm_improved() -> None:
+    """Issue 17: an IMPROVED stands only if the same metric improves again; else the re-measurement's verdict, at best PASS."""
+    base = make_result()
+    better = compare(make_result({"output_throughput_per_gpu": 1.25}), base)
+    assert better.verdict is Verdict.IMPROVED
+    again = confirm(better, compare(make_result({"output_throughput_per_gpu": 1.24}), base))
+    assert again.verdict is Verdict.IMPROVED and again.note.startswith("improvement confirmed by a re-measurement")
+    gone = confirm(better, compare(make_result(), base))
+    assert gone.verdict is Verdict.PASS and gone.note.startswith("improvement not confirmed: output_throughput_per_gpu +25.0%")
+    # Another metric improving on the re-measurement alone is PASS; a FAIL there alone is WARN.
+    other = confirm(better, compare(make_result({"tpot_p50": 0.7}), base))
+    assert other.verdict is Verdict.PASS and other.metric("tpot_p50").verdict is Verdict.PASS  # type: ignore[union-attr]
+    worse = confirm(better, compare(make_result({"tpot_p50": 1.3}), base))
+    assert worse.verdict is Verdict.WARN and worse.measurement == "re-measurement"
+    assert worse.note.endswith("; tpot_p50 failed on the re-measurement only") and "regression" not in worse.note
+    assert confirm(better, compare(make_result(invalid="boom"), base)).verdict is Verdict.INVALID
+
+
+factor_maps = st.dictionaries(st.sampled_from(sorted(BASE)), st.floats(0.5, 2.0), max_size=3)
+
+
+@given(factor_maps, factor_maps)
+def test_confirm_needs_the_same_metric_twice(f1: dict[str, float], f2: dict[str, float]) -> None:
+    """Whatever two measurements show: a confirmed FAIL (or IMPROVED) has a metric that FAILed (or improved) in both."""
+    base = make_result()
+    first, second = compare(make_result(f1), base), compare(make_result(f2), base)
+    c = confirm(first, second)
+    if first.verdict not in (Verdict.FAIL, Verdict.IMPROVED):
+        assert c is first
+        return
+    both = {m.metric for m in first.metrics if m.verdict is c.verdict} & {m.metric for m in second.metrics
+                                                                           if m.verdict is c.verdict}
+    if c.verdict in (Verdict.FAIL, Verdict.IMPROVED):
+        assert c.verdict is first.verdict and both
+    assert c.verdict is not (Verdict.IMPROVED if first.verdict is Verdict.FAIL else Verdict.FAIL)
+
+
 # --- properties --------------------------------------------------------------------------------
 
 GOODNESS = {Verdict.IMPROVED: 3, Verdict.PASS: 2, Verdict.WARN: 1, Verdict.FAIL: 0}

@@ -130,6 +130,7 @@ class SimOptions:
     crash_after: int = -1
     hang_after: int = -1
     short_tokens: int = 0
+    speed_until: int = -1  # N: `speed` holds for the first N completion requests, then 1 (a change that does not last)
     # A busy host (server only): every host_lag_every-th step, block for host_lag_ms before writing.
     host_lag_ms: float = 0.0
     host_lag_every: int = 0

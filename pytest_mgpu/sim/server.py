@@ -327,7 +327,7 @@ class SimServer:
 
     # --- faults ------------------------------------------------------------------------------
     def count_completion(self) -> None:
-        """Count a started completion request and fire ``crash_after`` / ``hang_after``."""
+        """Count a started completion request and fire ``crash_after`` / ``hang_after`` / ``speed_until``."""
         self.completions_started += 1
         n = self.completions_started - 1  # requests served before this one
         if self.opts.crash_after >= 0 and n >= self.opts.crash_after:
@@ -336,6 +336,9 @@ class SimServer:
         if self.opts.hang_after >= 0 and n >= self.opts.hang_after and not self.hung:
             log(f"FAULT hang_after={self.opts.hang_after}: no longer answering anything (request {n + 1})")
             self.hung = True
+        if self.opts.speed_until >= 0 and n == self.opts.speed_until and self.opts.speed != 1.0:
+            log(f"FAULT speed_until={self.opts.speed_until}: speed {self.opts.speed:g} -> 1 from request {n + 1} on")
+            self.opts.speed = 1.0  # the scheduler reads the same options
 
     def host_lag(self) -> None:
         """Fault ``host_lag_ms``/``host_lag_every``: block the event loop, as a busy host would."""

@@ -1,0 +1,152 @@
+"""The client's TTFT uses ``vllm bench serve``'s instants (issue 17), against a server of known latency.
+
+vLLM 0.26.0, ``vllm/benchmarks/lib/endpoint_request_func.py``, ``async_request_openai_completions``:
+the clock starts just before ``session.post`` (line 197), and TTFT stops at the first SSE message
+whose ``choices`` is non-empty, *even when its text is empty* (lines 227-236); SSE comments
+(line 216) and a usage chunk with ``"choices": []`` (line 244) are not tokens. docs/client.md has
+the details. The fake server below sends the response headers at t0, a ``: ping`` comment, a
+``choices: []`` chunk, an empty-text chunk at t1 and the first text at t2, each a known delay
+apart, and stamps each write on this process's ``perf_counter`` clock, which the client uses too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_mgpu.client import run_workload, vllm_trust_env
+from pytest_mgpu.workload import Workload
+
+GAP_S = 0.15  # between the server's writes: far above scheduling noise, so an instant cannot be mistaken
+
+
+class FakeServer:
+    """An OpenAI completions server on a thread of its own, writing at known instants."""
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, float] = {}
+        self.auth: list[str | None] = []  # each request's Authorization header
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, request):  # type: ignore[no-untyped-def]
+        from aiohttp import web
+
+        await request.read()
+        self.auth.append(request.headers.get("Authorization"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.stamps["t0_headers"] = time.perf_counter()
+
+        async def send(name: str, data: bytes) -> None:
+            await asyncio.sleep(GAP_S)
+            await resp.write(data)
+            self.stamps[name] = time.perf_counter()
+
+        chunk = {"id": "cmpl-1", "object": "text_completion", "model": "fake"}
+        await send("ping", b": ping\n\n")
+        await send("no_choices", b"data: " + json.dumps({**chunk, "choices": [], "usage": None}).encode() + b"\n\n")
+        await send("t1_empty_text", b"data: " + json.dumps(
+            {**chunk, "choices": [{"index": 0, "text": "", "finish_reason": None}], "usage": None}).encode() + b"\n\n")
+        await send("t2_first_text", b"data: " + json.dumps(
+            {**chunk, "choices": [{"index": 0, "text": " hello", "finish_reason": "length"}], "usage": None}).encode()
+            + b"\n\n")
+        await send("usage", b"data: " + json.dumps(
+            {**chunk, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._handle)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        assert self._ready.wait(10), "fake server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    """A running :class:`FakeServer`."""
+    with FakeServer() as srv:
+        yield srv
+
+
+ONE = Workload(input_len=4, output_len=2, num_requests=1, warmup_requests=0, max_concurrency=1,
+               request_rate=float("inf"))
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "ws_proxy", "wss_proxy")
+
+
+def test_ttft_is_the_first_chunk_with_choices_even_empty(fake_server: FakeServer) -> None:
+    """TTFT ends at the empty-text chunk (t1): not at the headers, the comment, ``choices: []``, or the first text."""
+    out = run_workload(f"http://127.0.0.1:{fake_server.port}", "fake", ONE, timeout_s=30)
+    (rec,) = out.records
+    assert rec.error is None, rec.error
+    s = fake_server.stamps
+    first = rec.chunk_times[0]
+    # The client stamps the first token after the server wrote t1 and before it wrote t2.
+    assert s["t1_empty_text"] <= first < s["t2_first_text"], (s, rec.start, rec.chunk_times)
+    # ... and within a few ms of t1 (GAP_S away from every other write).
+    assert first - s["t1_empty_text"] < GAP_S / 3, (first - s["t1_empty_text"])
+    assert rec.start < s["t0_headers"]  # the clock started before the POST was answered
+    assert rec.ttft == pytest.approx(first - rec.start)
+    assert len(rec.chunk_times) == 2 and rec.output_tokens == 2 and rec.prompt_len == 4
+    # The usage chunk (choices: []) ends no token interval: the last chunk is the text chunk.
+    assert rec.chunk_times[1] < s["usage"]
+
+
+def test_session_reads_the_environment_like_vllms(
+    fake_server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's session has ``trust_env=True``: aiohttp then reads ~/.netrc and the proxy variables on every
+    request, inside vLLM's TTFT clock (~0.5 ms a request here; benchmarks/ttft_instants.py). Ours does the
+    same, so its TTFT is vLLM's; the netrc entry showing up as an Authorization header proves it."""
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login mgpu password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert vllm_trust_env()
+    out = run_workload(f"http://127.0.0.1:{fake_server.port}", "fake", ONE, timeout_s=30)
+    assert out.records[0].error is None, out.records[0].error
+    assert fake_server.auth == ["Basic bWdwdTpzZWNyZXQ="]  # mgpu:secret
+
+
+def test_a_proxy_is_never_used(fake_server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a proxy variable set the session does not read the environment (vLLM's would send through the proxy)."""
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there: through it, the request fails
+    assert not vllm_trust_env()
+    out = run_workload(f"http://127.0.0.1:{fake_server.port}", "fake", ONE, timeout_s=30)
+    assert out.records[0].error is None, out.records[0].error
+    assert fake_server.auth == [None]

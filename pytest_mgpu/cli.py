@@ -25,6 +25,7 @@ from .baseline import (
     parse_baseline_data,
 )
 from .benchmark_export import to_benchmark_json
+from .drift import trend, trend_values
 from .errors import BaselineError, CliError
 from .layout import Layout
 from .options import add_gate_options
@@ -214,7 +215,7 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
     first_active = len(e.recordings) - used
     for i, r in enumerate(e.recordings):
         row: list[Any] = [
-            str(i + 1) + ("" if i >= first_active else " (not used)"),
+            str(i + 1) + ("" if i >= first_active else " (not used)") + (" anchor" if i == e.anchor_index else ""),
             str(r.env.get("date", "?")), r.engine_version, str(r.env.get("commit") or "?")[:10], r.repeats,
         ]
         for m in DEFAULT_GATED:
@@ -223,6 +224,11 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
         rows.append(row)
     headers = ("recording", "date", "version", "commit", "repeats", *(f"{m} median" for m in DEFAULT_GATED))
     lines += format_table(headers, rows, align="llllr" + "r" * len(DEFAULT_GATED), indent="      ")
+    lines.append(f"      trend from the anchor ({e.describe_anchor()}) to the latest:")
+    for m in DEFAULT_GATED:
+        medians = trend_values(e, m)
+        if medians:
+            lines.append(f"        {m}: {trend(medians)}")
     return lines
 
 
@@ -312,7 +318,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
     store = BaselineStore(args.baseline_dir)
     written = 0
     for (fp, module), results in sorted(by_module.items()):
-        res = store.update(fp, module, results, history=args.history)
+        res = store.update(fp, module, results, history=args.history, anchor=args.anchor)
         written += len(res.written)
         if res.written:
             print(f"{res.path}: recorded {len(res.written)} entr{'y' if len(res.written) == 1 else 'ies'}")
@@ -324,8 +330,9 @@ def cmd_accept(args: argparse.Namespace) -> int:
             print(f"  {eid}: new level ({why}); earlier recordings kept but not used by the gate")
     tail = f"; {left_out} left out by --only" if left_out else ""
     where = ", ".join(str(Path(args.baseline_dir) / fp) for fp in sorted({fp for fp, _ in by_module}))
+    pinned = "; each is its entry's new anchor (slow drift is measured from it)" if args.anchor else ""
     print(f"recorded {written} result(s) under {where or Path(args.baseline_dir) / str(fingerprint)} "
-          f"(keeping the last {args.history} recordings of each){tail}")
+          f"(keeping the last {args.history} recordings of each, and its anchor){tail}{pinned}")
     return 0
 
 
@@ -364,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Recordings each entry keeps (default {DEFAULT_HISTORY}, as ini mgpu_baseline_history)")
     a.add_argument("--only", metavar="VERDICT[,VERDICT]",
                    help="Only results with these verdicts in that run, e.g. new,improved,mismatch")
+    a.add_argument("--anchor", action="store_true",
+                   help="Pin the recorded results as their entries' anchors: slow drift is measured from them on")
     a.set_defaults(func=cmd_accept)
     e = sub.add_parser("export-benchmark", help="Convert a --mgpu-json results file to pytest-benchmark JSON")
     e.add_argument("results", help="A --mgpu-json results file")

@@ -1,5 +1,5 @@
 """``pytest-mgpu``: compare two baseline/results files, show the baseline store, accept a finished run,
-export to pytest-benchmark, merge the results of a sharded run.
+export to pytest-benchmark, merge the results of a sharded run, bisect a list of builds.
 
 Exit codes: 0 nothing fails, 1 a result fails (:func:`~pytest_mgpu.verdicts.fails`: INVALID or
 FAIL; with ``--strict`` also WARN, MISMATCH and NEW), 2 a usage or file error.
@@ -378,9 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("results", help="A --mgpu-json results file")
     e.add_argument("out", help="Where to write the pytest-benchmark JSON")
     e.set_defaults(func=cmd_export)
+    from .bisect import add_parser as add_bisect
     from .merge import add_parser as add_merge
 
     add_merge(sub)
+    add_bisect(sub)
     return ap
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -376,8 +377,10 @@ def probe_workloads(sess: MgpuSession, session: pytest.Session) -> int:
     groups.probing = True
     try:
         for i, item in enumerate(todo):
-            nextitem = todo[i + 1] if i + 1 < len(todo) else session.items[0]
-            runtestprotocol(item, log=False, nextitem=nextitem)
+            # Outside pytest's per-item warning capture: the real run shows the body's warnings, once.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runtestprotocol(item, log=False, nextitem=todo[i + 1] if i + 1 < len(todo) else session.items[0])
             # The probe's captured output is not the test's: keep it out of the real report.
             sections = getattr(item, "_report_sections", None)
             if isinstance(sections, list):

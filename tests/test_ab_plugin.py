@@ -306,3 +306,20 @@ def test_one_selected_item_runs_its_own_ab(pytester: pytest.Pytester) -> None:
     (res,) = doc["results"]
     assert res["ab"]["cost"]["starts"] == 6 and doc["ab"]["groups"][0]["items"] == ["test_stream[tp1-pp1]::in64-out16-n4-qpsinf-c1"]
     assert "shared by" not in r.stdout.str()
+
+
+def test_a_body_that_stops_before_run_in_the_probe_is_measured_on_its_own_starts(pytester: pytest.Pytester) -> None:
+    """The probe runs each body up to run(); one that skips there (here: only the first time it runs) is not
+    planned, and its real run measures it alone: 2 x 3 starts for it, 6 shared by the other two."""
+    pytester.makepyfile(test_group=GROUP_TEST.replace(
+        "def test_stream(mgpu_bench):\n",
+        "def test_stream(mgpu_bench):\n    import sys\n    if not hasattr(sys, '_seen'):\n"
+        "        sys._seen = True\n        pytest.skip('first pass')\n",
+    ))
+    out = pytester.path / "ab.json"
+    r = pytester.runpytest_subprocess(*AB, "--mgpu-json", str(out), "--mgpu-ab-min-rounds", "3", "--mgpu-ab-rounds", "3")
+    r.assert_outcomes(passed=3)
+    doc = json.loads(out.read_text())
+    starts = sorted((len(g["items"]), g["starts"]) for g in doc["ab"]["groups"])
+    assert starts == [(1, 6), (2, 6)]
+    r.stdout.fnmatch_lines(["  total * 12 *"])

@@ -136,7 +136,8 @@ def four_levels(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def test_fourth_upgrade_fails_on_drift_while_the_level_gate_passes(four_levels: pytest.Pytester) -> None:
+def test_fourth_upgrade_fails_on_drift_while_the_level_gate_passes(four_levels: pytest.Pytester,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     pytester = four_levels
     js = pytester.path / "r.json"
     r = pytester.runpytest(*SIM, "--mgpu-engine-opt", _speed(4), f"--mgpu-json={js}")
@@ -155,6 +156,10 @@ def test_fourth_upgrade_fails_on_drift_while_the_level_gate_passes(four_levels: 
     r = pytester.runpytest(*SIM, "--mgpu-engine-opt", _speed(4), "--mgpu-anchor-drift=warn", f"--mgpu-json={js}")
     r.assert_outcomes(passed=1)
     assert json.loads(js.read_text())["results"][0]["comparison"]["verdict"] == "WARN"
+    # pytest-mgpu compare against the baseline file judges the drift as the suite does.
+    base = next((pytester.path / "baselines").rglob("*.json"))
+    assert cli(["compare", str(base), str(js)]) == 1
+    assert "slow drift since the anchor" in capsys.readouterr().out
 
 
 def test_show_prints_the_trend_and_accept_anchor_pins(four_levels: pytest.Pytester,

@@ -18,12 +18,13 @@
 #   up1      upgrade 0.25.1 -> 0.26.0, tp1-mem16            both           measured   ~6.5 min (0.25.1 compiles once)
 #   up2      upgrade 0.25.1 -> 0.26.0, tp2-mem16            both           measured   ~9 min (both versions compile tp2, NCCL preflight
 #                                                                                     before each start; the step stops itself at 570 s)
-#   aa3      A/A 0.26.0 vs 0.26.0 on the three tp1-mem16     0.26.0         PASS       target <= 11 GPU-min (issue 20): the three items
-#            items (all at once, 32 QPS, single stream)                              share one start per side per round (6-8 starts,
-#                                                                                     not 18-24); not yet run on a GPU
-#   regress3 the same with the new side capped at 15.6 GiB    0.26.0         FAIL on    as aa3 plus the rounds the FAILs take
-#            (MGPU_REGRESS_GB; issue 20 measured -11.5% on                  the batch  (not yet run on a GPU)
-#            all-at-once with it)                                           items
+#   aa3      A/A 0.26.0 vs 0.26.0 on the three tp1-mem16     0.26.0         PASS       ~8 min estimated: 6 starts at ~44 s warm, ~30 s
+#            items (all at once, 32 QPS, single stream),                    3 PASS     of measuring per start (3 items); + 2-3 min if the
+#            sharing one start per side per round                                      first tp1 start compiles: run it after aa, warm.
+#                                                                                     Issue 20's target: <= 11 GPU-min. Not yet run.
+#   regress3 the same with the new side capped at 15.6 GiB    0.26.0         FAIL on    ~9 min estimated: 8 starts, but items decided at
+#            (MGPU_REGRESS_GB; issue 20 measured -11.5% on                  the batch  round 3 drop out of round 4; close to the 570 s
+#            all-at-once with it)                                           items      stop, which still writes the reports. Not yet run
 #
 # Estimates: a warm start ~40 s (docs: 20-65 s), a first start of a layout and version 2-3 min, one
 # rate-inf run of 256 requests ~10 s at tp1-mem16. Each step prints its elapsed time; its reports are

@@ -458,7 +458,8 @@ class AbBench:
 
         Same arguments as the plain ``mgpu_bench.run``; ``repeats`` (default ``--mgpu-repeats``) is
         the number of measurements per engine start. Returns the new side's result; its ``old``,
-        ``rounds`` and ``decision`` hold the rest.
+        ``rounds`` and ``decision`` hold the rest. An item whose workload the probe planned shares
+        its engine group's starts (:meth:`measure_group`); in the probe itself it raises :class:`Probed`.
         """
         # Check the arguments before any engine starts, as the plain bench does (each side's Bench.run
         # checks them again and picks the prompt mode from the engine it runs on).

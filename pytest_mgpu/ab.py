@@ -8,6 +8,15 @@ and every measurement follows an engine restart. After each round the paired rul
 returns the new side's result with the old side, the rounds and the decision attached
 (:class:`AbResult`). A test body therefore needs no change.
 
+Items that share an engine key (an *engine group*) share their engine starts: before the test
+loop, :func:`probe_workloads` runs the test body of every item of a group of two or more up to its
+first ``mgpu_bench.run(...)``, which records the workload and stops the body (no engine starts).
+When the group's first item then calls ``run()``, :func:`measure_group` measures every probed item
+of the group on the same starts: one start per side per round, the items in rotating order on
+each; each item keeps its own decision, and a decided item drops out of later rounds. Each later
+item's ``run()`` returns its stored result. An item alone in its group (``-k`` one item, a shard
+that holds one) is measured as before, on starts of its own.
+
 The old side is ``--mgpu-ab PYTHON`` with ``--mgpu-ab-env KEY=VALUE`` and ``--mgpu-ab-opt
 KEY=VALUE`` over the new side's environment and engine options; the new side is
 ``--mgpu-engine-python`` (default: this interpreter) with ``--mgpu-engine-env``/``--mgpu-engine-opt``.
@@ -19,6 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -35,7 +45,7 @@ from .layout import Layout
 from .models import Model
 from .render.ab import fail_message, markdown, summary
 from .results import BenchResult
-from .session import ITEM_RESULTS_KEY, MgpuSession
+from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession
 from .verdicts import GateConfig, Verdict, fails
 
 OLD, NEW = "old", "new"
@@ -152,13 +162,17 @@ class AbEngines:
 
 
 def engines_for(sess: MgpuSession, spec: EngineSpec) -> AbEngines:
-    """Both sides of an item's A/B, with their versions read from their interpreters."""
+    """Both sides of an item's A/B, with their versions read from their interpreters (once per side)."""
     assert sess.ab is not None
     old_spec = sess.ab.old_spec(spec)
     versions = {}
+    cache = groups_of(sess).versions
     for name, s in ((OLD, old_spec), (NEW, spec)):
+        where = (s.engine, s.python, s.env)
         try:
-            versions[name] = side_version(s)
+            if where not in cache:
+                cache[where] = side_version(s)
+            versions[name] = cache[where]
         except EngineUnavailable as exc:
             raise EngineUnavailable(f"A/B {name} side: {exc}") from None
     return AbEngines(sess.manager, Side(OLD, old_spec, versions[OLD]), Side(NEW, spec, versions[NEW]))
@@ -178,11 +192,14 @@ class AbRound:
     start_s: dict[str, float] = field(default_factory=dict)  # launch to ready, incl. preflight, per side
     measure_s: dict[str, float] = field(default_factory=dict)
     stop_s: dict[str, float] = field(default_factory=dict)
+    #: Items of the engine group measured on these starts (their start and stop times are shared).
+    shared_by: int = 1
+    position: int = 0  # this item's place in the round's measuring order (it rotates by one per round)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (per-repeat summaries of both sides)."""
         return {
-            "round": self.index, "order": list(self.order),
+            "round": self.index, "order": list(self.order), "shared_by": self.shared_by, "position": self.position,
             "start_s": self.start_s, "measure_s": self.measure_s, "stop_s": self.stop_s,
             "old": [r.to_dict() for r in self.old.repeats], "new": [r.to_dict() for r in self.new.repeats],
         }
@@ -205,7 +222,8 @@ class AbResult(BenchResult):
     decision: AbDecision | None = None
     rounds: list[AbRound] = field(default_factory=list)
     old_describe: str = ""
-    wall_s: float = 0.0  # the whole A/B, first start to last stop
+    wall_s: float = 0.0  # this item's share of its engine group's A/B, first start to last stop
+    group: AbGroupCost | None = None  # the engine group it was measured with (shared starts)
 
     @property
     def verdict(self) -> Verdict:
@@ -223,13 +241,14 @@ class AbResult(BenchResult):
         return self.wall_s * self.num_gpus
 
     def cost(self) -> dict[str, float]:
-        """Engine starts, measurements and stops in seconds (both sides), and GPU-minutes."""
-        starts = [s for rd in self.rounds for s in rd.start_s.values()]
+        """Engine starts it was measured on, its share of their start and stop seconds (a start shared by
+        k items counts 1/k), its measurements' seconds (both sides), and its share of the GPU-minutes."""
+        starts = [(s, rd.shared_by) for rd in self.rounds for s in rd.start_s.values()]
         return {
             "starts": len(starts),
-            "start_s": math.fsum(starts),
+            "start_s": math.fsum(s / k for s, k in starts),
             "measure_s": math.fsum(s for rd in self.rounds for s in rd.measure_s.values()),
-            "stop_s": math.fsum(s for rd in self.rounds for s in rd.stop_s.values()),
+            "stop_s": math.fsum(s / rd.shared_by for rd in self.rounds for s in rd.stop_s.values()),
             "wall_s": self.wall_s,
             "gpu_minutes": self.gpu_seconds / 60.0,
         }
@@ -246,6 +265,7 @@ class AbResult(BenchResult):
             "note": self.decision.note if self.decision else "",
             "metrics": [m.to_dict() for m in self.decision.metrics] if self.decision else [],
             "cost": self.cost(),
+            "group": self.group.to_dict() if self.group else None,
             "old": self.old.to_dict(with_records) if self.old else None,
             "per_round": [rd.to_dict() for rd in self.rounds],
         }
@@ -256,6 +276,118 @@ def merge_rounds(results: Sequence[BenchResult]) -> BenchResult:
     """One side's rounds as one result: every repeat of every round, in order."""
     first = results[0]
     return replace(first, repeats=[rep for r in results for rep in r.repeats])
+
+
+
+# --- engine groups: items that share an engine share its starts ---------------------------------
+
+
+@dataclass
+class AbGroupCost:
+    """What one engine group's A/B cost: its items, the engine starts, the wall time and GPU-minutes."""
+
+    name: str  # ``sim tp1-pp1 llama-2-7b``
+    items: list[str]
+    num_gpus: int
+    starts: int = 0
+    rounds: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def gpu_minutes(self) -> float:
+        """The group's wall time (first start to last stop) x GPUs, in minutes."""
+        return self.wall_s * self.num_gpus / 60.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"name": self.name, "items": list(self.items), "num_gpus": self.num_gpus, "starts": self.starts,
+                "rounds": self.rounds, "wall_s": self.wall_s, "gpu_minutes": self.gpu_minutes}
+
+
+@dataclass
+class Planned:
+    """One item's workload in its engine group's A/B: from the probe, or from its own ``run()``."""
+
+    nodeid: str
+    test_name: str
+    module: str
+    gate: GateConfig
+    kwargs: dict[str, Any]
+    name: str  # label or workload name
+    key: tuple[Any, ...]  # what tells two workloads of one test apart
+    spec_key: tuple[Any, ...]
+    progress: Callable[[str], None]
+
+
+class Probed(pytest.skip.Exception):  # type: ignore[name-defined]
+    """Raised by ``run()`` in the probe: the workload is recorded; the body stops there.
+
+    A skip, so that ``--pdb`` does not stop on it; the probe's reports are never logged.
+    """
+
+
+@dataclass
+class AbGroups:
+    """The session's engine groups in A/B mode (in ``config.stash``): the probe's plan and the results."""
+
+    probing: bool = False
+    plan: dict[str, Planned] = field(default_factory=dict)  # by node id
+    #: Measured, not yet returned to its item's ``run()``: a result, or the error the group's A/B raised.
+    done: dict[str, AbResult | BaseException] = field(default_factory=dict)
+    returned: set[str] = field(default_factory=set)  # items whose run() got their group's result
+    versions: dict[tuple[Any, ...], str] = field(default_factory=dict)  # engine version per (engine, python, env)
+
+
+GROUPS_KEY = pytest.StashKey[AbGroups]()
+
+
+def groups_of(sess: MgpuSession) -> AbGroups:
+    """The session's :class:`AbGroups` (created on first use)."""
+    groups = sess.config.stash.get(GROUPS_KEY, None)
+    if groups is None:
+        groups = sess.config.stash[GROUPS_KEY] = AbGroups()
+    return groups
+
+
+def is_probing(config: pytest.Config) -> bool:
+    """Whether the A/B's probe pass is running (its reports are not outcomes)."""
+    groups = config.stash.get(GROUPS_KEY, None)
+    return groups is not None and groups.probing
+
+
+def probe_workloads(sess: MgpuSession, session: pytest.Session) -> int:
+    """Before the test loop: run each item of an engine group of two or more up to its first ``run()``.
+
+    The body runs with its fixtures as in the real run (pytest's own protocol, reports not logged)
+    and stops at ``mgpu_bench.run(...)``, which records the workload (:class:`Probed`); no engine
+    starts. A body that fails or skips before ``run()`` is simply not planned: its item is then
+    measured on starts of its own. Returns how many items were planned.
+    """
+    from _pytest.runner import runtestprotocol  # pytest's item protocol, as rerun plugins call it
+
+    by_key: dict[tuple[Any, ...], list[pytest.Item]] = {}
+    for item in session.items:
+        spec = item.stash.get(SPEC_KEY, None)
+        if spec is not None and item.nodeid in sess.measuring:
+            by_key.setdefault(spec.key, []).append(item)
+    todo = [it for members in by_key.values() if len(members) > 1 for it in members]
+    if not todo:
+        return 0
+    groups = groups_of(sess)
+    groups.probing = True
+    try:
+        for i, item in enumerate(todo):
+            # Outside pytest's per-item warning capture: the real run shows the body's warnings, once.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runtestprotocol(item, log=False, nextitem=todo[i + 1] if i + 1 < len(todo) else session.items[0])
+            # The probe's captured output is not the test's: keep it out of the real report.
+            sections = getattr(item, "_report_sections", None)
+            if isinstance(sections, list):
+                sections.clear()
+    finally:
+        groups.probing = False
+    return len(groups.plan)
 
 
 # --- the A/B bench -------------------------------------------------------------------------------
@@ -299,13 +431,13 @@ class AbBench:
         manager.stop_current()
         return who, time.monotonic() - t
 
-    def _measure(self, engine: RunningEngine, kwargs: dict[str, Any], repeats: int) -> BenchResult:
+    def _measure(self, engine: RunningEngine, item: Planned) -> BenchResult:
         bench = Bench(
-            engine, nodeid=self.nodeid, test_name=self.test_name, module=self.module, repeats=repeats,
+            engine, nodeid=item.nodeid, test_name=item.test_name, module=item.module, repeats=item.kwargs["repeats"],
             request_timeout_s=self.sess.settings.request_timeout_s, env=self.sess.env_info, record=lambda r: None,
             prompt=self.sess.settings.prompt,
         )
-        return bench.run(**kwargs)
+        return bench.run(**item.kwargs)
 
     def run(
         self,
@@ -326,7 +458,8 @@ class AbBench:
 
         Same arguments as the plain ``mgpu_bench.run``; ``repeats`` (default ``--mgpu-repeats``) is
         the number of measurements per engine start. Returns the new side's result; its ``old``,
-        ``rounds`` and ``decision`` hold the rest.
+        ``rounds`` and ``decision`` hold the rest. An item whose workload the probe planned shares
+        its engine group's starts (:meth:`measure_group`); in the probe itself it raises :class:`Probed`.
         """
         # Check the arguments before any engine starts, as the plain bench does (each side's Bench.run
         # checks them again and picks the prompt mode from the engine it runs on).
@@ -349,17 +482,43 @@ class AbBench:
                 f"{self.nodeid}: workload {label or workload.name!r} was already measured in this test; "
                 f"pass label= to tell two runs of the same workload apart"
             )
+        first = not self._measured
         self._measured.add(key)
-        name = label or workload.name
-        try:
-            result = self._rounds(kwargs, name)
-        except EngineUnavailable as exc:
-            pytest.skip(str(exc))
-        except EngineError as exc:
-            pytest.fail(f"A/B {self.test_name}::{name}: {exc}", pytrace=False)
-        self.results.append(result)
-        self._record(result)
-        return result
+        me = Planned(self.nodeid, self.test_name, self.module, self.gate, kwargs, label or workload.name, key,
+                     self.engines.spec.key, self._progress)
+        groups = groups_of(self.sess)
+        if groups.probing:
+            groups.plan[self.nodeid] = me
+            raise Probed("mgpu A/B probe: workload recorded")
+        planned = groups.plan.get(self.nodeid)
+        shared = first and planned is not None and planned.key == key and self.nodeid not in groups.returned
+        if shared and self.nodeid not in groups.done:
+            # The group's first item to run: measure every planned item of the group still waiting.
+            members = [p for nid, p in groups.plan.items()
+                       if p.spec_key == me.spec_key and nid not in groups.done and nid not in groups.returned]
+            me_first = [me] + [p for p in members if p.nodeid != self.nodeid]
+            groups.done.update(self.measure_group(me_first))
+        outcome: AbResult | BaseException
+        if shared:
+            outcome = groups.done.pop(self.nodeid)
+            groups.returned.add(self.nodeid)
+        else:
+            outcome = self.measure_group([me])[self.nodeid]
+        skip = fail = None
+        if isinstance(outcome, EngineUnavailable):
+            skip = str(outcome)
+        elif isinstance(outcome, EngineError):
+            fail = f"A/B {self.test_name}::{me.name}: {outcome}"
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        if skip is not None:
+            pytest.skip(skip)
+        if fail is not None:
+            pytest.fail(fail, pytrace=False)
+        assert isinstance(outcome, AbResult)
+        self.results.append(outcome)
+        self._record(outcome)
+        return outcome
 
     def sweep(self, *args: Any, **kwargs: Any) -> Any:
         """Not in A/B mode: a sweep is many workloads on one engine; skips the test and says so."""
@@ -368,17 +527,33 @@ class AbBench:
             "measurement; compare single workloads with mgpu_bench.run() instead"
         )
 
-    def _rounds(self, kwargs: dict[str, Any], name: str) -> AbResult:
+    def measure_group(self, members: Sequence[Planned]) -> dict[str, AbResult | BaseException]:
+        """Measure the items of one engine group on shared starts, in rounds, until each one's verdict is clear.
+
+        Round n starts the old and the new engine once each (A B, then B A) and measures every item
+        still undecided on each start, in an order that rotates by one item per round. After the
+        round each item's rule decides; a decided item drops out. Returns each item's result, or the
+        engine error that ended the group's A/B for the items it left undecided.
+        """
+        assert self.sess.ab is not None
         sides = {OLD: self.engines.old, NEW: self.engines.new}
-        rounds: list[AbRound] = []
-        decision: AbDecision | None = None
+        rounds: dict[str, list[AbRound]] = {m.nodeid: [] for m in members}
+        decisions: dict[str, AbDecision] = {}
+        cost = AbGroupCost(f"{self.engines.name} {self.engines.layout.id} {self.engines.model.name}",
+                           [f"{m.test_name}::{m.name}" for m in members], self.engines.num_gpus)
+        active = list(members)
+        error: BaseException | None = None
         t0 = time.monotonic()
         try:
             for n in range(1, self.rule.max_rounds + 1):
+                if not active:
+                    break
                 order = (OLD, NEW) if n % 2 else (NEW, OLD)
-                measured: dict[str, BenchResult] = {}
+                k = (n - 1) % len(active)
+                rotation = active[k:] + active[:k]
+                measured: dict[str, dict[str, BenchResult]] = {m.nodeid: {} for m in active}
+                measure_s: dict[str, dict[str, float]] = {m.nodeid: {} for m in active}
                 start_s: dict[str, float] = {}
-                measure_s: dict[str, float] = {}
                 stop_s: dict[str, float] = {}
                 for side_name in order:
                     stopped, took = self._stop()  # always restart, even an identical engine (A/A)
@@ -388,46 +563,76 @@ class AbBench:
                     engine = self.sess.manager.acquire(sides[side_name].spec)
                     self._running_side = side_name
                     start_s[side_name] = time.monotonic() - t
-                    t = time.monotonic()
-                    measured[side_name] = self._measure(engine, kwargs, kwargs["repeats"])
-                    measure_s[side_name] = time.monotonic() - t
-                rd = AbRound(n, order, measured[OLD], measured[NEW], start_s, measure_s, stop_s)
-                rounds.append(rd)
-                decision = self._decide(rounds)
-                self._progress(self._progress_line(name, rd, decision))
-                if decision.done:
-                    break
+                    cost.starts += 1
+                    for m in rotation:
+                        t = time.monotonic()
+                        measured[m.nodeid][side_name] = self._measure(engine, m)
+                        measure_s[m.nodeid][side_name] = time.monotonic() - t
+                cost.rounds = n
+                for m in active:
+                    got = measured[m.nodeid]
+                    rd = AbRound(n, order, got[OLD], got[NEW], dict(start_s), measure_s[m.nodeid], dict(stop_s),
+                                 shared_by=len(active), position=rotation.index(m))
+                    rounds[m.nodeid].append(rd)
+                    decisions[m.nodeid] = d = self._decide(rounds[m.nodeid], m.gate)
+                    m.progress(self._progress_line(m, rd, d))
+                active = [m for m in active if not decisions[m.nodeid].done]
+        except (EngineError, EngineUnavailable) as exc:
+            error = exc
         finally:
             stopped, took = self._stop()  # only one engine on the GPUs, and none between A/Bs
-            if stopped is not None and rounds:
-                rounds[-1].stop_s[stopped] = rounds[-1].stop_s.get(stopped, 0.0) + took
-        wall = time.monotonic() - t0
-        new = merge_rounds([rd.new for rd in rounds])
-        old = merge_rounds([rd.old for rd in rounds])
-        base = {f.name: getattr(new, f.name) for f in fields(BenchResult)}
-        assert self.sess.ab is not None
-        return AbResult(**base, old=old, decision=decision, rounds=rounds, old_describe=self.sess.ab.describe_old(),
-                        wall_s=wall)
+            last = [rs[-1] for rs in rounds.values() if rs and rs[-1].index == cost.rounds]
+            if stopped is not None and last:
+                for rd in last:
+                    rd.stop_s[stopped] = rd.stop_s.get(stopped, 0.0) + took
+        cost.wall_s = time.monotonic() - t0
+        # Each item's share of the group's wall time: in proportion to the seconds attributed to it.
+        spent = {m.nodeid: _attributed(rounds[m.nodeid]) for m in members}
+        total = math.fsum(spent.values())
+        out: dict[str, AbResult | BaseException] = {}
+        for m in members:
+            rs = rounds[m.nodeid]
+            undecided = m.nodeid not in decisions or not decisions[m.nodeid].done
+            if error is not None and (undecided or not rs):
+                out[m.nodeid] = error
+                continue
+            new = merge_rounds([rd.new for rd in rs])
+            old = merge_rounds([rd.old for rd in rs])
+            base = {f.name: getattr(new, f.name) for f in fields(BenchResult)}
+            share = cost.wall_s * (spent[m.nodeid] / total if total > 0 else 1.0 / len(members))
+            out[m.nodeid] = AbResult(**base, old=old, decision=decisions.get(m.nodeid), rounds=rs,
+                                     old_describe=self.sess.ab.describe_old(), wall_s=share, group=cost)
+        return out
 
-    def _decide(self, rounds: Sequence[AbRound]) -> AbDecision:
+    def _decide(self, rounds: Sequence[AbRound], gate: GateConfig) -> AbDecision:
         invalid = next(
             (f"round {rd.index} {side}: {r.invalid}" for rd in rounds for side, r in ((OLD, rd.old), (NEW, rd.new))
              if r.invalid),
             None,
         )
-        metrics = self.gate.metrics
+        metrics = gate.metrics
         old = {m: per_round([rd.old for rd in rounds], m) for m in metrics}
         new = {m: per_round([rd.new for rd in rounds], m) for m in metrics}
-        return decide(old, new, self.gate, self.rule, invalid=invalid)
+        return decide(old, new, gate, self.rule, invalid=invalid)
 
-    def _progress_line(self, name: str, rd: AbRound, d: AbDecision) -> str:
+    def _progress_line(self, item: Planned, rd: AbRound, d: AbDecision) -> str:
         parts = []
         for m in d.metrics:
             if m.gated and m.old_values:
                 parts.append(f"{m.metric} {m.old_values[-1]:.4g} -> {m.new_values[-1]:.4g}")
         starts = ", ".join(f"{k} start {v:.0f}s" for k, v in rd.start_s.items())
         state = f"{d.verdict}" if d.done else "continue"
-        return f"A/B {self.test_name}::{name} round {rd.index} ({starts}): {'; '.join(parts)} -> {state}"
+        shared = f", shared by {rd.shared_by} items" if rd.shared_by > 1 else ""
+        return f"A/B {item.test_name}::{item.name} round {rd.index} ({starts}{shared}): {'; '.join(parts)} -> {state}"
+
+
+def _attributed(rounds: Sequence[AbRound]) -> float:
+    """Seconds of an item's rounds: its measurements, and its share of the starts and stops it was measured on."""
+    return math.fsum(
+        math.fsum(rd.measure_s.values())
+        + (math.fsum(rd.start_s.values()) + math.fsum(rd.stop_s.values())) / rd.shared_by
+        for rd in rounds
+    )
 
 
 def progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
@@ -527,4 +732,14 @@ def ab_document(sess: MgpuSession) -> dict[str, Any]:
         "verdicts": counts,
         "summary": summary(sess.ab_results),
         "gpu_minutes": sum(r.gpu_seconds for r in sess.ab_results) / 60.0,
+        "groups": [g.to_dict() for g in groups_in(sess.ab_results)],
     }
+
+
+def groups_in(results: Sequence[AbResult]) -> list[AbGroupCost]:
+    """The engine groups of ``results``, each once, in order."""
+    seen: dict[int, AbGroupCost] = {}
+    for r in results:
+        if r.group is not None:
+            seen.setdefault(id(r.group), r.group)
+    return list(seen.values())

@@ -23,7 +23,7 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -121,6 +121,8 @@ class Recording:
     #: Compact GPU telemetry of the recorded repeats (:func:`pytest_mgpu.telemetry.aggregate`): the
     #: busy SM clock, utilisation, power, peak memory; None without NVML. Compared for clock warnings.
     telemetry: dict[str, float] | None = None
+    #: Pinned as the entry's anchor (``pytest-mgpu accept --anchor``); slow drift is measured from it.
+    anchor: bool = False
 
     @classmethod
     def from_result(cls, result: BenchResult, metrics: Sequence[str] = ()) -> Recording:
@@ -193,6 +195,8 @@ class Recording:
             d["gate_settings"] = self.gate_settings
         if self.telemetry is not None:
             d["telemetry"] = dict(sorted(self.telemetry.items()))
+        if self.anchor:
+            d["anchor"] = True
         return d
 
     @classmethod
@@ -211,6 +215,7 @@ class Recording:
             engine_options={str(k): str(v) for k, v in opts.items()} if isinstance(opts, Mapping) else None,
             gate_settings=dict(data["gate_settings"]) if isinstance(data.get("gate_settings"), Mapping) else None,
             telemetry=_telemetry(data.get("telemetry")),
+            anchor=data.get("anchor") is True,
         )
 
 
@@ -241,6 +246,8 @@ class BaselineEntry:
     identity: Identity
     recordings: tuple[Recording, ...]
     nodeid: str = ""
+    #: The anchor when it is older than the kept history (trimming never drops it); else None.
+    kept_anchor: Recording | None = None
 
     # --- identity and the latest recording -------------------------------------------------
     def _id(self, name: str) -> Any:
@@ -270,6 +277,36 @@ class BaselineEntry:
     def latest(self) -> Recording:
         """The newest recording."""
         return self.recordings[-1]
+
+    @property
+    def anchor_index(self) -> int | None:
+        """Index of the anchor among :attr:`recordings`: the last one pinned (``accept --anchor``), else the
+        first; None when the anchor is older than the history and kept beside it (:attr:`kept_anchor`).
+
+        Files written before anchors existed have none pinned: their first recording is the anchor.
+        """
+        if self.kept_anchor is not None:
+            return None
+        return max((i for i, r in enumerate(self.recordings) if r.anchor), default=0)
+
+    @property
+    def anchor(self) -> Recording:
+        """The recording slow drift is measured from."""
+        if self.kept_anchor is not None:
+            return self.kept_anchor
+        return self.recordings[max((i for i, r in enumerate(self.recordings) if r.anchor), default=0)]
+
+    def since_anchor(self) -> tuple[Recording, ...]:
+        """The anchor and every recording kept after it, oldest first (``show``'s trend)."""
+        i = self.anchor_index
+        return (self.anchor, *self.recordings) if i is None else self.recordings[i:]
+
+    def describe_anchor(self) -> str:
+        """``recording 1, pinned`` / ``recording 1, the first`` / ``kept beside the history``."""
+        i = self.anchor_index
+        if i is None:
+            return "older than the history, kept beside it" + (", pinned" if self.anchor.anchor else "")
+        return f"recording {i + 1}, {'pinned' if self.recordings[i].anchor else 'the first'}"
 
     @property
     def active(self) -> tuple[Recording, ...]:
@@ -341,7 +378,10 @@ class BaselineEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the entry id is the key in the file, not repeated here)."""
-        return {"nodeid": self.nodeid, **self.identity.as_dict(), "recordings": [r.to_dict() for r in self.recordings]}
+        d = {"nodeid": self.nodeid, **self.identity.as_dict(), "recordings": [r.to_dict() for r in self.recordings]}
+        if self.kept_anchor is not None:
+            d["anchor"] = self.kept_anchor.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, entry_id: str, data: Mapping[str, Any], schema: int = SCHEMA_VERSION) -> BaselineEntry:
@@ -363,7 +403,8 @@ class BaselineEntry:
             if not isinstance(raw, list) or not raw:
                 raise ValueError("'recordings' must be a non-empty list")
             recordings = tuple(Recording.from_dict(r, f"recording {i + 1}") for i, r in enumerate(raw))
-        return cls(entry_id, identity, recordings, nodeid)
+        kept = Recording.from_dict(data["anchor"], "anchor") if data.get("anchor") is not None else None
+        return cls(entry_id, identity, recordings, nodeid, kept)
 
 
 # --- file I/O ----------------------------------------------------------------------------------
@@ -567,6 +608,24 @@ def check_fingerprint(fingerprint: str) -> str:
     return fingerprint
 
 
+def add_recording(entry: BaselineEntry, rec: Recording, history: int, nodeid: str) -> BaselineEntry:
+    """``entry`` with ``rec`` added and the last ``history`` recordings kept; the anchor is never dropped.
+
+    A pinned ``rec`` (``anchor=True``) becomes the anchor (earlier pins and a kept anchor go). Otherwise
+    an anchor that falls out of the history is kept beside it (:attr:`BaselineEntry.kept_anchor`), so
+    the gate's history keeps its meaning (the last ``history`` recordings) and drift its starting point.
+    """
+    if rec.anchor:
+        olds = tuple(replace(x, anchor=False) if x.anchor else x for x in entry.recordings)
+        return BaselineEntry(entry.entry_id, entry.identity, (*olds, rec)[-history:], nodeid)
+    every = (*entry.recordings, rec)
+    kept = every[-history:]
+    anchor = entry.kept_anchor
+    if anchor is None and entry.anchor_index is not None and entry.anchor_index < len(every) - len(kept):
+        anchor = entry.recordings[entry.anchor_index]
+    return BaselineEntry(entry.entry_id, entry.identity, kept, nodeid, anchor)
+
+
 class BaselineStore:
     """Baseline files under ``root`` (default ``baselines/``), keyed by hardware fingerprint and module."""
 
@@ -619,16 +678,19 @@ class BaselineStore:
         force: bool = False,
         metrics: Sequence[str] = (),
         history: int = DEFAULT_HISTORY,
+        anchor: bool = False,
     ) -> UpdateResult:
         """Record the valid ``results`` in the file, keeping every entry they do not touch.
 
         A result of the same identity as its entry adds a recording (the last ``history`` are
-        kept); one of another identity (model, workload, ...) replaces the entry, listed in
-        ``replaced``. A recording of a run the entry already holds (:func:`same_run`) is not
-        added again: listed in ``already``. A recording with another engine version or engine options than the
-        previous one starts a new level (:attr:`BaselineEntry.active`), listed in ``new_level``.
-        Invalid results are skipped (listed in ``skipped``). A broken existing file raises
-        BaselineError unless ``force=True``, which replaces it with the new entries only.
+        kept, and the entry's anchor recording always: :func:`keep_recordings`; ``anchor`` pins
+        the new recording as the anchor instead); one of another identity (model, workload, ...)
+        replaces the entry, listed in ``replaced``. A recording of a run the entry already holds
+        (:func:`same_run`) is not added again: listed in ``already``. A recording with another
+        engine version or engine options than the previous one starts a new level
+        (:attr:`BaselineEntry.active`), listed in ``new_level``. Invalid results are skipped (listed
+        in ``skipped``). A broken existing file raises BaselineError unless ``force=True``, which
+        replaces it with the new entries only.
         """
         if history < 1:
             raise BaselineError(f"the baseline history must keep at least 1 recording, got {history}")
@@ -660,6 +722,8 @@ class BaselineStore:
                         raise
             for eid, (r, rec) in new.items():
                 old = entries.get(eid)
+                if anchor:
+                    rec = replace(rec, anchor=True)
                 if old is None:
                     entries[eid] = BaselineEntry(eid, r.identity, (rec,), r.nodeid)
                 elif old.identity != r.identity:
@@ -671,7 +735,7 @@ class BaselineStore:
                     why = _level_change(old.latest, rec)
                     if why:
                         res.new_level[eid] = why
-                    entries[eid] = BaselineEntry(eid, r.identity, (*old.recordings, rec)[-history:], r.nodeid)
+                    entries[eid] = add_recording(old, rec, history, r.nodeid)
             res.written = sorted(eid for eid in new if eid not in res.already)
             if res.written:
                 text = dumps_baseline(fingerprint, check_module(module), dict(sorted(entries.items())), extra)

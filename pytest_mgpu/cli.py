@@ -1,5 +1,5 @@
 """``pytest-mgpu``: compare two baseline/results files, show the baseline store, accept a finished run,
-export to pytest-benchmark, merge the results of a sharded run.
+export to pytest-benchmark, merge the results of a sharded run, bisect a list of builds.
 
 Exit codes: 0 nothing fails, 1 a result fails (:func:`~pytest_mgpu.verdicts.fails`: INVALID or
 FAIL; with ``--strict`` also WARN, MISMATCH and NEW), 2 a usage or file error, 141 the reader of
@@ -29,6 +29,7 @@ from .baseline import (
     parse_baseline_data,
 )
 from .benchmark_export import to_benchmark_json
+from .drift import check_drift, trend, trend_values, with_drift
 from .errors import BaselineError, CliError
 from .layout import Layout
 from .options import add_gate_options
@@ -159,7 +160,10 @@ def compare_sides(
             rec = recorded_settings(item) or recorded_settings(b)
             sources["recorded" if rec else "defaults"] += 1
             cfg = effective_config(rec, config)
-        out.append(compare(item, b, cfg, fingerprint=base.fingerprint))
+        c = compare(item, b, cfg, fingerprint=base.fingerprint)
+        if isinstance(b, BaselineEntry):  # a baseline file has anchors: slow drift is judged as in the suite
+            c = with_drift(c, check_drift(item, b, cfg))
+        out.append(c)
     missing = sorted(e for (_, e), v in base.items.items() if id(v) not in used)
     return out, missing, sources
 
@@ -227,7 +231,7 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
     first_active = len(e.recordings) - used
     for i, r in enumerate(e.recordings):
         row: list[Any] = [
-            str(i + 1) + ("" if i >= first_active else " (not used)"),
+            str(i + 1) + ("" if i >= first_active else " (not used)") + (" anchor" if i == e.anchor_index else ""),
             str(r.env.get("date", "?")), r.engine_version, str(r.env.get("commit") or "?")[:10], r.repeats,
         ]
         for m in DEFAULT_GATED:
@@ -236,6 +240,11 @@ def _entry_lines(e: BaselineEntry) -> list[str]:
         rows.append(row)
     headers = ("recording", "date", "version", "commit", "repeats", *(f"{m} median" for m in DEFAULT_GATED))
     lines += format_table(headers, rows, align="llllr" + "r" * len(DEFAULT_GATED), indent="      ")
+    lines.append(f"      trend from the anchor ({e.describe_anchor()}) to the latest:")
+    for m in DEFAULT_GATED:
+        medians = trend_values(e, m)
+        if medians:
+            lines.append(f"        {m}: {trend(medians)}")
     return lines
 
 
@@ -343,7 +352,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
     written = already = 0
     written_ids: set[str] = set()
     for (fp, module), results in sorted(by_module.items()):
-        res = store.update(fp, module, results, history=args.history)
+        res = store.update(fp, module, results, history=args.history, anchor=args.anchor)
         written += len(res.written)
         written_ids.update(res.written)
         already += len(res.already)
@@ -369,8 +378,9 @@ def cmd_accept(args: argparse.Namespace) -> int:
     if failed:
         print(f"warning: recorded {len(failed)} result(s) that FAILed in that run: {', '.join(failed)}; their "
               f"regression is now the baseline. To record only some verdicts: --only new,improved,mismatch")
+    pinned = "; each is its entry's new anchor (slow drift is measured from it)" if args.anchor else ""
     print(f"recorded {written} result(s) under {where or Path(args.baseline_dir) / str(fingerprint)} "
-          f"(keeping the last {args.history} recordings of each){tail}")
+          f"(keeping the last {args.history} recordings of each, and its anchor){tail}{pinned}")
     return 0
 
 
@@ -409,14 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Recordings each entry keeps (default {DEFAULT_HISTORY}, as ini mgpu_baseline_history)")
     a.add_argument("--only", metavar="VERDICT[,VERDICT]",
                    help="Only results with these verdicts in that run, e.g. new,improved,mismatch")
+    a.add_argument("--anchor", action="store_true",
+                   help="Pin the recorded results as their entries' anchors: slow drift is measured from them on")
     a.set_defaults(func=cmd_accept)
     e = sub.add_parser("export-benchmark", help="Convert a --mgpu-json results file to pytest-benchmark JSON")
     e.add_argument("results", help="A --mgpu-json results file")
     e.add_argument("out", help="Where to write the pytest-benchmark JSON")
     e.set_defaults(func=cmd_export)
+    from .bisect import add_parser as add_bisect
     from .merge import add_parser as add_merge
 
     add_merge(sub)
+    add_bisect(sub)
     return ap
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .baseline import BaselineStore
+from .drift import check_drift, with_drift
 from .errors import BaselineError
 from .markers import MARKS_KEY
 from .render.text import side_by_side
@@ -79,6 +80,8 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
         if c.verdict in (Verdict.FAIL, Verdict.IMPROVED) and s.confirm and not s.update_baselines:
             _remeasure(item, r)
             c = confirm(c, compare(r, base, cfg, fingerprint=fp))
+        if base is not None:
+            c = with_drift(c, check_drift(r, base, cfg, sess.config.getoption("mgpu_anchor_drift", "fail")))
         sess.comparisons.append(c)
         sess.result_comparisons[(r.module, r.entry_id)] = c
         if r.repeats and r.valid:

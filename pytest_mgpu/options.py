@@ -263,6 +263,17 @@ def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-", *, recorded:
     )
 
 
+def add_drift_option(addoption: AddOption) -> None:
+    """``--mgpu-anchor-drift``: what a slow drift since a baseline entry's anchor recording does (docs/gate.md)."""
+    addoption(
+        "--mgpu-anchor-drift",
+        choices=("fail", "warn"),
+        default="fail",
+        help="A run beyond the tolerance and the noise against its baseline entry's anchor recording (the first, "
+             "or the one pinned with pytest-mgpu accept --anchor) FAILs (default) or only WARNs",
+    )
+
+
 def add_ini(addini: Callable[..., None]) -> None:
     """Register the ``mgpu_*`` ini keys (defaults of their options)."""
     addini("mgpu_repeats", "Default --mgpu-repeats", default="3")
@@ -279,4 +290,5 @@ def register(parser: pytest.Parser) -> None:
     add_options(group.addoption)
     add_ab_options(group.addoption)
     add_gate_options(group.addoption)
+    add_drift_option(group.addoption)
     add_ini(parser.addini)

@@ -70,6 +70,22 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     return session_of(config).header_lines()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """In A/B mode, before the test loop: learn the workloads of items that share an engine (they share its starts).
+
+    Not in an xdist worker (it runs the items it is sent, one at a time) nor with ``--collect-only``.
+    """
+    sess = session_of(session.config)
+    if sess.ab is None or not sess.started or session.config.option.collectonly:
+        return
+    if hasattr(session.config, "workerinput"):
+        return
+    from . import ab
+
+    ab.probe_workloads(sess, session)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """After the test body: gate its results against the baselines (re-measuring before a FAIL), or decide its A/B."""
@@ -92,9 +108,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Note how each test that uses ``mgpu_bench`` ended: a session that measured nothing fails."""
     report = yield
     sess = session_of(item.config)
-    if item.nodeid in sess.measuring:
+    if item.nodeid in sess.measuring and not (sess.ab is not None and _probing(item.config)):
         sess.note_outcome(report)
     return report
+
+
+def _probing(config: pytest.Config) -> bool:
+    from .ab import is_probing
+
+    return is_probing(config)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -377,6 +377,8 @@ class Comparison:
     options: Mapping[str, str] | None = None
     base_options: Mapping[str, str] | None = None
     measurement: str = "first"
+    #: The cumulative change since the baseline entry's anchor recording (:mod:`.drift`); None: not checked.
+    drift: Mapping[str, Any] | None = None
 
     @property
     def failed_metrics(self) -> list[MetricComparison]:
@@ -417,6 +419,7 @@ class Comparison:
             "engine_options": dict(self.options) if self.options is not None else None,
             "base_engine_options": dict(self.base_options) if self.base_options is not None else None,
             "metrics": [m.to_dict() for m in self.metrics],
+            **({"drift": dict(self.drift)} if self.drift is not None else {}),
         }
 
 

@@ -18,6 +18,13 @@
 #   up1      upgrade 0.25.1 -> 0.26.0, tp1-mem16            both           measured   ~6.5 min (0.25.1 compiles once)
 #   up2      upgrade 0.25.1 -> 0.26.0, tp2-mem16            both           measured   ~9 min (both versions compile tp2, NCCL preflight
 #                                                                                     before each start; the step stops itself at 570 s)
+#   aa3      A/A 0.26.0 vs 0.26.0 on the three tp1-mem16     0.26.0         PASS       ~8 min estimated: 6 starts at ~44 s warm, ~30 s
+#            items (all at once, 32 QPS, single stream),                    3 PASS     of measuring per start (3 items); + 2-3 min if the
+#            sharing one start per side per round                                      first tp1 start compiles: run it after aa, warm.
+#                                                                                     Issue 20's target: <= 11 GPU-min. Not yet run.
+#   regress3 the same with the new side capped at 15.6 GiB    0.26.0         FAIL on    ~9 min estimated: 8 starts, but items decided at
+#            (MGPU_REGRESS_GB; issue 20 measured -11.5% on                  the batch  round 3 drop out of round 4; close to the 570 s
+#            all-at-once with it)                                           items      stop, which still writes the reports. Not yet run
 #
 # Estimates: a warm start ~40 s (docs: 20-65 s), a first start of a layout and version 2-3 min, one
 # rate-inf run of 256 requests ~10 s at tp1-mem16. Each step prints its elapsed time; its reports are
@@ -28,8 +35,13 @@
 #   bash scripts/gpu_ab.sh aa         # $OUT gets report-aa.md, results-aa.json, log-aa.txt, vllm-aa.txt
 #
 # Environment: OUT (reports; default /tmp/mgpu-out), MGPU_NEW_SITE (/tmp/site), MGPU_OLD_SITE
-# (/tmp/site25), MGPU_REGRESS_GB (15: the new side's cap in step regress), MGPU_STEP_TIMEOUT (570),
-# MGPU_START_TIMEOUT (400). Extra arguments go to pytest.
+# (/tmp/site25), MGPU_REGRESS_GB (the new side's cap: 15 in step regress, 15.6 in regress3),
+# MGPU_STEP_TIMEOUT (570), MGPU_START_TIMEOUT (400), MGPU_PYTHON (python3). Extra arguments go to pytest.
+#
+# Dry run without a GPU: MGPU_ENGINE=sim runs the same step on the sim engine (h100-80gb profile, no
+# vLLM staging, no nvidia-smi); its caused regression is the sim's speed option (MGPU_SIM_SPEED,
+# default 0.85) instead of the memory cap, which the sim does not model per start.
+#   MGPU_ENGINE=sim MGPU_PYTHON=/work/venv/bin/python OUT=/tmp/dry bash scripts/gpu_ab.sh aa3
 #
 # Risk in up2: the known-issue table turns vLLM's FlashInfer all-reduce fusion off for TP>1 only for
 # 0.26.x (TP=2 hung with it on 2-GPU hosts); whether 0.25.1 needs it too is unknown. If the old
@@ -37,8 +49,10 @@
 #   bash scripts/gpu_ab.sh up2 --mgpu-ab-opt 'compilation-config={"pass_config": {"fuse_allreduce_rms": false}}'
 # (and MGPU_START_TIMEOUT=240 to fail faster) -- that the old version needs it is itself a finding.
 set -uo pipefail
-step=${1:?usage: bash scripts/gpu_ab.sh aa|regress|up1|up2 [pytest args]}
+step=${1:?usage: bash scripts/gpu_ab.sh aa|regress|up1|up2|aa3|regress3 [pytest args]}
 shift
+engine=${MGPU_ENGINE:-vllm}
+py=${MGPU_PYTHON:-python3}
 out=${OUT:-/tmp/mgpu-out}
 mkdir -p "$out"
 new_site=${MGPU_NEW_SITE:-/tmp/site}
@@ -47,9 +61,13 @@ export PYTHONPATH="$new_site:$PWD"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 
-total_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n1 | tr -d ' ')
+if [[ $engine == sim ]]; then
+  total_mb=81559  # unused by the sim: its regression is the speed option
+else
+  total_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n1 | tr -d ' ')
+fi
 # The adapter's own arithmetic, so the old side's flag equals what the layout mark gives.
-fraction() { python3 -c "from pytest_mgpu.engines.vllm import gpu_memory_utilization as g; print(f'{g($1, $total_mb):g}')"; }
+fraction() { "$py" -c "from pytest_mgpu.engines.vllm import gpu_memory_utilization as g; print(f'{g($1, $total_mb):g}')"; }
 
 suite=perf_tests/test_llama2_7b_16gb.py
 case "$step" in
@@ -59,20 +77,36 @@ case "$step" in
                  --mgpu-engine-opt "gpu-memory-utilization=$(fraction "${MGPU_REGRESS_GB:-15}")") ;;
   up1)     sel="all_at_once and tp1-pp1-mem16"; args=(--mgpu-ab=python3 --mgpu-ab-env "PYTHONPATH=$old_site:$PWD") ;;
   up2)     sel="all_at_once and tp2-pp1-mem16"; args=(--mgpu-ab=python3 --mgpu-ab-env "PYTHONPATH=$old_site:$PWD") ;;
-  *) echo "unknown step $step: aa, regress, up1 or up2" >&2; exit 2 ;;
+  # The three capped TP=1 items share one engine key: one start per side per round serves all three.
+  aa3)     sel="tp1-pp1-mem16"; args=(--mgpu-ab="$py") ;;
+  regress3) sel="tp1-pp1-mem16"
+           if [[ $engine == sim ]]; then
+             args=(--mgpu-ab="$py" --mgpu-ab-opt speed=1.0 --mgpu-engine-opt "speed=${MGPU_SIM_SPEED:-0.85}")
+           else
+             args=(--mgpu-ab="$py" --mgpu-ab-opt "gpu-memory-utilization=$(fraction 16)"
+                   --mgpu-engine-opt "gpu-memory-utilization=$(fraction "${MGPU_REGRESS_GB:-15.6}")")
+           fi ;;
+  *) echo "unknown step $step: aa, regress, up1, up2, aa3 or regress3" >&2; exit 2 ;;
 esac
-sites=("$new_site")
-[[ $step == up* ]] && sites+=("$old_site")
-for site in "${sites[@]}"; do
-  PYTHONPATH="$site" python3 -c "import importlib.metadata as m; print('$site: vllm', m.version('vllm'))" \
-    || { echo "vLLM is not staged in $site (../shared/gpu/README.md)" >&2; exit 2; }
-done
 logs=/tmp/mgpu-logs/$step
 rm -rf "$logs"
-nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv | tee "$out/log-$step.txt"
+engine_args=(--mgpu-engine "$engine")
+if [[ $engine == sim ]]; then
+  engine_args+=(--mgpu-sim-gpu h100-80gb)
+  echo "dry run on the sim engine (MGPU_ENGINE=sim): no GPU, no vLLM" | tee "$out/log-$step.txt"
+else
+  sites=("$new_site")
+  [[ $step == up* ]] && sites+=("$old_site")
+  for site in "${sites[@]}"; do
+    PYTHONPATH="$site" "$py" -c "import importlib.metadata as m; print('$site: vllm', m.version('vllm'))" \
+      || { echo "vLLM is not staged in $site (../shared/gpu/README.md)" >&2; exit 2; }
+  done
+  nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv | tee "$out/log-$step.txt"
+  engine_args+=(-p pytest_mgpu.plugin)
+fi
 
-timeout -s TERM "${MGPU_STEP_TIMEOUT:-570}" python3 -m pytest -p pytest_mgpu.plugin -p no:cacheprovider -m gpu -v -rs \
-  --mgpu-engine vllm --mgpu-start-timeout "${MGPU_START_TIMEOUT:-400}" --mgpu-repeats 1 --mgpu-ab-min-rounds 3 --mgpu-ab-rounds 4 \
+timeout -s TERM "${MGPU_STEP_TIMEOUT:-570}" "$py" -m pytest -p no:cacheprovider -m gpu -v -rs \
+  "${engine_args[@]}" --mgpu-start-timeout "${MGPU_START_TIMEOUT:-400}" --mgpu-repeats 1 --mgpu-ab-min-rounds 3 --mgpu-ab-rounds 4 \
   --mgpu-cache-dir=/tmp/mgpu-cache --mgpu-log-dir="$logs" --mgpu-report-md="$out/report-$step.md" --mgpu-json="$out/results-$step.json" \
   "${args[@]}" "$suite" -k "$sel" "$@" 2>&1 | tee -a "$out/log-$step.txt"
 rc=${PIPESTATUS[0]}

@@ -227,3 +227,99 @@ def test_serve(mgpu_bench):
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines([message])
     assert "round 1" not in r.stdout.str() and "starting sim" not in r.stdout.str()
+
+
+GROUP_TEST = """
+import math, pytest
+
+pytestmark = [
+    pytest.mark.gpu, pytest.mark.model("llama-2-7b"),
+    pytest.mark.perf_tolerance(output_throughput_per_gpu="10%", tpot_p50="10%", ttft_p50="20%"),
+    pytest.mark.layout(tp=1),
+]
+
+def test_burst(mgpu_bench):
+    r = mgpu_bench.run(input_len=64, output_len=16, num_requests=16, request_rate=math.inf, warmup_requests=2)
+    print("RESULT burst", r.verdict, len(r.rounds))
+
+@pytest.mark.perf_tolerance(output_throughput_per_gpu="40%", tpot_p50="40%", ttft_p50="90%")
+def test_paced(mgpu_bench):
+    r = mgpu_bench.run(input_len=64, output_len=16, num_requests=16, request_rate=64.0, warmup_requests=2)
+    print("RESULT paced", r.verdict, len(r.rounds))
+
+def test_stream(mgpu_bench):
+    r = mgpu_bench.run(input_len=64, output_len=16, num_requests=4, request_rate=math.inf, max_concurrency=1,
+                       warmup_requests=1)
+    print("RESULT stream", r.verdict, len(r.rounds))
+"""
+
+
+def _group_ab(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict]:
+    pytester.makepyfile(test_group=GROUP_TEST)
+    out = pytester.path / "ab.json"
+    r = pytester.runpytest(*AB, "-s", "-v", "--mgpu-json", str(out), *args)
+    return r, json.loads(out.read_text())
+
+
+def test_items_of_one_engine_share_its_starts_and_keep_their_own_verdicts(pytester: pytest.Pytester) -> None:
+    """3 items x 3 rounds on one engine key: 6 engine starts (one per side per round), not 18."""
+    r, doc = _group_ab(pytester, "--mgpu-ab-min-rounds", "3", "--mgpu-ab-rounds", "3")
+    r.assert_outcomes(passed=3)
+    (group,) = doc["ab"]["groups"]
+    assert group["starts"] <= 8 and group["starts"] == 2 * group["rounds"] == 6
+    assert len(group["items"]) == 3 and group["gpu_minutes"] > 0
+    results = doc["results"]
+    assert len(results) == 3 and {res["ab"]["verdict"] for res in results} == {"PASS"}
+    for res in results:  # each item was measured on every start of the group, with its own rounds and decision
+        ab = res["ab"]
+        assert ab["rounds"] == 3 and ab["cost"]["starts"] == 6 and ab["group"]["starts"] == 6
+        assert all(rd["shared_by"] == 3 for rd in ab["per_round"])
+    # The shares of the group's GPU time add up to the group's.
+    assert sum(res["ab"]["cost"]["gpu_minutes"] for res in results) == pytest.approx(group["gpu_minutes"], rel=1e-6)
+    # Rotating order: each round's first item differs (round 1 starts with the first item to run).
+    r.stdout.fnmatch_lines(["*round 1 (*shared by 3 items)*", "GPU time per engine group*", "*engine group*starts*"])
+    for name in ("burst", "paced", "stream"):
+        r.stdout.fnmatch_lines([f"*RESULT {name} PASS 3*"])
+    positions = [[rd["position"] for rd in res["ab"]["per_round"]] for res in results]
+    assert all(len(set(p)) == 3 for p in positions), positions  # each item first, second and last once
+    r.stdout.fnmatch_lines(["  total * 6 *"])  # the per-verdict table counts each shared start once
+
+
+def test_a_decided_item_drops_out_of_later_rounds(pytester: pytest.Pytester) -> None:
+    """A 15% slower new side: burst (10% tolerance) FAILs at its confirming look, round 4 or later; paced
+    (40% tolerance, TTFT 90%) is decided at round 3 and is measured on none of the later starts."""
+    r, doc = _group_ab(pytester, "--mgpu-engine-opt", "speed=0.85", "--mgpu-ab-opt", "speed=1.0", "-k", "burst or paced")
+    r.assert_outcomes(failed=1, passed=1)
+    by = {res["test_name"]: res["ab"] for res in doc["results"]}
+    burst, paced = by["test_burst[tp1-pp1]"], by["test_paced[tp1-pp1]"]
+    assert burst["verdict"] == "FAIL" and burst["rounds"] >= 4
+    (group,) = doc["ab"]["groups"]
+    assert group["starts"] == 2 * burst["rounds"]
+    assert paced["verdict"] in ("PASS", "WARN") and paced["rounds"] == 3  # WARN: a warn-only p99 moved
+    assert paced["cost"]["starts"] == 6 < group["starts"]
+    assert [rd["shared_by"] for rd in burst["per_round"]] == [2, 2, 2] + [1] * (burst["rounds"] - 3)
+
+
+def test_one_selected_item_runs_its_own_ab(pytester: pytest.Pytester) -> None:
+    r, doc = _group_ab(pytester, "-k", "stream", "--mgpu-ab-min-rounds", "3", "--mgpu-ab-rounds", "3")
+    r.assert_outcomes(passed=1)
+    (res,) = doc["results"]
+    assert res["ab"]["cost"]["starts"] == 6 and doc["ab"]["groups"][0]["items"] == ["test_stream[tp1-pp1]::in64-out16-n4-qpsinf-c1"]
+    assert "shared by" not in r.stdout.str()
+
+
+def test_a_body_that_stops_before_run_in_the_probe_is_measured_on_its_own_starts(pytester: pytest.Pytester) -> None:
+    """The probe runs each body up to run(); one that skips there (here: only the first time it runs) is not
+    planned, and its real run measures it alone: 2 x 3 starts for it, 6 shared by the other two."""
+    pytester.makepyfile(test_group=GROUP_TEST.replace(
+        "def test_stream(mgpu_bench):\n",
+        "def test_stream(mgpu_bench):\n    import sys\n    if not hasattr(sys, '_seen'):\n"
+        "        sys._seen = True\n        pytest.skip('first pass')\n",
+    ))
+    out = pytester.path / "ab.json"
+    r = pytester.runpytest_subprocess(*AB, "--mgpu-json", str(out), "--mgpu-ab-min-rounds", "3", "--mgpu-ab-rounds", "3")
+    r.assert_outcomes(passed=3)
+    doc = json.loads(out.read_text())
+    starts = sorted((len(g["items"]), g["starts"]) for g in doc["ab"]["groups"])
+    assert starts == [(1, 6), (2, 6)]
+    r.stdout.fnmatch_lines(["  total * 12 *"])

@@ -78,8 +78,31 @@ def cost_rows(results: Sequence[AbResult]) -> list[list[object]]:
         for k in tot:
             tot[k] += c[k]
     if results:
+        from ..ab import groups_in
+
+        # Items of one engine group were measured on the same starts: count each start once.
+        tot["starts"] = sum(g.starts for g in groups_in(results)) + sum(
+            r.cost()["starts"] for r in results if r.group is None)
         rows.append(["total", "", "", int(tot["starts"]), f"{tot['start_s']:.0f}", f"{tot['measure_s']:.0f}",
                      f"{tot['stop_s']:.0f}", f"{tot['gpu_minutes']:.2f}"])
+    return rows
+
+
+GROUP_HEADERS = ("engine group", "items", "verdicts", "rounds", "engine starts", "GPU-min")
+
+
+def group_rows(results: Sequence[AbResult]) -> list[list[object]]:
+    """GPU time per engine group: the items measured on shared starts, their verdicts, the starts and GPU-minutes."""
+    from ..ab import groups_in  # the module that defines the groups imports this one
+
+    rows: list[list[object]] = []
+    for g in groups_in(results):
+        members = [r for r in results if r.group is g]
+        counts: dict[str, int] = {}
+        for r in members:
+            counts[str(r.verdict)] = counts.get(str(r.verdict), 0) + 1
+        verdicts = " ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+        rows.append([g.name, len(g.items), verdicts, g.rounds, g.starts, f"{g.gpu_minutes:.2f}"])
     return rows
 
 
@@ -109,6 +132,11 @@ def terminal_lines(results: Sequence[AbResult], rule: AbConfig) -> list[str]:
     lines.append("")
     lines.append("GPU time per verdict (engine starts + measurements + stops, x GPUs):")
     lines.extend(format_table(COST_HEADERS, cost_rows(results), indent="  "))
+    groups = group_rows(results)
+    if groups:
+        lines.append("")
+        lines.append("GPU time per engine group (its items share one engine start per side per round):")
+        lines.extend(format_table(GROUP_HEADERS, groups, indent="  "))
     lines.append("")
     lines.append(f"mgpu A/B: {summary(results)}")
     return lines
@@ -180,5 +208,10 @@ def markdown(results: Sequence[AbResult], rule: AbConfig, title_text: str) -> st
     out += ["### GPU time per verdict", "", "| " + " | ".join(COST_HEADERS) + " |",
             "|---|" + "---:|" * (len(COST_HEADERS) - 1)]
     out += ["| " + " | ".join(_md(str(c)) for c in row_) + " |" for row_ in cost_rows(results)]
+    groups = group_rows(results)
+    if groups:
+        out += ["", "### GPU time per engine group", "", "| " + " | ".join(GROUP_HEADERS) + " |",
+                "|---|" + "---:|" * (len(GROUP_HEADERS) - 1)]
+        out += ["| " + " | ".join(_md(str(c)) for c in row_) + " |" for row_ in groups]
     out += ["", legend(rule, markdown=True), ""]
     return "\n".join(out).rstrip() + "\n"

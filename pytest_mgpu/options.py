@@ -181,7 +181,7 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Write a Markdown gate report fit for a PR comment")
     add(f"{prefix}plot", metavar="DIR", default=None,
         help="Write the seed's charts as PNG files to DIR: tok/s per GPU and TPOT p50 by layout and engine, "
-             "and every sweep (needs matplotlib: pip install 'pytest-mgpu[plot]')")
+             "and every sweep (needs matplotlib, the plot extra)")
     add(f"{prefix}benchmark-json", metavar="PATH", default=None,
         help="Export results in pytest-benchmark's JSON format")
 

@@ -19,7 +19,7 @@ from .report import SeedRow, layout_order, seed_rows
 from .results import BenchResult
 from .sweep import group_sweeps, plot_file_name, plot_sweep
 
-INSTALL_HINT = "pip install 'pytest-mgpu[plot]' (or pip install matplotlib)"
+INSTALL_HINT = "pip install matplotlib (the plot extra: pip install -e '.[plot]' in a checkout of pytest-mgpu)"
 
 
 def matplotlib_missing() -> str | None:

@@ -60,7 +60,7 @@ def test_default_vllm_missing_on_a_gpu_machine_is_a_usage_error(pytester: pytest
     result.stderr.fnmatch_lines(
         [
             "ERROR: the default engine vllm (2 GPU(s) found; no --mgpu-engine given) cannot run: vLLM is not installed "
-            "for *; install it *--mgpu-engine-python VENV/bin/python. Or choose another engine (*--mgpu-engine sim*)*"
+            "for *; install it *--mgpu-engine-python=VENV/bin/python. Or choose another engine (*--mgpu-engine sim*)*"
         ]
     )
     assert not (pytester.path / "ran.txt").exists()

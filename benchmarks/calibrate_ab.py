@@ -1,4 +1,4 @@
-"""Calibrate the same-job A/B rule (pytest_mgpu.ab_verdicts) with noise levels from real GPU runs.
+"""Calibrate the same-job A/B rule (pytest_mgpu.judge.ab_verdicts) with noise levels from real GPU runs.
 
 Model of one A/B measurement: every measurement runs on a freshly started engine, so its value is
 
@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.ab_verdicts import AbConfig, decide  # noqa: E402
-from pytest_mgpu.verdicts import GateConfig, Verdict, median_se_factor  # noqa: E402
+from pytest_mgpu.judge.ab_verdicts import AbConfig, decide  # noqa: E402
+from pytest_mgpu.judge.verdicts import GateConfig, Verdict, median_se_factor  # noqa: E402
 
 DATA = ROOT / "docs" / "data"
 #: The committed H200 x4 sessions (vLLM 0.26.0, llama-2-7b, 3 repeats), each after an engine restart.

@@ -43,9 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.baseline import parse_baseline_data  # noqa: E402
-from pytest_mgpu.results import BenchResult  # noqa: E402
-from pytest_mgpu.verdicts import (  # noqa: E402
+from pytest_mgpu.judge.baseline import parse_baseline_data  # noqa: E402
+from pytest_mgpu.judge.results import BenchResult  # noqa: E402
+from pytest_mgpu.judge.verdicts import (  # noqa: E402
     DEFAULT_CONFIG,
     DEFAULT_GATED,
     Comparison,

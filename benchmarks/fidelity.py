@@ -34,15 +34,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.client import run_workload, vllm_trust_env  # noqa: E402
 from pytest_mgpu.engines.base import EngineSpec, RunningEngine  # noqa: E402
 from pytest_mgpu.engines.vllm import VllmAdapter  # noqa: E402
 from pytest_mgpu.gpus import query_inventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
-from pytest_mgpu.metrics import RequestRecord, summarize  # noqa: E402
+from pytest_mgpu.measure.client import run_workload, vllm_trust_env  # noqa: E402
+from pytest_mgpu.measure.metrics import RequestRecord, summarize  # noqa: E402
+from pytest_mgpu.measure.prompts import build_prompts  # noqa: E402
+from pytest_mgpu.measure.workload import Workload  # noqa: E402
 from pytest_mgpu.models import resolve_model  # noqa: E402
-from pytest_mgpu.prompts import build_prompts  # noqa: E402
-from pytest_mgpu.workload import Workload  # noqa: E402
 
 #: (our summary key, vLLM result key, label)
 METRICS = (

@@ -1,6 +1,6 @@
 """Roofline efficiency per layout from recorded GPU runs: decode floor / measured single-stream TPOT p50.
 
-The floor is the plugin's own (:func:`pytest_mgpu.regime.roofline`): pp x weight bytes per GPU /
+The floor is the plugin's own (:func:`pytest_mgpu.report.regime.roofline`): pp x weight bytes per GPU /
 the card's HBM bandwidth. Inputs are baseline files (schema 1 or 2; the newest recording of each
 entry) and ``--mgpu-json`` results files; only single-stream entries (concurrency 1) count. The
 card comes from the file's fingerprint (``nvidia-h200-x4`` -> H200) unless ``--card`` names it.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mgpu.models import resolve_model
-from pytest_mgpu.regime import roofline
+from pytest_mgpu.report.regime import roofline
 
 
 def _card_name(fingerprint: str) -> str:

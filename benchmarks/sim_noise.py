@@ -5,7 +5,7 @@
 
 For each configured ``noise`` (the lognormal sigma of the per-busy-period drift) it starts the sim
 server, runs the same short workload ``--repeats`` times through the real client
-(:func:`pytest_mgpu.client.run_workload` + :func:`pytest_mgpu.metrics.summarize`), and prints the
+(:func:`pytest_mgpu.measure.client.run_workload` + :func:`pytest_mgpu.measure.metrics.summarize`), and prints the
 observed run-to-run sigma of the gated metrics: the sample standard deviation (ddof=1) of their
 natural logs, with a 90% chi-square confidence interval, and a robust sigma (1.4826 x MAD of the
 logs) that one run stalled by a busy machine does not inflate. At ``noise=0`` it shows the floor that
@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from pytest_mgpu.client import run_workload  # noqa: E402
 from pytest_mgpu.engines.base import EngineSpec  # noqa: E402
 from pytest_mgpu.engines.sim import SimAdapter  # noqa: E402
 from pytest_mgpu.gpus import GpuInventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
-from pytest_mgpu.metrics import invalid_reason, summarize  # noqa: E402
+from pytest_mgpu.measure.client import run_workload  # noqa: E402
+from pytest_mgpu.measure.metrics import invalid_reason, summarize  # noqa: E402
+from pytest_mgpu.measure.workload import Workload  # noqa: E402
 from pytest_mgpu.models import resolve_model  # noqa: E402
-from pytest_mgpu.workload import Workload  # noqa: E402
 
 METRICS = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
 

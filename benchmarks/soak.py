@@ -3,7 +3,7 @@
     python benchmarks/soak.py                    # 200 cycles, every 4th with a fault
     python benchmarks/soak.py --cycles 50 --fault-every 2
 
-Each cycle goes through the plugin's own machinery (:class:`~pytest_mgpu.engine_manager.EngineManager`
+Each cycle goes through the plugin's own machinery (:class:`~pytest_mgpu.run.engine_manager.EngineManager`
 with the sim adapter, the streaming client): acquire an engine, measure a small workload, inject
 the cycle's fault, acquire again (the health check must restart a broken engine and must reuse a
 healthy one), measure again, stop. The faults rotate:
@@ -42,15 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.client import run_workload  # noqa: E402
-from pytest_mgpu.engine_manager import EngineManager  # noqa: E402
 from pytest_mgpu.engines import EngineAdapter, EngineSpec, RunningEngine, supervisor  # noqa: E402
 from pytest_mgpu.errors import EngineError, EngineRestartWarning  # noqa: E402
 from pytest_mgpu.gpus import GpuInventory  # noqa: E402
 from pytest_mgpu.layout import Layout  # noqa: E402
+from pytest_mgpu.measure.client import run_workload  # noqa: E402
+from pytest_mgpu.measure.workload import Workload  # noqa: E402
 from pytest_mgpu.models import resolve_model  # noqa: E402
-from pytest_mgpu.settings import Settings  # noqa: E402
-from pytest_mgpu.workload import Workload  # noqa: E402
+from pytest_mgpu.run.engine_manager import EngineManager  # noqa: E402
+from pytest_mgpu.run.settings import Settings  # noqa: E402
 
 FAULTS = ("crash", "hang", "kill9", "kill9-supervisor", "fail-start")
 WORKLOAD = Workload(input_len=16, output_len=8, num_requests=8, request_rate=float("inf"), warmup_requests=0,

@@ -39,8 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_mgpu.client import run_workload  # noqa: E402
-from pytest_mgpu.workload import Workload  # noqa: E402
+from pytest_mgpu.measure.client import run_workload  # noqa: E402
+from pytest_mgpu.measure.workload import Workload  # noqa: E402
 
 
 class Server:

@@ -1,7 +1,7 @@
 """Known GPU cards: spec-sheet memory, HBM bandwidth and, where modelled, compute and NVLink.
 
 The one table of cards. The sim's GPU profiles (:mod:`pytest_mgpu.sim.model`) are built from it,
-and the decode roofline (:mod:`pytest_mgpu.regime`) reads its bandwidths. A card that is not in
+and the decode roofline (:mod:`pytest_mgpu.report.regime`) reads its bandwidths. A card that is not in
 the table gets its bandwidth from NVML instead: 2 (double data rate) x the maximum memory clock x
 the memory bus width, e.g. an H100 SXM's 2619 MHz x 5120 bit = 3.35 TB/s.
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from . import options
 from .errors import MarkerError
-from .session import ITEM_RESULTS_KEY, configure, is_mgpu_function, is_mgpu_item, session_of, unconfigure
+from .run import options
+from .run.session import ITEM_RESULTS_KEY, configure, is_mgpu_function, is_mgpu_item, session_of, unconfigure
 
 #: The fixtures (mgpu_layout, mgpu_engine, mgpu_bench) load with the plugin.
-pytest_plugins = ["pytest_mgpu.fixtures"]
+pytest_plugins = ["pytest_mgpu.run.fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,7 +35,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Make one item per ``layout`` mark; reject bad markers and layouts the model cannot run."""
     if not is_mgpu_function(metafunc):
         return  # other projects' tests: the collection module (and the engine code it uses) stays unimported
-    from . import collection
+    from .run import collection
 
     collection.parametrize_layouts(session_of(metafunc.config), metafunc)
 
@@ -46,7 +46,7 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     try:
         return (yield)
     except MarkerError as exc:  # from pytest_generate_tests below: pytest would drop the whole module
-        from . import collection
+        from .run import collection
 
         return collection.invalid_declaration(collector, name, obj, str(exc))
 
@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """
     if not any(is_mgpu_item(item) for item in items):
         return  # nothing of ours: no NVML, no subprocess, no signal handler, no import of engine code
-    from . import collection
+    from .run import collection
 
     collection.prepare_items(session_of(config), items)
 
@@ -81,7 +81,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     if hasattr(session.config, "workerinput"):
         return
-    from . import ab
+    from .run import ab
 
     ab.probe_workloads(sess, session)
 
@@ -93,11 +93,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if item.stash.get(ITEM_RESULTS_KEY, None):
         sess = session_of(item.config)
         if sess.ab is not None:
-            from . import ab
+            from .run import ab
 
             ab.gate_item(sess, item)
         else:
-            from . import gate
+            from .run import gate
 
             gate.gate_item(sess, item)
     return result
@@ -114,7 +114,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _probing(config: pytest.Config) -> bool:
-    from .ab import is_probing
+    from .run.ab import is_probing
 
     return is_probing(config)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_mgpu.plots import matplotlib_missing, write_plots
-from pytest_mgpu.results import BenchResult
+from pytest_mgpu.judge.results import BenchResult
+from pytest_mgpu.report.plots import matplotlib_missing, write_plots
 
 
 def main() -> int:

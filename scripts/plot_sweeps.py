@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_mgpu.results import BenchResult
-from pytest_mgpu.sweep import group_sweeps, plot_file_name, plot_sweep
+from pytest_mgpu.judge.results import BenchResult
+from pytest_mgpu.report.sweep import group_sweeps, plot_file_name, plot_sweep
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""The paired A/B rule (pytest_mgpu.ab_verdicts): Student's t, one look, the sequential decision, properties."""
+"""The paired A/B rule (pytest_mgpu.judge.ab_verdicts): Student's t, one look, the sequential decision, properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.ab_verdicts import (
+from pytest_mgpu.judge.ab_verdicts import (
     AbConfig,
     LookState,
     decide,
@@ -19,7 +19,7 @@ from pytest_mgpu.ab_verdicts import (
     t_quantile,
     t_sf,
 )
-from pytest_mgpu.verdicts import GateConfig, Verdict
+from pytest_mgpu.judge.verdicts import GateConfig, Verdict
 
 TPUT, TPOT = "output_throughput_per_gpu", "tpot_p50"
 CFG = AbConfig()

@@ -11,21 +11,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_mgpu import METRIC_DEFINITION_VERSION, __version__
-from pytest_mgpu import baseline as bl
-from pytest_mgpu.baseline import (
+from pytest_mgpu.errors import BaselineError
+from pytest_mgpu.gpus import GpuInfo, GpuInventory
+from pytest_mgpu.judge import baseline as bl
+from pytest_mgpu.judge.baseline import (
     BaselineEntry,
     BaselineStore,
     Recording,
     dumps_baseline,
     parse_baseline_data,
 )
-from pytest_mgpu.errors import BaselineError
-from pytest_mgpu.gpus import GpuInfo, GpuInventory
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
+from pytest_mgpu.judge.verdicts import Verdict, compare
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.machine import collect_env
-from pytest_mgpu.results import BenchResult, RepeatResult
-from pytest_mgpu.verdicts import Verdict, compare
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.measure.workload import Workload
 
 FP = "sim-v100-16gb-x4"
 MOD = "perf_tests/test_llama.py"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu.bisect import Build, bisect, load_builds
 from pytest_mgpu.cli import main as cli
+from pytest_mgpu.cli.bisect import Build, bisect, load_builds
 
 PERF = """
 import math, pytest

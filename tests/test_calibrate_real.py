@@ -43,8 +43,8 @@ def test_table_prints(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_results_file_and_the_baseline_recorded_from_it_are_one_session(tmp_path: Path) -> None:
-    from pytest_mgpu.baseline import BaselineStore
-    from pytest_mgpu.results import BenchResult
+    from pytest_mgpu.judge.baseline import BaselineStore
+    from pytest_mgpu.judge.results import BenchResult
 
     mod = _module()
     results = ROOT / "docs/data/h200-x4-session3-results.json"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu.baseline import BaselineStore
 from pytest_mgpu.cli import main
+from pytest_mgpu.judge.baseline import BaselineStore
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
 from pytest_mgpu.layout import Layout
-from pytest_mgpu.results import BenchResult, RepeatResult
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.measure.workload import Workload
 
 FP = "sim-v100-16gb-x4"
 MOD = "perf_tests/test_llama.py"

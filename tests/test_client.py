@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_mgpu.client import (
+from pytest_mgpu.measure.client import (
     DONE,
     TOKEN,
     SSEParseError,
@@ -21,8 +21,8 @@ from pytest_mgpu.client import (
     request_body,
     run_requests,
 )
-from pytest_mgpu.metrics import invalid_reason, summarize
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.measure.metrics import invalid_reason, summarize
+from pytest_mgpu.measure.workload import Workload
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402

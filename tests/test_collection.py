@@ -172,7 +172,7 @@ subprocess.Popen.__init__ = _spy
 def pytest_unconfigure(config):  # after the terminal summary: the whole run is seen
     print(f"\\nSPY subprocesses={CALLS!r} pynvml={'pynvml' in sys.modules} numpy={'numpy' in sys.modules} "
           f"sigterm={signal.getsignal(signal.SIGTERM) is signal.SIG_DFL} "
-          f"collection={'pytest_mgpu.collection' in sys.modules}")
+          f"collection={'pytest_mgpu.run.collection' in sys.modules}")
 """
 
 

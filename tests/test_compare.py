@@ -10,16 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.benchmark_export import to_benchmark_json
 from pytest_mgpu.errors import BaselineError
-from pytest_mgpu.layout import Layout
-from pytest_mgpu.metrics import RequestRecord
-from pytest_mgpu.options import add_gate_options
-from pytest_mgpu.render.markdown import render_markdown
-from pytest_mgpu.render.text import render_table, side_by_side
-from pytest_mgpu.results import BenchResult, RepeatResult
-from pytest_mgpu.settings import gate_config_from_options
-from pytest_mgpu.verdicts import (
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
+from pytest_mgpu.judge.verdicts import (
     DEFAULT_CONFIG,
     Comparison,
     GateConfig,
@@ -31,7 +24,14 @@ from pytest_mgpu.verdicts import (
     parse_metric_tolerance,
     worst,
 )
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.layout import Layout
+from pytest_mgpu.measure.metrics import RequestRecord
+from pytest_mgpu.measure.workload import Workload
+from pytest_mgpu.report.benchmark_export import to_benchmark_json
+from pytest_mgpu.report.render.markdown import render_markdown
+from pytest_mgpu.report.render.text import render_table, side_by_side
+from pytest_mgpu.run.options import add_gate_options
+from pytest_mgpu.run.settings import gate_config_from_options
 
 BASE = {"output_throughput_per_gpu": 1000.0, "ttft_p50": 50.0, "tpot_p50": 10.0, "ttft_p99": 90.0, "tpot_p99": 14.0}
 JITTER = (1.0, 1.01, 0.99)
@@ -354,7 +354,7 @@ def test_pytest_benchmark_reads_export(tmp_path) -> None:  # type: ignore[no-unt
 
 
 def test_failure_rule_table() -> None:
-    from pytest_mgpu.verdicts import fails
+    from pytest_mgpu.judge.verdicts import fails
 
     assert {v for v in Verdict if fails(v)} == {Verdict.INVALID, Verdict.FAIL}
     assert {v for v in Verdict if fails(v, strict=True)} == {
@@ -460,7 +460,7 @@ def test_identity_equality_is_by_value() -> None:
 
     ident = make_result().identity
     assert ident == types.SimpleNamespace(values=ident.values) and hash(ident) == hash(make_result().identity)
-    spec = importlib.util.find_spec("pytest_mgpu.results")
+    spec = importlib.util.find_spec("pytest_mgpu.judge.results")
     assert spec is not None and spec.loader is not None
     copy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(copy)

@@ -17,7 +17,7 @@ FAKE_NVML_CONFTEST = f"""
 import sys
 sys.path.insert(0, {str(TESTS)!r})
 from fake_nvml import FakeGpu, FakeNvml
-from pytest_mgpu import telemetry
+from pytest_mgpu.measure import telemetry
 
 CLOCKS = {{clocks}}
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.baseline import BaselineEntry, Recording, add_recording, parse_baseline_data
 from pytest_mgpu.cli import main as cli
-from pytest_mgpu.drift import check_drift, trend, with_drift
-from pytest_mgpu.results import Identity
-from pytest_mgpu.verdicts import Comparison, GateConfig, Verdict
+from pytest_mgpu.judge.baseline import BaselineEntry, Recording, add_recording, parse_baseline_data
+from pytest_mgpu.judge.drift import check_drift, trend, with_drift
+from pytest_mgpu.judge.results import Identity
+from pytest_mgpu.judge.verdicts import Comparison, GateConfig, Verdict
 
 pytest_plugins = ["pytester"]
 

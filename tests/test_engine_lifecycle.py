@@ -94,13 +94,13 @@ def test_engine_that_died_between_tests_is_restarted_with_a_warning(tmp_path: Pa
     """The manager's health check: a dead current engine is stopped, warned about and started again."""
     import signal
 
-    from pytest_mgpu.engine_manager import EngineManager
     from pytest_mgpu.engines import EngineSpec
     from pytest_mgpu.errors import EngineRestartWarning
     from pytest_mgpu.gpus import GpuInventory
     from pytest_mgpu.layout import Layout
     from pytest_mgpu.models import resolve_model
-    from pytest_mgpu.settings import Settings
+    from pytest_mgpu.run.engine_manager import EngineManager
+    from pytest_mgpu.run.settings import Settings
 
     settings = Settings(
         engine="sim", engine_named=True, engine_options={}, engine_env={}, engine_python=os.sys.executable,

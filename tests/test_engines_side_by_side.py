@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pytest_mgpu.collection import engine_missing
+from pytest_mgpu.run.collection import engine_missing
 
 pytest_plugins = ["pytester"]
 

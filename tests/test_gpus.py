@@ -56,10 +56,10 @@ def test_wait_memory_back_without_gpus_returns_at_once() -> None:
 
 
 def test_memory_not_coming_back_is_an_engine_error_and_frees_the_slot(tmp_path) -> None:
-    from pytest_mgpu.engine_manager import EngineManager
     from pytest_mgpu.engines import RunningEngine
     from pytest_mgpu.errors import EngineError, GpuMemoryError
-    from pytest_mgpu.settings import Settings
+    from pytest_mgpu.run.engine_manager import EngineManager
+    from pytest_mgpu.run.settings import Settings
 
     class LeakyAdapter(EngineAdapter):
         def stop(self, running, check_memory=True):  # type: ignore[no-untyped-def]

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_mgpu.client import run_workload
 from pytest_mgpu.engines.base import EngineSpec, RunningEngine
 from pytest_mgpu.engines.sim import SimAdapter
 from pytest_mgpu.gpus import GpuInventory
 from pytest_mgpu.layout import Layout
+from pytest_mgpu.measure.client import run_workload
+from pytest_mgpu.measure.workload import Workload
 from pytest_mgpu.models import resolve_model
-from pytest_mgpu.workload import Workload
 
 pytest.importorskip("aiohttp")
 

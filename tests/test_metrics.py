@@ -9,7 +9,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pytest_mgpu.metrics import LATENCY_METRICS, LATENCY_STATS, RequestRecord, invalid_reason, latency_keys, summarize
+from pytest_mgpu.measure.metrics import (
+    LATENCY_METRICS,
+    LATENCY_STATS,
+    RequestRecord,
+    invalid_reason,
+    latency_keys,
+    summarize,
+)
 
 
 def rec(start: float, chunks: list[float], out: int | None = None, prompt: int = 4, error: str | None = None) -> RequestRecord:

@@ -29,7 +29,7 @@ def _two_gpus():
 
 gpus.query_inventory = _two_gpus
 try:
-    import pytest_mgpu.session as _session
+    import pytest_mgpu.run.session as _session
     if hasattr(_session, "query_inventory"):  # the plugin before issue 8 imported it by name
         _session.query_inventory = _two_gpus
 except ImportError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu.progress import last_log_line
+from pytest_mgpu.run.progress import last_log_line
 
 pytest_plugins = ["pytester"]
 
@@ -191,7 +191,7 @@ def test_last_log_line(tmp_path: Path) -> None:
 def test_isatty_is_read_as_pytest_8_attribute_and_pytest_9_method() -> None:
     from types import SimpleNamespace
 
-    from pytest_mgpu.progress import _isatty
+    from pytest_mgpu.run.progress import _isatty
 
     assert _isatty(SimpleNamespace(isatty=True)) is True  # pytest 8.x: a bool attribute
     assert _isatty(SimpleNamespace(isatty=False)) is False

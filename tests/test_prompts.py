@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.bench import prompt_len_mismatch
-from pytest_mgpu.client import request_body
 from pytest_mgpu.errors import PromptError, WorkloadError
-from pytest_mgpu.metrics import RequestRecord
+from pytest_mgpu.measure.client import request_body
+from pytest_mgpu.measure.metrics import RequestRecord
+from pytest_mgpu.measure.prompts import allowed_ids, build_prompts, resolve_mode, tokenizer_vocab
+from pytest_mgpu.measure.workload import Workload
 from pytest_mgpu.models.tokenizer import (
     TokenizerRef,
     synthetic_text,
@@ -24,8 +25,7 @@ from pytest_mgpu.models.tokenizer import (
     synthetic_tokenizer_dir,
     write_synthetic_tokenizer,
 )
-from pytest_mgpu.prompts import allowed_ids, build_prompts, resolve_mode, tokenizer_vocab
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.run.bench import prompt_len_mismatch
 
 SYN = TokenizerRef("synthetic")
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from pytest_mgpu.cli import main
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
 from pytest_mgpu.layout import Layout
-from pytest_mgpu.results import BenchResult, RepeatResult
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.measure.workload import Workload
 
 pytest_plugins = ["pytester"]
 
@@ -471,7 +471,7 @@ def test_b(mgpu_bench):
 
 def test_gate_doc_names_every_identity_option() -> None:
     """Issue 17: --mgpu-sim-time-scale is part of a result's identity but was missing from docs/gate.md's table."""
-    from pytest_mgpu.results import IDENTITY_ENGINE_OPTIONS
+    from pytest_mgpu.judge.results import IDENTITY_ENGINE_OPTIONS
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "gate.md").read_text()
     row = next(ln for ln in text.splitlines() if ln.startswith("| `engine_config` |"))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pytest_mgpu.cards import BY_KEY, CARDS, card_for_name, nvml_bandwidth_gbs
 from pytest_mgpu.models import resolve_model
 from pytest_mgpu.models.sizes import ModelShape
-from pytest_mgpu.regime import SATURATION, Knee, Roofline, find_knee, is_single_stream, kv_cache_tokens, roofline
+from pytest_mgpu.report.regime import SATURATION, Knee, Roofline, find_knee, is_single_stream, kv_cache_tokens, roofline
 from pytest_mgpu.sim.model import GPU_PROFILES
 
 LLAMA = resolve_model("llama-2-7b")
@@ -171,10 +171,10 @@ def test_find_knee_never_fails_on_any_curve(points: list[tuple[int, float]]) -> 
 
 
 def _sweep_results(kv_tokens: int | None = 2304) -> list:
+    from pytest_mgpu.judge.results import BenchResult, RepeatResult
     from pytest_mgpu.layout import Layout
-    from pytest_mgpu.results import BenchResult, RepeatResult
-    from pytest_mgpu.sweep import sweep_info
-    from pytest_mgpu.workload import Workload
+    from pytest_mgpu.measure.workload import Workload
+    from pytest_mgpu.report.sweep import sweep_info
 
     out = []
     for c, y in [(1, 100.0), (2, 200.0), (4, 390.0), (8, 760.0), (16, 800.0), (32, 810.0)]:
@@ -190,8 +190,8 @@ def _sweep_results(kv_tokens: int | None = 2304) -> list:
 
 
 def test_sweeps_are_rebuilt_from_results_and_name_the_kv_limit() -> None:
-    from pytest_mgpu.analysis import sweep_sections
-    from pytest_mgpu.sweep import group_sweeps
+    from pytest_mgpu.report.analysis import sweep_sections
+    from pytest_mgpu.report.sweep import group_sweeps
 
     (sw,) = group_sweeps(_sweep_results())
     assert sw.xs == [1, 2, 4, 8, 16, 32] and sw.kv_seqs == 9.0
@@ -204,7 +204,7 @@ def test_sweeps_are_rebuilt_from_results_and_name_the_kv_limit() -> None:
 
 def test_plot_sweep_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pytest_mgpu.sweep import group_sweeps, plot_file_name, plot_sweep
+    from pytest_mgpu.report.sweep import group_sweeps, plot_file_name, plot_sweep
 
     (sw,) = group_sweeps(_sweep_results())
     path = plot_sweep(sw, tmp_path / plot_file_name(sw))

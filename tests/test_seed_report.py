@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
 from pytest_mgpu.layout import Layout
-from pytest_mgpu.plots import matplotlib_missing
-from pytest_mgpu.report import seed_rows, side_by_side_lines
-from pytest_mgpu.results import BenchResult, RepeatResult
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.measure.workload import Workload
+from pytest_mgpu.report.plots import matplotlib_missing
+from pytest_mgpu.report.summary import seed_rows, side_by_side_lines
 
 pytest_plugins = ["pytester"]
 

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_mgpu.cli import main as cli
-from pytest_mgpu.merge import comparison_from_dict, comparison_to_dict, load_shard, merge_shards
-from pytest_mgpu.shard import assign, parse_shard
-from pytest_mgpu.verdicts import Comparison, MetricComparison, Verdict
+from pytest_mgpu.judge.verdicts import Comparison, MetricComparison, Verdict
+from pytest_mgpu.report.merge import comparison_from_dict, comparison_to_dict, load_shard, merge_shards
+from pytest_mgpu.run.shard import assign, parse_shard
 
 pytest_plugins = ["pytester"]
 
@@ -246,7 +246,7 @@ def test_merge_exit_code_follows_the_verdicts(tmp_path: Path, capsys: pytest.Cap
 @pytest.mark.parametrize("verdict", list(Verdict))
 def test_merge_exits_by_the_one_failure_rule(tmp_path: Path, verdict: Verdict) -> None:
     """`pytest-mgpu merge` fails exactly where the plugin and `compare` fail: verdicts.fails, with and without --strict."""
-    from pytest_mgpu.verdicts import fails
+    from pytest_mgpu.judge.verdicts import fails
 
     ok = _write(tmp_path, "1.json", _doc("1/2", ["a"]))
     other = _write(tmp_path, "2.json", _doc("2/2", ["b"], verdict=verdict))
@@ -266,8 +266,8 @@ def _select(suite: list[tuple[str, int | None]], i: int, n: int, costs: dict[str
     from types import SimpleNamespace
     from unittest import mock
 
-    from pytest_mgpu import shard
-    from pytest_mgpu.session import SPEC_KEY
+    from pytest_mgpu.run import shard
+    from pytest_mgpu.run.session import SPEC_KEY
 
     items = []
     for nodeid, group in suite:

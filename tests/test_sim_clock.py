@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu import client
 from pytest_mgpu.engines.base import EngineSpec, RunningEngine
 from pytest_mgpu.engines.sim import SimAdapter
 from pytest_mgpu.gpus import GpuInventory
 from pytest_mgpu.layout import Layout
-from pytest_mgpu.metrics import RequestRecord, invalid_reason, summarize
+from pytest_mgpu.measure import client
+from pytest_mgpu.measure.metrics import RequestRecord, invalid_reason, summarize
+from pytest_mgpu.measure.workload import Workload
 from pytest_mgpu.models import resolve_model
 from pytest_mgpu.sim.model import PerfModel, SimOptions, load_shape
 from pytest_mgpu.sim.scheduler import simulate
-from pytest_mgpu.workload import Workload
 
 pytest_plugins = ["pytester"]
 

@@ -9,7 +9,7 @@ from fake_nvml import FakeGpu, FakeNvml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.telemetry import (
+from pytest_mgpu.measure.telemetry import (
     CLOCK_MOVE_WARN,
     GpuSampler,
     aggregate,
@@ -139,7 +139,7 @@ def test_aggregate_over_repeats_and_gpus() -> None:
 
 
 def test_baseline_recording_keeps_compact_telemetry() -> None:
-    from pytest_mgpu.baseline import Recording
+    from pytest_mgpu.judge.baseline import Recording
 
     rec = Recording(metrics={"tpot_p50": (5.0,)}, engine_version="1", telemetry={"sm_clock_mhz": 1980.0})
     again = Recording.from_dict(rec.to_dict(), "e")

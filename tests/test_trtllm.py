@@ -708,7 +708,7 @@ def test_stream_texts_are_what_tokenizers_decode_stream_gives(tmp_path: Path) ->
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_client_parser_on_recorded_stream(name: str) -> None:
-    client = pytest.importorskip("pytest_mgpu.client")
+    client = pytest.importorskip("pytest_mgpu.measure.client")
     parsed = [client.parse_sse_event(e) for e in recorded_events(name)]
     assert sum(1 for p in parsed if p is not None and p.token) == 5
     usage = [p.completion_tokens for p in parsed if p is not None and p.completion_tokens is not None]
@@ -738,11 +738,11 @@ def replay_app(events: list[bytes], gap_s: float):  # type: ignore[no-untyped-de
 @pytest.mark.parametrize("name", STREAMS)
 def test_client_against_replayed_stream(name: str) -> None:
     """The shared client counts 5 chunks, 4 ITL gaps and 5 output tokens for each engine's format."""
-    client = pytest.importorskip("pytest_mgpu.client")
+    client = pytest.importorskip("pytest_mgpu.measure.client")
     from aiohttp import web
 
-    from pytest_mgpu.metrics import summarize
-    from pytest_mgpu.workload import Workload
+    from pytest_mgpu.measure.metrics import summarize
+    from pytest_mgpu.measure.workload import Workload
 
     async def go():  # type: ignore[no-untyped-def]
         runner = web.AppRunner(replay_app(recorded_events(name), 0.005))
@@ -782,7 +782,7 @@ TRTLLM_COMPLETION_FIELDS = {
 
 def test_client_request_body_is_accepted_by_trtllm_schema() -> None:
     """trtllm-serve's request models use extra='forbid': any unknown field is a 400."""
-    client = pytest.importorskip("pytest_mgpu.client")
+    client = pytest.importorskip("pytest_mgpu.measure.client")
     body = client.request_body("llama-2-7b", [101, 102], 5)
     assert set(body) <= TRTLLM_COMPLETION_FIELDS
     assert set(body["stream_options"]) <= {"include_usage", "continuous_usage_stats"}

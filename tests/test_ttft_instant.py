@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu.client import run_workload, vllm_trust_env
-from pytest_mgpu.workload import Workload
+from pytest_mgpu.measure.client import run_workload, vllm_trust_env
+from pytest_mgpu.measure.workload import Workload
 
 GAP_S = 0.15  # between the server's writes: far above scheduling noise, so an instant cannot be mistaken
 

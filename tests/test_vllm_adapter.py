@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu import preflight
-from pytest_mgpu.engines import base, get_adapter
+from pytest_mgpu.engines import base, get_adapter, preflight
 from pytest_mgpu.engines import known_issues as ki
 from pytest_mgpu.engines import vllm as vmod
 from pytest_mgpu.engines.base import EngineSpec

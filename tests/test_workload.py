@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_mgpu.workload import Workload, WorkloadError
+from pytest_mgpu.measure.workload import Workload, WorkloadError
 
 
 def test_offsets_deterministic_by_seed() -> None:

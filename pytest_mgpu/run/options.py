@@ -1,0 +1,294 @@
+"""Every ``--mgpu-*`` option and ``mgpu_*`` ini key, registered in one place.
+
+The functions take an ``addoption`` callable with plain argparse keywords and a ``prefix``, so the
+same code feeds pytest's ``mgpu`` option group (``--mgpu-tolerance``) and the ``pytest-mgpu`` CLI's
+``argparse`` parser (``--tolerance``). :mod:`.settings` turns the parsed values into
+:class:`~pytest_mgpu.run.settings.Settings` and a :class:`~pytest_mgpu.judge.verdicts.GateConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ..engines import ADAPTERS
+from ..judge.verdicts import (
+    DEFAULT_DRIFT,
+    DEFAULT_GATED,
+    DEFAULT_NOISE_FLOOR,
+    DEFAULT_NOISE_K,
+    DEFAULT_TAIL_TOLERANCE,
+    DEFAULT_TOLERANCE,
+    STRICT_HELP,
+    Tolerance,
+    parse_metric_list,
+    parse_metric_tolerance,
+)
+
+DEFAULT_ENGINE = "vllm"
+DEFAULT_MODEL = "llama-2-7b"
+DEFAULT_SIM_GPU = "v100-16gb"
+#: The sim's modelled clock runs this many times faster than the wall clock (docs/sim.md, "Time scale").
+DEFAULT_SIM_TIME_SCALE = 50.0
+SIM_PROFILES_HINT = "v100-16gb, a100-80gb, h100-80gb, h200-141gb"
+
+AddOption = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """One engine named by ``--mgpu-engine``: ``vllm`` (required) or ``vllm?`` (optional).
+
+    A required engine that is not installed is a usage error before any test runs; an optional
+    one's tests are skipped with the install hint (the user asked for that skip).
+    """
+
+    name: str
+    optional: bool = False
+
+    def __str__(self) -> str:
+        return self.name + ("?" if self.optional else "")
+
+
+def parse_engine_choice(text: str) -> EngineChoice:
+    """``vllm`` or ``vllm?`` -> :class:`EngineChoice`; an unknown name lists the known ones."""
+    raw = text.strip()
+    optional = raw.endswith("?")
+    name = raw.removesuffix("?").strip()
+    if name not in ADAPTERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown engine {text!r}; choose one of: {', '.join(sorted(ADAPTERS))} "
+            f"(add ? to make it optional, e.g. vllm?)"
+        )
+    return EngineChoice(name, optional)
+
+
+def parse_engine_choices(text: str) -> tuple[EngineChoice, ...]:
+    """``vllm`` or ``vllm,trtllm?`` -> one :class:`EngineChoice` per engine (engines side by side).
+
+    Each engine makes its own item of every test (``test_x[vllm-tp2-pp1]``); a name twice is an error.
+    """
+    choices = tuple(parse_engine_choice(part) for part in text.split(","))
+    names = [c.name for c in choices]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise argparse.ArgumentTypeError(f"--mgpu-engine {text!r} names {', '.join(dupes)} twice")
+    return choices
+
+
+def parse_noise_k(text: str) -> float:
+    """A positive float for ``--mgpu-noise-k``."""
+    try:
+        k = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"Could not parse noise multiplier: {text!r}; expected a number such as 3"
+        ) from None
+    if not k >= 0:
+        raise argparse.ArgumentTypeError(f"Noise multiplier {text!r} must be >= 0")
+    return k
+
+
+def parse_noise_floor(text: str) -> float:
+    """A percentage or fraction for ``--mgpu-noise-floor`` (``0.5%`` or ``0.005``)."""
+    return Tolerance.parse(text).fraction
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    """``--mgpu-shard I/N`` (lazy import: sharding is only loaded when asked for)."""
+    from .shard import parse_shard
+
+    return parse_shard(text)
+
+
+def _h(text: str) -> str:
+    """Escape ``%`` for argparse, which %-formats help strings."""
+    return text.replace("%", "%%")
+
+
+def _dest(prefix: str, name: str) -> str:
+    """The dest of option ``name`` under ``prefix``: ``mgpu_confirm`` for ``--mgpu-``, ``confirm`` for ``--``."""
+    return prefix.lstrip("-").replace("-", "_") + name
+
+
+def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
+    """Register the engine, measurement and output options with ``addoption``."""
+    add = addoption
+    engines = ", ".join(sorted(ADAPTERS))
+    add(f"{prefix}engine", metavar="NAME[?][,NAME[?]]", default=None, type=parse_engine_choices,
+        help=f"Engine to measure: {engines} (default: {DEFAULT_ENGINE}; sim when NVML finds no GPU and "
+             "no engine is named). An engine that is not installed stops the run before any test; "
+             "NAME? makes it optional: its tests are skipped instead. Several, e.g. vllm,trtllm: one item "
+             "per engine, compared side by side")
+    add(f"{prefix}engine-opt", metavar="[ENGINE:]KEY=VALUE", action="append", default=[],
+        help="Engine option, repeatable: server flags for vllm/trtllm, model knobs for sim (speed=, noise=); "
+             "ENGINE: gives it to that engine only (with several engines)")
+    add(f"{prefix}engine-env", metavar="KEY=VALUE", action="append", default=[],
+        help="Environment variable for the engine process, repeatable (e.g. NCCL_P2P_DISABLE=1)")
+    add(f"{prefix}engine-python", metavar="PATH", default=None,
+        help="Interpreter that launches the engine, e.g. a venv with vLLM (default: this one)")
+    add(f"{prefix}model", metavar="NAME|DIR", default=None,
+        help="Model for tests without a model mark: built-in name or directory with config.json "
+             f"(default: {DEFAULT_MODEL})")
+    add(f"{prefix}sim-gpu", metavar="PROFILE", default=DEFAULT_SIM_GPU,
+        help=f"GPU profile the sim engine models: {SIM_PROFILES_HINT} (default: {DEFAULT_SIM_GPU})")
+    add(f"{prefix}sim-gpus", metavar="N", type=int, default=4,
+        help="GPUs the sim engine pretends to have, for layout skips (default: 4)")
+    add(f"{prefix}prompt", metavar="MODE", default=None, choices=["text", "token-ids"],
+        help="How prompts are sent: text (through the engine's tokenizer, as real traffic) or token-ids "
+             "(default: text where the engine can tokenize, else token-ids); run(prompt=...) overrides it")
+    add(f"{prefix}sim-time-scale", metavar="N", type=float, default=DEFAULT_SIM_TIME_SCALE,
+        help="The sim's modelled clock runs N times faster than the wall clock (inf: as fast as the host "
+             "allows); the sim's numbers do not depend on it, only the wall time does "
+             f"(default: {DEFAULT_SIM_TIME_SCALE:g})")
+    add(f"{prefix}start-timeout", metavar="SECONDS", type=float, default=900.0,
+        help="Seconds an engine may take to become ready (default: 900)")
+    add(f"{prefix}request-timeout", metavar="SECONDS", type=float, default=1800.0,
+        help="Seconds one measured run may take before open requests count as failed (default: 1800)")
+    add(f"{prefix}progress", choices=("auto", "live", "lines", "off"), default="auto",
+        help="Progress while engines start and workloads run: live (one line updated in place), lines "
+             "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q)")
+    add(f"{prefix}ray-address", metavar="HOST:PORT", default=None,
+        help="Run every engine on this Ray cluster through Ray (vLLM's Ray executor; layout(nodes=N) spans "
+             "N nodes); GPU inventory and memory checks come from the cluster (default: RAY_ADDRESS; "
+             "docs/multinode.md)")
+    add(f"{prefix}shard", metavar="I/N", default=None, type=_parse_shard,
+        help="Run shard I of N (1 <= I <= N): a stable slice of the items, engines kept whole, balanced by an "
+             "estimate of their cost; combine the shards' --mgpu-json with `pytest-mgpu merge`")
+    add(f"{prefix}log-dir", metavar="DIR", default=None,
+        help="Where engine logs go (default: <rootdir>/.mgpu/logs)")
+    add(f"{prefix}cache-dir", metavar="DIR", default=None,
+        help="Where engines keep compile caches between starts, one folder per engine version "
+             "(default: <rootdir>/.mgpu/cache; vLLM: VLLM_CACHE_ROOT=DIR/vllm-VERSION unless set)")
+    add(f"{prefix}json", metavar="PATH", default=None,
+        help="Write every result with all its fields to this JSON file (schema: docs/results-schema.md)")
+    add(f"{prefix}json-records", action="store_true", default=False,
+        help="Include per-request records in --mgpu-json (large)")
+    add(f"{prefix}repeats", metavar="N", type=int, default=None,
+        help="Measure each workload N times and compare the median (default: 3; ini mgpu_repeats)")
+    add(f"{prefix}baseline-dir", metavar="DIR", default=None,
+        help="Baseline store (default: <rootdir>/baselines; ini mgpu_baseline_dir)")
+    add(f"{prefix}update-baselines", action="store_true", default=False,
+        help="Record this run's results in the baselines: adds a recording to each entry, keeping the last "
+             "ini mgpu_baseline_history (default 5); pytest-mgpu accept does the same from a finished run")
+    add(f"{prefix}no-confirm", dest=_dest(prefix, "confirm"), action="store_false", default=True,
+        help="Do not re-measure before a FAIL or an IMPROVED is final (default: confirm)")
+    add(f"{prefix}report-md", metavar="PATH", default=None,
+        help="Write a Markdown gate report fit for a PR comment")
+    add(f"{prefix}plot", metavar="DIR", default=None,
+        help="Write the seed's charts as PNG files to DIR: tok/s per GPU and TPOT p50 by layout and engine, "
+             "and every sweep (needs matplotlib, the plot extra)")
+    add(f"{prefix}benchmark-json", metavar="PATH", default=None,
+        help="Export results in pytest-benchmark's JSON format")
+
+
+def add_ab_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
+    """Register the same-job A/B options (``--mgpu-ab OLD_PYTHON`` and its old-side settings)."""
+    add = addoption
+    add(f"{prefix}ab", metavar="OLD_PYTHON", default=None,
+        help="A/B: measure every item with the old engine from OLD_PYTHON and the new one "
+             "(--mgpu-engine-python or this interpreter), interleaved, restarting the engine before each "
+             "measurement, and decide on the paired rounds (docs/gate.md, Same-job A/B)")
+    add(f"{prefix}ab-env", metavar="KEY=VALUE", action="append", default=[],
+        help="A/B: environment variable of the old side only, over --mgpu-engine-env, repeatable "
+             "(e.g. PYTHONPATH=/tmp/site25 to pick an older install for the same python)")
+    add(f"{prefix}ab-opt", metavar="KEY=VALUE", action="append", default=[],
+        help="A/B: engine option of the old side only, over --mgpu-engine-opt, repeatable")
+    add(f"{prefix}ab-rounds", metavar="N", type=int, default=None,
+        help="A/B: at most N rounds (one old and one new measurement each) per workload (default: 10)")
+    add(f"{prefix}ab-min-rounds", metavar="N", type=int, default=None,
+        help="A/B: rounds before the first decision (default: 3)")
+
+
+def add_gate_options(addoption: AddOption, prefix: str = "--mgpu-", *, recorded: bool = False) -> None:
+    """Register the gate options with ``addoption`` (pytest group or argparse parser).
+
+    Dests follow the option names: ``mgpu_tolerance``, ``mgpu_gate``, ``mgpu_noise_k``,
+    ``mgpu_noise_floor``, ``mgpu_drift``, ``mgpu_strict`` (without ``mgpu_`` for the CLI).
+    ``recorded`` (the CLI): the numeric options default to None, meaning "as recorded with the
+    results", so that only the options given override the settings the suite judged with.
+    """
+    gated = ", ".join(DEFAULT_GATED)
+    src = "as recorded with the results, else " if recorded else ""
+    addoption(
+        f"{prefix}tolerance",
+        action="append",
+        type=parse_metric_tolerance,
+        default=None,
+        metavar="METRIC=PCT",
+        help=_h(
+            f"Tolerance of a metric, e.g. tpot_p50=8% (repeatable). Defaults: {src}{DEFAULT_TOLERANCE:.0%}, "
+            f"{DEFAULT_TAIL_TOLERANCE:.0%} for p90/p99. Naming a metric gates it"
+        ),
+    )
+    addoption(
+        f"{prefix}gate",
+        action="append",
+        type=parse_metric_list,
+        default=None,
+        metavar="METRIC[,METRIC]",
+        help=f"Also gate these metrics (repeatable); always gated: {gated}"
+        + (" and those gated when the results were recorded" if recorded else ""),
+    )
+    addoption(
+        f"{prefix}noise-k",
+        type=parse_noise_k,
+        default=None if recorded else DEFAULT_NOISE_K,
+        metavar="K",
+        help=f"A regression must exceed K times the noise of the difference to fail (default {src}{DEFAULT_NOISE_K:g})",
+    )
+    addoption(
+        f"{prefix}noise-floor",
+        type=parse_noise_floor,
+        default=None if recorded else DEFAULT_NOISE_FLOOR,
+        metavar="PCT",
+        help=_h(f"Lower bound on the per-run noise estimate (default {src}{DEFAULT_NOISE_FLOOR:.1%})"),
+    )
+    addoption(
+        f"{prefix}drift",
+        type=parse_noise_floor,
+        default=None if recorded else DEFAULT_DRIFT,
+        metavar="PCT",
+        help=_h(f"Expected day-to-day drift between the baseline and this run, added to the noise (default {src}0%)"),
+    )
+    addoption(
+        f"{prefix}strict",
+        action="store_true",
+        default=False,
+        help=STRICT_HELP,
+    )
+
+
+def add_drift_option(addoption: AddOption) -> None:
+    """``--mgpu-anchor-drift``: what a slow drift since a baseline entry's anchor recording does (docs/gate.md)."""
+    addoption(
+        "--mgpu-anchor-drift",
+        choices=("fail", "warn"),
+        default="fail",
+        help="A run beyond the tolerance and the noise against its baseline entry's anchor recording (the first, "
+             "or the one pinned with pytest-mgpu accept --anchor) FAILs (default) or only WARNs",
+    )
+
+
+def add_ini(addini: Callable[..., None]) -> None:
+    """Register the ``mgpu_*`` ini keys (defaults of their options)."""
+    addini("mgpu_repeats", "Default --mgpu-repeats", default="3")
+    addini("mgpu_baseline_dir", "Default --mgpu-baseline-dir", default="baselines")
+    addini("mgpu_baseline_history", "Recordings each baseline entry keeps (--mgpu-update-baselines, "
+           "pytest-mgpu accept); from two on, their spread enters the noise band", default="5")
+    addini("mgpu_tolerance", "Per-metric gate tolerances, e.g. 'tpot_p50=8% output_throughput_per_gpu=3%'",
+           type="args", default=[])
+
+
+def register(parser: pytest.Parser) -> None:
+    """Register everything with pytest: the options in the ``mgpu`` group, then the ini keys."""
+    group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
+    add_options(group.addoption)
+    add_ab_options(group.addoption)
+    add_gate_options(group.addoption)
+    add_drift_option(group.addoption)
+    add_ini(parser.addini)

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_mgpu.cluster import ClusterInventory, ClusterSpec, NodeInfo, ray_address
+from pytest_mgpu.cluster import ClusterInventory, NodeInfo, ray_address
 from pytest_mgpu.engines import known_issues as ki
 from pytest_mgpu.engines import vllm as vmod
 from pytest_mgpu.engines.base import EngineSpec
+from pytest_mgpu.engines.cluster_spec import ClusterSpec
 from pytest_mgpu.engines.sim import SimAdapter
 from pytest_mgpu.engines.vllm import VllmAdapter
 from pytest_mgpu.errors import EngineUnavailable, LayoutError, SimError

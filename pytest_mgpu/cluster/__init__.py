@@ -7,13 +7,14 @@ inventory, fingerprint and memory checks come from the cluster, not from the pyt
 * :class:`ClusterInventory` - the alive nodes, their GPUs (Ray's ``GPU`` resource, and NVML read on
   each node by a Ray task), the fingerprint (``nvidia-h100-80gb-hbm3-x8-n2``) and why a layout
   cannot run here;
-* :class:`ClusterSpec` - what an engine start needs to know (the address and the variables that
-  reach the cluster, how many raylets share a host), carried on the
-  :class:`~pytest_mgpu.engines.EngineSpec`.
+* :class:`~pytest_mgpu.engines.cluster_spec.ClusterSpec` - what an engine start needs to know (the address and
+  the variables that reach the cluster, how many raylets share a host): the engines' own data type,
+  which the cluster fills in.
 
-The Ray client itself (:mod:`.ray_client`) is imported only when an address is given; Ray is an
-optional dependency (``pip install 'pytest-mgpu[ray]'``). :mod:`.local` starts a loopback cluster
-for CI and single-host trials; the plugin never starts one itself. See docs/multinode.md.
+The Ray client itself (:mod:`.ray_client`) is imported only when an address is given, by
+:func:`.connect.connect`; Ray is an optional dependency (``pip install 'pytest-mgpu[ray]'``).
+:mod:`.local` starts a loopback cluster for CI and single-host trials; the plugin never starts one
+itself. See docs/multinode.md.
 """
 
 from __future__ import annotations
@@ -22,27 +23,15 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pytest
-
+from ..engines.cluster_spec import VLLM_CPU_RAY_UNSUPPORTED
 from ..gpus import GpuInfo, GpuInventory, normalise_name
 from ..layout import Layout
-
-if TYPE_CHECKING:  # pragma: no cover - ray is imported only when an address is given
-    from .ray_client import RayCluster
 
 #: Variables a Ray driver needs to reach a cluster, passed on to engines explicitly (the engine
 #: environment's whitelist drops ``RAY_*``): the address, and token authentication if it is on.
 RAY_CONNECTION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-#: vLLM-CPU's answer to ``--distributed-executor-backend ray`` (vllm-cpu 0.32.0, every layout).
-VLLM_CPU_RAY_UNSUPPORTED = (
-    "vLLM on CPU does not support the Ray executor: it fails at start with "
-    "`ValueError: current platform cpu does not support ray.` (vllm-cpu 0.32.0, TP=1, TP=2 and PP=2; "
-    "the CPU platform has no Ray device key); run it without --mgpu-ray-address, or on a cluster with GPUs"
-)
-
 
 def ray_address(option: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str | None, str]:
     """The cluster address (``--mgpu-ray-address`` first, then ``RAY_ADDRESS``) and where it came from."""
@@ -52,18 +41,6 @@ def ray_address(option: str | None, environ: Mapping[str, str] = os.environ) -> 
     if env:
         return env, "RAY_ADDRESS"
     return None, ""
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """What an engine start needs to know about the cluster it runs on."""
-
-    address: str
-    #: ``RAY_ADDRESS`` and :data:`RAY_CONNECTION_ENV`, as the engine process gets them.
-    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    #: The most Ray nodes that share one host (2 for two raylets on a 2-GPU machine).
-    raylets_per_host: int = 1
-    nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -198,39 +175,4 @@ class ClusterInventory:
         }
 
 
-def connect(address: str, source: str) -> tuple[RayCluster, ClusterInventory]:
-    """Connect the session to the cluster at ``address`` and read it; a usage error when that fails.
-
-    Raised before any engine starts: a cluster that cannot be reached, or Ray missing here.
-    """
-    try:
-        from .ray_client import RayCluster  # lazy: the pytest process imports ray only with an address
-    except ImportError as exc:
-        raise pytest.UsageError(
-            f"{source}={address} needs Ray in this interpreter ({exc}); install it with "
-            f"pip install 'pytest-mgpu[ray]' (ray 2.60), or drop {source}"
-        ) from None
-    from ..errors import ClusterError
-
-    try:
-        cluster = RayCluster.connect(address, source)
-    except ClusterError as exc:
-        raise pytest.UsageError(
-            f"the Ray cluster at {address} (from {source}) cannot be reached: {exc}. Start it first "
-            f"(ray start --head on its head node; docs/multinode.md), or fix the address"
-        ) from None
-    try:
-        inv = cluster.inventory()
-    except BaseException:
-        cluster.close()
-        raise
-    if not inv.nodes:
-        cluster.close()
-        raise pytest.UsageError(f"the Ray cluster at {address} (from {source}) has no alive node")
-    return cluster, inv
-
-
-__all__ = [
-    "RAY_CONNECTION_ENV", "VLLM_CPU_RAY_UNSUPPORTED", "ClusterInventory", "ClusterSpec", "NodeInfo", "connect",
-    "ray_address",
-]
+__all__ = ["RAY_CONNECTION_ENV", "ClusterInventory", "NodeInfo", "ray_address"]

@@ -35,10 +35,11 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..engines.base import EngineAdapter, EngineSpec, RunningEngine
+from ..engines.cluster_spec import ClusterSpec
 from ..errors import ClusterError, ClusterTeardownError, EngineError
 from ..gpus import GpuInfo, GpuInventory
 from ..layout import Layout
-from . import RAY_CONNECTION_ENV, ClusterInventory, ClusterSpec, NodeInfo, probe
+from . import RAY_CONNECTION_ENV, ClusterInventory, NodeInfo, probe
 
 log = logging.getLogger("pytest_mgpu.cluster")
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cluster import ClusterSpec
 from ..errors import EngineError
 from ..gpus import GpuInventory, memory_used_mb, wait_memory_back
 from ..layout import Layout
 from ..models import Model
 from ..models.tokenizer import TokenizerRef
 from . import supervisor
+from .cluster_spec import ClusterSpec
 
 #: Environment variables always handed on to an engine (when set), in addition to its own.
 #: NCCL's safety switches (NVLink multicast off, etc.) must survive into every subprocess.

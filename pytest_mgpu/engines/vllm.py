@@ -26,13 +26,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..cluster import VLLM_CPU_RAY_UNSUPPORTED
 from ..errors import EngineError, EngineUnavailable
 from ..gpus import GpuInventory
 from ..models import Model, check_layout
 from ..models.tokenizer import MODEL, SYNTHETIC, TokenizerRef, has_tokenizer, synthetic_tokenizer_dir
 from . import preflight as nccl_preflight
 from .base import EngineAdapter, EngineSpec, RunningEngine, python_dist_version
+from .cluster_spec import VLLM_CPU_RAY_UNSUPPORTED
 from .known_issues import (
     Context,
     KnownIssue,

@@ -34,9 +34,10 @@ from .markers import TestMarks, register_markers
 from .settings import Settings, build_settings, choose_engine, engine_names, engine_optional, gate_config
 
 if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at plugin load
-    from ..cluster import ClusterInventory, ClusterSpec
+    from ..cluster import ClusterInventory
     from ..cluster.ray_client import RayCluster
     from ..engines import EngineSpec
+    from ..engines.cluster_spec import ClusterSpec
     from ..gpus import GpuInventory
     from ..judge.results import BenchResult
     from ..judge.verdicts import Comparison, GateConfig
@@ -173,7 +174,7 @@ class MgpuSession:
 
     def _cluster_devices(self, address: str) -> Devices:
         """Connect to the Ray cluster and read its nodes and GPUs (docs/multinode.md)."""
-        from ..cluster import connect
+        from ..cluster.connect import connect  # lazy: Ray only for a session with an address
 
         cluster, cinv = connect(address, self.ray_source)
         try:

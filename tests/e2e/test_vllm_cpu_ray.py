@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mgpu.cluster import VLLM_CPU_RAY_UNSUPPORTED
 from pytest_mgpu.cluster.local import LocalRayCluster
 from pytest_mgpu.engines.base import free_port
+from pytest_mgpu.engines.cluster_spec import VLLM_CPU_RAY_UNSUPPORTED
 from pytest_mgpu.models import resolve_model
 
 PY = os.environ.get("MGPU_VLLM_PYTHON", "")

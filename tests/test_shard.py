@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from pytest_mgpu.cli import main as cli
 from pytest_mgpu.judge.verdicts import Comparison, MetricComparison, Verdict
 from pytest_mgpu.report.merge import comparison_from_dict, comparison_to_dict, load_shard, merge_shards
-from pytest_mgpu.run.shard import assign, parse_shard
+from pytest_mgpu.run.options import parse_shard
+from pytest_mgpu.run.shard import assign
 
 pytest_plugins = ["pytester"]
 

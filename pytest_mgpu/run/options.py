@@ -98,11 +98,17 @@ def parse_noise_floor(text: str) -> float:
     return Tolerance.parse(text).fraction
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    """``--mgpu-shard I/N`` (lazy import: sharding is only loaded when asked for)."""
-    from .shard import parse_shard
-
-    return parse_shard(text)
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``; shards are numbered 1..N. Bad input raises ``argparse.ArgumentTypeError``."""
+    i, sep, n = str(text).strip().partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"Could not parse shard {text!r}: expected I/N such as 1/4")
+    a, b = int(i), int(n)
+    if b < 1 or not 1 <= a <= b:
+        raise argparse.ArgumentTypeError(
+            f"Shard {text!r} is out of range: shards are numbered 1..N, e.g. 1/{max(b, 2)}"
+        )
+    return a, b
 
 
 def _h(text: str) -> str:
@@ -156,7 +162,7 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Run every engine on this Ray cluster through Ray (vLLM's Ray executor; layout(nodes=N) spans "
              "N nodes); GPU inventory and memory checks come from the cluster (default: RAY_ADDRESS; "
              "docs/multinode.md)")
-    add(f"{prefix}shard", metavar="I/N", default=None, type=_parse_shard,
+    add(f"{prefix}shard", metavar="I/N", default=None, type=parse_shard,
         help="Run shard I of N (1 <= I <= N): a stable slice of the items, engines kept whole, balanced by an "
              "estimate of their cost; combine the shards' --mgpu-json with `pytest-mgpu merge`")
     add(f"{prefix}log-dir", metavar="DIR", default=None,

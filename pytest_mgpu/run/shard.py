@@ -16,15 +16,13 @@ the shards cover every item exactly once.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls select()
-    from .session import MgpuSession
+from .session import SPEC_KEY, MgpuSession
 
 #: Seconds an engine takes to start, by engine (vLLM compiles per layout: 2-3 min on an H100 the
 #: first time, see shared notes; TensorRT-LLM builds its engine; the sim starts in about a second).
@@ -33,19 +31,6 @@ START_COST_S = {"sim": 2.0, "vllm": 120.0, "trtllm": 180.0}
 DEFAULT_ITEM_COST_S = 60.0
 #: Seconds for an item that uses no engine.
 PLAIN_ITEM_COST_S = 0.1
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4"`` -> ``(2, 4)``; shards are numbered 1..N. Bad input raises ``argparse.ArgumentTypeError``."""
-    i, sep, n = str(text).strip().partition("/")
-    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"Could not parse shard {text!r}: expected I/N such as 1/4")
-    a, b = int(i), int(n)
-    if b < 1 or not 1 <= a <= b:
-        raise argparse.ArgumentTypeError(
-            f"Shard {text!r} is out of range: shards are numbered 1..N, e.g. 1/{max(b, 2)}"
-        )
-    return a, b
 
 
 @dataclass
@@ -94,8 +79,6 @@ def select(sess: MgpuSession, config: pytest.Config, items: list[pytest.Item]) -
     shard = config.getoption("mgpu_shard", None)
     if not shard:
         return
-    from .session import SPEC_KEY  # the session module imports this one lazily
-
     i, n = shard
 
     def key_of(item: pytest.Item) -> Any:

@@ -28,7 +28,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Register markers and check the options; the heavy parts of the session wait for mgpu items."""
-    configure(config)
+    sess = configure(config)
+    if sess.ab is not None:
+        from .run import ab  # the A/B runner (and the engine code it imports) only with --mgpu-ab
+
+        ab.register(sess)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -19,7 +19,7 @@ from .benchmark_export import to_benchmark_json
 from .merge import comparison_to_dict
 from .render.markdown import render_markdown
 
-if TYPE_CHECKING:  # pragma: no cover - import cycle: the session calls write_outputs
+if TYPE_CHECKING:  # pragma: no cover - types only: the session (run/) calls write_outputs
     from ..run.session import MgpuSession
 
 #: Where every session with results leaves a copy of its own results file, under the rootdir: a
@@ -51,11 +51,18 @@ def results_document(sess: MgpuSession, with_records: bool) -> dict[str, Any]:
                        "sim_time_scale": s.sim_time_scale}
     if sess.shard is not None:  # the collected items and this shard's share: merge checks the coverage
         doc["shard"] = sess.shard
-    if sess.ab is not None:
-        from ..run.ab import ab_document  # lazy: the A/B module imports the session, which imports this one
-
-        doc["ab"] = ab_document(sess)
+    for ext in sess.extensions:
+        doc.update(ext.json_sections())
     return doc
+
+
+def _markdown(sess: MgpuSession) -> str:
+    """The ``--mgpu-report-md`` text: an extension's own (the A/B's), else the gate's."""
+    for ext in sess.extensions:
+        text = ext.markdown()
+        if text is not None:
+            return text
+    return render_markdown(sess.comparisons, title=f"pytest-mgpu: {sess.settings.engine} on {sess.fingerprint}")
 
 
 def _json_text(doc: Any) -> str:
@@ -86,13 +93,7 @@ def write_outputs(sess: MgpuSession) -> list[str]:
     if s.json_path is not None:
         jobs.append(("--mgpu-json", s.json_path, lambda: _json_text(results_document(sess, s.json_records))))
     if s.report_md is not None:
-        if sess.ab is not None:
-            from ..run.ab import ab_markdown  # lazy: the A/B module imports the session, which imports this one
-
-            jobs.append(("--mgpu-report-md", s.report_md, lambda: ab_markdown(sess)))
-        else:
-            title = f"pytest-mgpu: {s.engine} on {sess.fingerprint}"
-            jobs.append(("--mgpu-report-md", s.report_md, lambda: render_markdown(sess.comparisons, title=title)))
+        jobs.append(("--mgpu-report-md", s.report_md, lambda: _markdown(sess)))
     if s.benchmark_json is not None:
         jobs.append(("--mgpu-benchmark-json", s.benchmark_json, lambda: _json_text(to_benchmark_json(sess.results))))
     errors = []

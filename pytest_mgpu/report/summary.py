@@ -23,7 +23,7 @@ from .outputs import run_results_path
 from .render.table import format_table
 from .render.text import VERDICT_WORDS, render_table, summary_line
 
-if TYPE_CHECKING:  # pragma: no cover - import cycle: the session writes what this module yields
+if TYPE_CHECKING:  # pragma: no cover - types only: the session (run/) writes what this module yields
     from ..run.session import MgpuSession
 
 Line = tuple["str | None", str]
@@ -233,17 +233,8 @@ def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
         yield "-", "mgpu gate"
         for line in lines:
             yield None, line
-    if sess.ab is not None and sess.ab_results:
-        from ..run.ab import ab_title  # lazy: the A/B module imports the session, which imports this one
-        from .render.ab import terminal_lines
-
-        yield "-", ab_title(sess).removeprefix("pytest-mgpu ").replace("→", "->")
-        for line in terminal_lines(sess.ab_results, sess.ab.rule):
-            yield None, line
-        if sess.settings.update_baselines:
-            n = len(sess.updated)
-            yield None, (f"recorded the new side as {n} baseline entr{'y' if n == 1 else 'ies'} under "
-                         f"{sess.settings.baseline_dir}/{sess.fingerprint}")
+    for ext in sess.extensions:
+        yield from ext.summary_lines()
     if sess.plots:
         yield None, f"mgpu plots: {len(sess.plots)} PNG file(s) in {sess.plots[0].parent}"
     for err in sess.errors:

@@ -29,7 +29,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from ..judge.results import BenchResult
 from ..judge.verdicts import GateConfig, Verdict, fails
 from ..layout import Layout
 from ..models import Model
-from ..report.render.ab import fail_message, markdown, summary
+from ..report.render.ab import fail_message, markdown, summary, terminal_lines
 from .bench import Bench, check_repeats, checked_workload
 from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession
 
@@ -716,6 +716,20 @@ def ab_markdown(sess: MgpuSession) -> str:
     return markdown(sess.ab_results, sess.ab.rule, ab_title(sess))
 
 
+def ab_summary_lines(sess: MgpuSession) -> Iterator[tuple[str | None, str]]:
+    """The A/B section of the terminal summary (none before a result): each pair, the verdicts, the rule."""
+    assert sess.ab is not None
+    if not sess.ab_results:
+        return
+    yield "-", ab_title(sess).removeprefix("pytest-mgpu ").replace("→", "->")
+    for line in terminal_lines(sess.ab_results, sess.ab.rule):
+        yield None, line
+    if sess.settings.update_baselines:
+        n = len(sess.updated)
+        yield None, (f"recorded the new side as {n} baseline entr{'y' if n == 1 else 'ies'} under "
+                     f"{sess.settings.baseline_dir}/{sess.fingerprint}")
+
+
 def ab_document(sess: MgpuSession) -> dict[str, Any]:
     """The ``ab`` block of ``--mgpu-json``: both sides, the rule, the verdict counts and the GPU time."""
     assert sess.ab is not None
@@ -743,3 +757,31 @@ def groups_in(results: Sequence[AbResult]) -> list[AbGroupCost]:
         if r.group is not None:
             seen.setdefault(id(r.group), r.group)
     return list(seen.values())
+
+
+@dataclass
+class AbReport:
+    """The A/B's part of the session's report (a :class:`~pytest_mgpu.report.extension.ReportExtension`)."""
+
+    sess: MgpuSession
+
+    def header_lines(self) -> list[str]:
+        """Both sides with their versions (read from the engines' interpreters), and the rule."""
+        return [header_line(self.sess)]
+
+    def summary_lines(self) -> Iterator[tuple[str | None, str]]:
+        """The A/B section of the terminal summary."""
+        return ab_summary_lines(self.sess)
+
+    def json_sections(self) -> dict[str, Any]:
+        """The ``ab`` block of the results document."""
+        return {"ab": ab_document(self.sess)}
+
+    def markdown(self) -> str | None:
+        """The A/B's Markdown report, in place of the gate's."""
+        return ab_markdown(self.sess)
+
+
+def register(sess: MgpuSession) -> None:
+    """Plug the A/B into the session's report: its header line, summary section, JSON block and Markdown."""
+    sess.extensions.append(AbReport(sess))

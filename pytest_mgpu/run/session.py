@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at
     from ..judge.results import BenchResult
     from ..judge.verdicts import Comparison, GateConfig
     from ..models import Model
+    from ..report.extension import ReportExtension
     from .ab import AbResult
     from .engine_manager import EngineManager
 
@@ -92,6 +93,8 @@ class MgpuSession:
     #: Same-job A/B (``--mgpu-ab``): the old side and the rule; None for the stored-baseline gate.
     ab: AbSettings | None = None
     ab_results: list[AbResult] = field(default_factory=list)
+    #: What modes add to the header, the summary and the output files (the A/B registers one).
+    extensions: list[ReportExtension] = field(default_factory=list)
     #: The Ray cluster's address (``--mgpu-ray-address``, else ``RAY_ADDRESS``) and which of the two gave it.
     ray_address: str | None = None
     ray_source: str = ""
@@ -288,11 +291,7 @@ class MgpuSession:
         else:
             line += f", no GPU: {self.visible_devices} CPU worker(s)"
         line += f", repeats={s.repeats}, baselines={s.baseline_dir}/{self.fingerprint}"
-        if self.ab is None:
-            return [line, *self.notes]
-        from .ab import header_line  # reads both sides' engine versions (subprocesses)
-
-        return [line, header_line(self), *self.notes]
+        return [line, *(extra for ext in self.extensions for extra in ext.header_lines()), *self.notes]
 
     def multi_engine_header(self, names: list[str]) -> str:
         """The ``mgpu:`` line of a session with several engines: each with its devices and baselines."""

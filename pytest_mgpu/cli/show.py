@@ -10,11 +10,12 @@ from typing import Any
 
 from ..errors import CliError
 from ..judge.baseline import DEFAULT_ROOT, BaselineEntry, BaselineStore
-from ..judge.drift import trend, trend_values
+from ..judge.drift import trend_values
 from ..judge.verdicts import DEFAULT_GATED
 from ..layout import Layout
 from ..measure.workload import Workload
 from ..report.render.table import fmt_number, format_table
+from ..report.render.text import trend
 
 
 def _entry_lines(e: BaselineEntry) -> list[str]:

@@ -12,7 +12,6 @@ drift: FAIL, or WARN with ``--mgpu-anchor-drift=warn``.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -86,16 +85,6 @@ def with_drift(c: Comparison, d: DriftCheck | None) -> Comparison:
         return c
     note = f"slow drift {d.describe()}"
     return replace(c, verdict=worst([c.verdict, d.verdict]), note="; ".join(x for x in (note, c.note) if x))
-
-
-def trend(values: Sequence[float]) -> str:
-    """``1921 -> 1863 -> 1807 (-5.9%)``: a metric's recording medians from the anchor on, and the change."""
-    from ..report.render.table import fmt_number
-
-    if not values:
-        return "-"
-    change = (values[-1] / values[0] - 1.0) * 100.0 if values[0] > 0 else float("nan")
-    return " -> ".join(fmt_number(v) for v in values) + f" ({change:+.1f}%)"
 
 
 def trend_values(entry: BaselineEntry, metric: str) -> list[float]:

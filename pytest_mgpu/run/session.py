@@ -39,11 +39,11 @@ if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at
     from ..engines import EngineSpec
     from ..engines.cluster_spec import ClusterSpec
     from ..gpus import GpuInventory
+    from ..judge.ab_results import AbResult
     from ..judge.results import BenchResult
     from ..judge.verdicts import Comparison, GateConfig
     from ..models import Model
     from ..report.extension import ReportExtension
-    from .ab import AbResult
     from .engine_manager import EngineManager
 
 #: What ``signal.getsignal`` returns: a handler, SIG_DFL/SIG_IGN, or None.

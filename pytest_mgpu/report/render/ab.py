@@ -8,16 +8,13 @@ verdicts come from :mod:`pytest_mgpu.judge.ab_verdicts`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from ...judge.ab_results import AbResult, groups_in
 from ...judge.ab_verdicts import AbConfig, PairedMetric
 from ...judge.verdicts import Verdict
 from ...measure.metrics import HIGHER_IS_BETTER
 from .table import fmt_number, fmt_pct, format_table
 from .text import VERDICT_WORDS
-
-if TYPE_CHECKING:  # pragma: no cover - ab imports this module lazily
-    from ...run.ab import AbResult
 
 METRIC_HEADERS = ("metric", "old", "new", "change", "90% CI", "fail beyond", "tol", "verdict")
 COST_HEADERS = ("result", "GPUs", "rounds", "starts", "start s", "measure s", "stop s", "GPU-min")
@@ -78,8 +75,6 @@ def cost_rows(results: Sequence[AbResult]) -> list[list[object]]:
         for k in tot:
             tot[k] += c[k]
     if results:
-        from ...run.ab import groups_in
-
         # Items of one engine group were measured on the same starts: count each start once.
         tot["starts"] = sum(g.starts for g in groups_in(results)) + sum(
             r.cost()["starts"] for r in results if r.group is None)
@@ -93,8 +88,6 @@ GROUP_HEADERS = ("engine group", "items", "verdicts", "rounds", "engine starts",
 
 def group_rows(results: Sequence[AbResult]) -> list[list[object]]:
     """GPU time per engine group: the items measured on shared starts, their verdicts, the starts and GPU-minutes."""
-    from ...run.ab import groups_in  # the module that defines the groups imports this one
-
     rows: list[list[object]] = []
     for g in groups_in(results):
         members = [r for r in results if r.group is g]

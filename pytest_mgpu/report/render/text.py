@@ -133,3 +133,11 @@ def summary_line(comparisons: Sequence[Comparison]) -> str:
     counts = verdict_counts(comparisons)
     parts = [f"{counts[v]} {VERDICT_WORDS[v]}" for v in sorted(counts, key=lambda v: -v.severity)]
     return ", ".join(parts) or "no results"
+
+
+def trend(values: Sequence[float]) -> str:
+    """``1921 -> 1863 -> 1807 (-5.9%)``: a metric's recording medians from the anchor on, and the change."""
+    if not values:
+        return "-"
+    change = (values[-1] / values[0] - 1.0) * 100.0 if values[0] > 0 else float("nan")
+    return " -> ".join(fmt_number(v) for v in values) + f" ({change:+.1f}%)"

@@ -4,6 +4,11 @@ export to pytest-benchmark, merge the results of a sharded run, bisect a list of
 Exit codes: 0 nothing fails, 1 a result fails (:func:`~pytest_mgpu.judge.verdicts.fails`: INVALID or
 FAIL; with ``--strict`` also WARN, MISMATCH and NEW), 2 a usage or file error, 141 the reader of
 the output went away (``pytest-mgpu show | head``), as a tool killed by SIGPIPE.
+
+One module per command (:mod:`.compare`, :mod:`.show`, :mod:`.accept`, :mod:`.export_benchmark`,
+:mod:`.merge`, :mod:`.bisect`), each with ``add_parser(sub)`` and ``run(args)``; :mod:`.files` reads
+and writes what several of them share. The top layer beside ``plugin``: it may import every layer,
+nothing imports it (``main`` is the ``pytest-mgpu`` console script).
 """
 
 from __future__ import annotations

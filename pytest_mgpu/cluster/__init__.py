@@ -15,6 +15,10 @@ The Ray client itself (:mod:`.ray_client`) is imported only when an address is g
 :func:`.connect.connect`; Ray is an optional dependency (``pip install 'pytest-mgpu[ray]'``).
 :mod:`.local` starts a loopback cluster for CI and single-host trials; the plugin never starts one
 itself. See docs/multinode.md.
+
+May import: ``engines`` (the adapters it wraps, :mod:`~pytest_mgpu.engines.cluster_spec`) and the
+root's shared modules; ``ray`` only in :mod:`.ray_client`, :mod:`.probe` and :mod:`.local`. Imported
+by ``run`` only.
 """
 
 from __future__ import annotations

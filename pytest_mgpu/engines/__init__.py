@@ -2,6 +2,15 @@
 
 The adapters, and :mod:`.base` with its subprocess and HTTP machinery, are imported on first use,
 so that registering the options (which needs only the engine names) stays cheap.
+
+The engines layer: the adapters (:mod:`.sim`, :mod:`.vllm`, :mod:`.trtllm`), the subprocess and
+HTTP machinery (:mod:`.base`), the process-group leader (:mod:`.supervisor`), the NCCL check
+(:mod:`.preflight`), vLLM's known issues (:mod:`.known_issues`), and what a start needs of a Ray
+cluster, as data (:mod:`.cluster_spec`).
+
+May import: ``sim`` (the simulated engine's model and options), ``models`` and the root's shared
+modules. Never ``cluster`` (it imports the engines to start them on its nodes), ``measure``,
+``judge``, ``report``, ``run`` or ``cli``; the pytest process never imports an engine itself.
 """
 
 from __future__ import annotations

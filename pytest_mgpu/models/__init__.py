@@ -1,4 +1,7 @@
-"""Config-only models shipped with the plugin, run with dummy (random) weights."""
+"""Config-only models shipped with the plugin, run with dummy (random) weights.
+
+Shared by every layer (model sizes, the synthetic tokenizer); imports only ``errors``.
+"""
 
 from __future__ import annotations
 

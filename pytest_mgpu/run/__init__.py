@@ -1,7 +1,10 @@
-"""The pytest side: the session, options and settings, markers, collection, the engine manager,
-the fixtures and the bench, the gate's wiring, the same-job A/B runner, shards, live progress.
+"""The pytest side: the session (:mod:`.session`, kept in ``config.stash``), options and settings,
+markers, collection, the engine manager, the fixtures and the bench, the gate's wiring (:mod:`.gate`),
+the same-job A/B runner (:mod:`.ab`, :mod:`.ab_settings`), shards, live progress.
 
-May import every layer below it: ``report``, ``judge``, ``engines``, ``cluster``, ``measure``,
-``sim`` and the root's shared modules. Never ``cli`` or ``plugin``; the session and the report know
-the A/B only through the interface it registers (no import of ``run.ab`` from the session).
+May import every layer below it: ``report``, ``judge``, ``cluster``, ``engines``, ``measure``,
+``sim`` and the root's shared modules. Never ``cli`` or ``plugin``. The session and the report know
+the A/B only through the :class:`~pytest_mgpu.report.extension.ReportExtension` it registers (the
+plugin registers it at configure with ``--mgpu-ab``); only the fixtures and the plugin import
+:mod:`.ab`.
 """

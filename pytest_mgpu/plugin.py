@@ -30,9 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers and check the options; the heavy parts of the session wait for mgpu items."""
     sess = configure(config)
     if sess.ab is not None:
-        from .run import ab  # the A/B runner (and the engine code it imports) only with --mgpu-ab
+        from .run import ab_report  # only with --mgpu-ab
 
-        ab.register(sess)
+        ab_report.register(sess)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -97,7 +97,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if item.stash.get(ITEM_RESULTS_KEY, None):
         sess = session_of(item.config)
         if sess.ab is not None:
-            from .run import ab
+            from .run import ab  # lazy: the runner and the gate import the results, and numpy
 
             ab.gate_item(sess, item)
         else:

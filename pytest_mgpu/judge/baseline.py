@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import METRIC_DEFINITION_VERSION, __version__
 from ..errors import BaselineError
+from ..measure.telemetry import aggregate
 from .results import BenchResult, Identity, test_id_of
 from .verdicts import (
     DEFAULT_CONFIG,
@@ -159,8 +160,6 @@ class Recording:
         env = dict(result.env)
         env.setdefault("plugin_version", __version__)
         env.setdefault("metric_definition_version", METRIC_DEFINITION_VERSION)
-        from ..measure.telemetry import aggregate  # lazy: only recordings of GPU runs carry telemetry
-
         return cls(
             metrics=recs, engine_version=result.engine_version, env=env, repeats=len(result.repeats),
             engine_options=dict(result.engine_options), gate_settings=result.gate_settings,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from . import read_config
 
 #: Bytes per weight of each dtype spelling found in configs and engine options.
 DTYPE_BYTES: dict[str, int] = {
@@ -118,8 +119,6 @@ class ModelShape:
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelShape:
         """Read ``path/config.json``."""
-        from . import read_config  # the package imports nothing from here at load time
-
         p = Path(path)
         cfg = p / "config.json"
         if not cfg.is_file():

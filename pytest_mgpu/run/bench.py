@@ -11,6 +11,7 @@ from ..engines import RunningEngine
 from ..errors import EngineError, WorkloadError
 from ..judge.results import BenchResult, RepeatResult
 from ..measure import telemetry
+from ..measure.client import run_workload
 from ..measure.metrics import RequestRecord, invalid_reason, summarize
 from ..measure.prompts import PromptSet, build_prompts, resolve_mode
 from ..measure.workload import Workload
@@ -145,8 +146,6 @@ class Bench:
 
     def measure(self, workload: Workload, repeats: int) -> list[RepeatResult]:
         """Run ``workload`` ``repeats`` times; an engine that dies mid-run raises EngineError."""
-        from ..measure.client import run_workload  # lazy: pulls in aiohttp
-
         out: list[RepeatResult] = []
         prompts = self.prompts_for(workload)
         # On the sim, time by its modelled clock: the numbers must not depend on this host's load.

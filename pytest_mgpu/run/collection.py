@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from ..engines import ADAPTERS, EngineSpec, check_engine_options
-from ..errors import EngineError, MarkerError, ModelError
+from ..engines import ADAPTERS, EngineSpec, check_engine_options, get_adapter
+from ..errors import EngineError, EngineUnavailable, MarkerError, ModelError, SimOptionError
 from ..layout import Layout
 from ..models import check_layout
+from ..sim.model import SimOptions
 from .markers import MARK_NAMES, MARKS_KEY, TestMarks
 from .session import SPEC_KEY, MgpuSession, is_mgpu_function, is_mgpu_item
 from .settings import engine_names, engine_optional, multi_engine, options_for
@@ -120,9 +121,6 @@ def engine_options_problem(spec: EngineSpec) -> str | None:
     ``check_options``, all without starting anything.
     """
     if spec.engine == "sim":
-        from ..errors import SimOptionError
-        from ..sim.model import SimOptions
-
         try:
             SimOptions.parse(dict(spec.options))
         except SimOptionError as exc:
@@ -218,7 +216,7 @@ def prepare_items(sess: MgpuSession, items: list[pytest.Item]) -> None:
     keyed.sort(key=lambda t: (t[0] >= 0, t[0], t[1]))
     items[:] = [it for _, _, it in keyed]
     if sess.config.getoption("mgpu_shard", None):
-        from .shard import select  # lazy: only a sharded run needs it
+        from .shard import select  # lazy: shard costs come from the baseline store, which imports numpy
 
         select(sess, sess.config, items)
 
@@ -229,9 +227,6 @@ def engine_missing(engine: str, python: str, env: Mapping[str, str] | None = Non
     Asks the adapter for the engine's version, as a start would (a subprocess; the engine is
     never imported here), with the engine's own environment (a ``PYTHONPATH`` may pick the install).
     """
-    from ..engines import get_adapter
-    from ..errors import EngineUnavailable
-
     try:
         get_adapter(engine).version(python, env)
     except EngineUnavailable as exc:

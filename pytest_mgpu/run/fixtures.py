@@ -1,17 +1,20 @@
 """The plugin's fixtures: ``mgpu_layout``, ``mgpu_engine``, ``mgpu_bench``.
 
-Thin shells: each imports what it runs inside its body, so that loading the plugin in a project
-without mgpu tests imports no engine code and no numpy.
+Thin shells: each imports the runners it uses (the bench, the A/B, the gate) inside its body, so
+that loading the plugin in a project without mgpu tests imports no engine code and no numpy.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from ..errors import EngineError, EngineUnavailable, restart_warning
 from ..layout import Layout
+from ..report.regime import roofline_for_engine
 from .progress import progress_of
 from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
 
@@ -37,8 +40,6 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     start errors the test with the last lines of its log. In A/B mode (``--mgpu-ab``) it is an
     :class:`~pytest_mgpu.run.ab.AbEngines`: both sides' versions, and an engine only inside ``mgpu_bench.run``.
     """
-    from ..errors import EngineError, EngineUnavailable
-
     sess = session_of(request.config)
     spec = request.node.stash.get(SPEC_KEY, None)
     if spec is None:  # pragma: no cover - every fixture user gets a spec at collection
@@ -47,7 +48,7 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     # the error twice ("During handling of the above exception, another exception occurred").
     skip = fail = None
     if sess.ab is not None:
-        from .ab import engines_for
+        from .ab import engines_for  # lazy: the runners import numpy; see the module's docstring
 
         try:
             engines = engines_for(sess, spec)
@@ -71,10 +72,6 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     yield engine
     if not engine.alive:
         # Died during the test: say so, and stop what is left now, so the next test starts clean.
-        import warnings
-
-        from ..errors import restart_warning
-
         rc = engine.exit_code()
         warnings.warn(
             restart_warning(
@@ -97,7 +94,7 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
     num_requests=256, request_rate=32.0)`` returns a :class:`~pytest_mgpu.judge.results.BenchResult`
     and records it for the gate, the reports and ``--mgpu-update-baselines``. In A/B mode it is an
     :class:`~pytest_mgpu.run.ab.AbBench`: ``run()`` measures the old and the new engine in rounds."""
-    from .bench import Bench
+    from .bench import Bench  # lazy: numpy
 
     sess = session_of(request.config)
     item = request.node
@@ -107,7 +104,7 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
         sess.record(item, result)
 
     if sess.ab is not None:
-        from . import ab
+        from . import ab  # lazy: numpy
         from .gate import item_gate_config
 
         assert isinstance(mgpu_engine, ab.AbEngines)
@@ -133,8 +130,6 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
 
 def roofline_of(sess: MgpuSession, engine: RunningEngine) -> dict[str, Any] | None:
     """The engine layout's decode floor (computed once per engine), as a dict; None where unknown."""
-    from ..report.regime import roofline_for_engine
-
     key = (engine.pid, engine.base_url)
     if key not in sess.rooflines:
         rl = roofline_for_engine(engine, sess.inventory)

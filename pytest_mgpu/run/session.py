@@ -29,6 +29,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ..cluster import ray_address
+from ..engines import supervisor
+from ..errors import EngineError
+from ..gpus import GpuInventory, query_inventory
+from ..machine import collect_env
+from ..models import resolve_model as find_model
 from .ab_settings import AbSettings, ab_settings
 from .markers import TestMarks, register_markers
 from .settings import Settings, build_settings, choose_engine, engine_names, engine_optional, gate_config
@@ -38,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at
     from ..cluster.ray_client import RayCluster
     from ..engines import EngineSpec
     from ..engines.cluster_spec import ClusterSpec
-    from ..gpus import GpuInventory
     from ..judge.ab_results import AbResult
     from ..judge.results import BenchResult
     from ..judge.verdicts import Comparison, GateConfig
@@ -141,8 +145,6 @@ class MgpuSession:
         if self._devices is None and self.ray_address:
             self._devices = self._cluster_devices(self.ray_address)
         if self._devices is None:
-            from ..gpus import GpuInventory, query_inventory  # lazy: NVML only for sessions with mgpu tests
-
             inventory = query_inventory()
             s = choose_engine(self.settings, inventory.count, inventory.error)
             if all(name == "sim" for name in engine_names(s)):
@@ -225,7 +227,7 @@ class MgpuSession:
     def manager(self) -> EngineManager:
         """The engine manager (created on first use)."""
         if self._manager is None:
-            from .engine_manager import EngineManager
+            from .engine_manager import EngineManager  # lazy: engine code waits for mgpu items (plugin.py)
 
             self._manager = EngineManager(self.settings, self.inventory, self.cluster)
         return self._manager
@@ -234,8 +236,6 @@ class MgpuSession:
     def env_info(self) -> dict[str, Any]:
         """The machine and commit recorded with every result (``git`` runs on first use)."""
         if self._env_info is None:
-            from ..machine import collect_env
-
             s = self.settings
             self._env_info = collect_env(
                 self.fingerprint, self.inventory, cwd=self.config.rootpath, engine=s.engine, sim_gpu=s.sim_gpu
@@ -259,12 +259,10 @@ class MgpuSession:
     # --- what the hooks ask --------------------------------------------------------------------
     def resolve_model(self, ref: str, test_path: Path | None) -> Model:
         """The model ``ref`` names, searched beside the test file, then in the rootdir and the built-ins."""
-        from ..models import resolve_model
-
         dirs = [Path(self.config.rootpath)]
         if test_path is not None:
             dirs.insert(0, test_path.parent)
-        model = resolve_model(ref, dirs)
+        model = find_model(ref, dirs)
         return self.models.setdefault(model.path, model)
 
     def header_lines(self) -> list[str]:
@@ -321,8 +319,6 @@ class MgpuSession:
     def finish(self, session: pytest.Session) -> None:
         """Stop engines and write the session's output files; a failed teardown fails the session."""
         if self._manager is not None:
-            from ..errors import EngineError
-
             try:
                 self._manager.close()
             except EngineError as exc:
@@ -334,7 +330,7 @@ class MgpuSession:
             session.exitstatus = pytest.ExitCode.OK  # a shard with no items passes: a CI matrix must not fail on it
         s = self.settings
         if s.json_path or s.report_md or s.benchmark_json or self.results:
-            from ..report.outputs import write_outputs
+            from ..report.outputs import write_outputs  # lazy: the report imports the results, and numpy
 
             if write_outputs(self):  # each file on its own; a failed one is a session error
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -343,7 +339,7 @@ class MgpuSession:
 
     def write_plots(self, out_dir: Path) -> None:
         """``--mgpu-plot``: draw the charts; a failure is reported, and loses no other output."""
-        from ..report.plots import write_plots  # lazy: matplotlib only when plots are asked for
+        from ..report.plots import write_plots  # lazy: the report imports numpy (matplotlib: only in there)
 
         try:
             paths = write_plots(self.results, out_dir)
@@ -391,7 +387,7 @@ class MgpuSession:
         """Write the per-item table, the per-layout table and the gate summary to the terminal."""
         if not (self.results or self.comparisons or self.errors):
             return  # nothing to say: and no import of the report's numpy for a run without mgpu tests
-        from ..report.summary import summary_lines
+        from ..report.summary import summary_lines  # lazy: numpy, see above
 
         for sep, text in summary_lines(self, self.config.invocation_params.args):
             if sep:
@@ -507,8 +503,6 @@ def restore_sigterm_handler(prev: SignalHandler) -> None:
 
 def end_orphaned_engines() -> list[str]:
     """End engine processes left by a pytest run that died (their ``MGPU_OWNER`` is gone); say which."""
-    from ..engines import supervisor
-
     ended = supervisor.sweep_orphans()
     if not ended:
         return []

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from ..engines import ADAPTERS, check_engine_options
+from ..errors import EngineError, SimOptionError
 from ..judge.verdicts import GateConfig, Tolerance, parse_metric_tolerance
+from ..sim.model import GPU_PROFILES, SimOptions
 from .options import DEFAULT_ENGINE, DEFAULT_MODEL, DEFAULT_SIM_GPU, EngineChoice
 
 
@@ -218,7 +221,7 @@ def check_paths(settings: Settings) -> None:
     """
     dirs = [("--mgpu-baseline-dir", settings.baseline_dir), ("--mgpu-log-dir", settings.log_dir)]
     if settings.plot_dir is not None:
-        from ..report.plots import matplotlib_missing  # imports no matplotlib
+        from ..report.plots import matplotlib_missing  # lazy: the report imports numpy; this, no matplotlib
 
         why_not = matplotlib_missing()
         if why_not:
@@ -265,8 +268,6 @@ def _baseline_problem(path: Path, baseline_dir: Path) -> str:
 
 def check_sim_profile(name: str) -> None:
     """An unknown ``--mgpu-sim-gpu`` profile is a UsageError listing the known ones."""
-    from ..sim.model import GPU_PROFILES  # the sim's own list, without starting it
-
     if name not in GPU_PROFILES:
         raise pytest.UsageError(
             f"--mgpu-sim-gpu {name!r} is not a sim GPU profile; choose one of: {', '.join(GPU_PROFILES)}"
@@ -275,9 +276,6 @@ def check_sim_profile(name: str) -> None:
 
 def check_sim_options(settings: Settings, hint: str = "") -> None:
     """``--mgpu-engine-opt`` keys and values the sim does not know are a UsageError (checked without starting it)."""
-    from ..errors import SimOptionError
-    from ..sim.model import SimOptions
-
     try:
         SimOptions.parse({"gpu": settings.sim_gpu, **options_for(settings, "sim")})
     except SimOptionError as exc:
@@ -313,8 +311,6 @@ def engine_optional(settings: Settings, engine: str) -> bool:
 
 def options_for(settings: Settings, engine: str) -> dict[str, str]:
     """``--mgpu-engine-opt`` for ``engine``: the unscoped ones and those written ``ENGINE:KEY=VALUE`` for it."""
-    from ..engines import ADAPTERS
-
     out: dict[str, str] = {}
     for key, value in settings.engine_options.items():
         scope, sep, name = key.partition(":")
@@ -334,9 +330,6 @@ def check_engine_settings(settings: Settings) -> None:
             f"--mgpu-sim-gpu only applies to the sim engine, but the engine is {settings.engine}; "
             f"drop it or add --mgpu-engine sim"
         )
-    from ..engines import check_engine_options
-    from ..errors import EngineError
-
     hint = " (with several engines, give an option to one of them as ENGINE:KEY=VALUE)" if len(names) > 1 else ""
     for name in names:
         if name == "sim":

@@ -47,18 +47,23 @@ def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
-def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement that can run: all but those in the body of ``if TYPE_CHECKING:``."""
-    stack: list[ast.AST] = [tree]
+def _imports(tree: ast.AST, types: bool = False) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run: all but those in the body of ``if TYPE_CHECKING:``.
+
+    With ``types``, those in the body of ``if TYPE_CHECKING:`` instead, and only them.
+    """
+    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
     while stack:
-        node = stack.pop()
+        node, typing_only = stack.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
+            if typing_only == types:
+                yield node
             continue
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
+            stack.extend((child, True) for child in node.body)
+            stack.extend((child, typing_only) for child in node.orelse)
             continue
-        stack.extend(ast.iter_child_nodes(node))
+        stack.extend((child, typing_only) for child in ast.iter_child_nodes(node))
 
 
 def discover(root: Path) -> tuple[str, dict[str, Path], set[str]]:
@@ -77,8 +82,11 @@ def discover(root: Path) -> tuple[str, dict[str, Path], set[str]]:
     return package, modules, packages
 
 
-def graph(root: Path) -> tuple[str, dict[str, set[tuple[str, int]]]]:
-    """The import graph: module -> {(imported module, line)}, within the package only."""
+def graph(root: Path, types: bool = False) -> tuple[str, dict[str, set[tuple[str, int]]]]:
+    """The import graph: module -> {(imported module, line)}, within the package only.
+
+    With ``types``, the graph of the imports under ``if TYPE_CHECKING:`` instead.
+    """
     package, modules, packages = discover(root)
     edges: dict[str, set[tuple[str, int]]] = {m: set() for m in modules}
 
@@ -93,7 +101,7 @@ def graph(root: Path) -> tuple[str, dict[str, set[tuple[str, int]]]]:
     for module, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         here = module if module in packages else module.rpartition(".")[0]
-        for node in _imports(tree):
+        for node in _imports(tree, types):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -208,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=default, help="the package directory (default: %(default)s)")
     parser.add_argument("--graph", action="store_true", help="also print every edge")
     parser.add_argument("--no-layers", action="store_true", help="check for cycles only")
+    parser.add_argument(
+        "--types", action="store_true", help="also list imports under if TYPE_CHECKING: that point up (not counted)"
+    )
     args = parser.parse_args(argv)
     package, edges = graph(args.root.resolve())
     n_edges = sum(len({t for t, _ in targets}) for targets in edges.values())
@@ -238,6 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"upward import: {module}:{line} ({LAYERS[mine][0]}) imports {target} ({LAYERS[theirs][0]})"
                     )
+    if args.types:
+        _, typing_edges = graph(args.root.resolve(), types=True)
+        for module in sorted(typing_edges):
+            mine = layer_of(module, package)
+            for target, line in sorted(typing_edges[module]):
+                if any(t.startswith(target + ".") and ln == line for t, ln in typing_edges[module]):
+                    continue
+                theirs = layer_of(target, package)
+                if mine is not None and theirs is not None and theirs < mine:
+                    print(f"note: type-only upward import: {module}:{line} imports {target} (not counted)")
     if problems:
         print(f"{problems} problem(s) in {package}: {len(edges)} modules, {n_edges} imports, {len(groups)} cycle(s)")
         return 1

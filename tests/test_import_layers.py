@@ -73,3 +73,19 @@ def test_an_upward_import_and_an_unplaced_module_are_listed(tmp_path: Path) -> N
     assert "pkg.run.bench" not in result.stdout  # run -> measure points down
     assert "imports pkg.run (run)" not in result.stdout  # the package of the module named is not listed again
     assert "cycle through" not in result.stdout
+
+
+def test_type_only_upward_imports_are_noted_not_counted(tmp_path: Path) -> None:
+    pkg = write(tmp_path / "pkg", {
+        "__init__.py": "",
+        "run/__init__.py": "",
+        "run/session.py": "from ..report.summary import lines\n",
+        "report/__init__.py": "",
+        "report/summary.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..run.session import S\n",
+    })
+    assert run_checker("--root", str(pkg)).returncode == 0
+    result = run_checker("--root", str(pkg), "--types")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0] == (
+        "note: type-only upward import: pkg.report.summary:3 imports pkg.run.session (not counted)"
+    )

@@ -1,8 +1,8 @@
-"""pytest hooks of pytest-mgpu: hooks only, each a call into the session (:mod:`.session`) or a module function.
+"""pytest hooks of pytest-mgpu: hooks only, each a call into the session (:mod:`.run.session`) or a module function.
 
 Loading the plugin costs a project without mgpu tests next to nothing: this module imports only
 the option registry and the session's light part; NVML, ``git``, the signal handler, the engines
-and numpy wait until collection finds an mgpu test (see :mod:`.session`).
+and numpy wait until collection finds an mgpu test (see :mod:`.run.session`).
 """
 
 from __future__ import annotations

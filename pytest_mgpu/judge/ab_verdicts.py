@@ -27,7 +27,8 @@ tolerance is the size of regression the A/B is built to catch, and a change smal
 ``fail_fraction`` of it is never called a regression. The error rates of this rule are
 calibrated by ``benchmarks/calibrate_ab.py`` (docs/gate.md, *Same-job A/B*).
 
-Only the decision lives here; :mod:`.ab` runs the rounds and :mod:`.render.ab` shows the result.
+Only the decision lives here; :mod:`pytest_mgpu.run.ab` runs the rounds, :mod:`.ab_results` holds
+them and :mod:`pytest_mgpu.report.render.ab` shows the result.
 """
 
 from __future__ import annotations

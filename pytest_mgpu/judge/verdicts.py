@@ -13,7 +13,7 @@ The decision for one metric works on the ratio ``q = now / base`` of the medians
 FAIL needs a worse change beyond both (for a gated metric; a warn-only metric gets WARN).
 Beyond tolerance but within noise is WARN. IMPROVED is the mirror image of FAIL. See
 ``docs/gate.md`` for the calibration of ``k`` and the floor. Only the decision lives here: the
-pytest wiring is :mod:`.gate`, the tables and messages are in :mod:`.render`.
+pytest wiring is :mod:`pytest_mgpu.run.gate`, the tables and messages are in :mod:`pytest_mgpu.report.render`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ In A/B mode nothing is compared with a stored baseline. Each ``mgpu_bench.run(..
 workload in rounds; a round starts the old engine, measures, stops it, starts the new one,
 measures, stops it (the order alternates: A B, then B A), so only one engine is ever on the GPUs
 and every measurement follows an engine restart. After each round the paired rule of
-:mod:`.ab_verdicts` decides; ``run()`` stops as soon as the verdict is clear (or at the cap) and
+:mod:`pytest_mgpu.judge.ab_verdicts` decides; ``run()`` stops as soon as the verdict is clear (or at the cap) and
 returns the new side's result with the old side, the rounds and the decision attached
 (:class:`AbResult`). A test body therefore needs no change.
 

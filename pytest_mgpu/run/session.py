@@ -90,7 +90,7 @@ class MgpuSession:
     models: dict[Path, Model] = field(default_factory=dict)
     #: Parsed marks by test-function node id, from generation to item preparation.
     marks: dict[str, TestMarks] = field(default_factory=dict)
-    #: Decode floors by running engine (pid, url), computed once per engine (:mod:`.regime`).
+    #: Decode floors by running engine (pid, url), computed once per engine (:mod:`pytest_mgpu.report.regime`).
     rooflines: dict[tuple[int, str], dict[str, Any] | None] = field(default_factory=dict)
     #: Compact telemetry of the baseline entries the gate compared with, by entry id.
     base_telemetry: dict[str, dict[str, float]] = field(default_factory=dict)

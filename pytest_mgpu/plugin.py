@@ -30,9 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers and check the options; the heavy parts of the session wait for mgpu items."""
     sess = configure(config)
     if sess.ab is not None:
-        from .run import ab_report  # only with --mgpu-ab
+        from .run.ab_report import register  # only with --mgpu-ab
 
-        ab_report.register(sess)
+        register(sess)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -85,9 +85,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     if hasattr(session.config, "workerinput"):
         return
-    from .run import ab
+    from .run.ab import probe_workloads
 
-    ab.probe_workloads(sess, session)
+    probe_workloads(sess, session)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -97,13 +97,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if item.stash.get(ITEM_RESULTS_KEY, None):
         sess = session_of(item.config)
         if sess.ab is not None:
-            from .run import ab  # lazy: the runner and the gate import the results, and numpy
+            from .run.ab import gate_item  # lazy: the runner and the gate import the results, and numpy
 
-            ab.gate_item(sess, item)
+            gate_item(sess, item)
         else:
-            from .run import gate
+            from .run.gate import gate_item as gate_plain  # lazy: the gate imports the results, and numpy
 
-            gate.gate_item(sess, item)
+            gate_plain(sess, item)
     return result
 
 

@@ -104,13 +104,13 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
         sess.record(item, result)
 
     if sess.ab is not None:
-        from . import ab  # lazy: numpy
+        from .ab import AbBench, AbEngines, progress_writer  # lazy: numpy
         from .gate import item_gate_config
 
-        assert isinstance(mgpu_engine, ab.AbEngines)
-        return ab.AbBench(
+        assert isinstance(mgpu_engine, AbEngines)
+        return AbBench(
             sess, mgpu_engine, nodeid=item.nodeid, test_name=item.name, module=item.nodeid.split("::", 1)[0],
-            gate=item_gate_config(sess, item), record=record, progress=ab.progress_writer(request.config),
+            gate=item_gate_config(sess, item), record=record, progress=progress_writer(request.config),
         )
     engine = cast("RunningEngine", mgpu_engine)
     return Bench(

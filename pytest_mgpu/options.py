@@ -129,8 +129,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
              "ENGINE: gives it to that engine only (with several engines)")
     add(f"{prefix}engine-env", metavar="KEY=VALUE", action="append", default=[],
         help="Environment variable for the engine process, repeatable (e.g. NCCL_P2P_DISABLE=1)")
-    add(f"{prefix}engine-python", metavar="PATH", default=None,
-        help="Interpreter that launches the engine, e.g. a venv with vLLM (default: this one)")
+    add(f"{prefix}engine-python", metavar="PYTHON", default=None,
+        help="Interpreter that launches the engine: a path (a venv with vLLM: .venv-vllm/bin/python) or a "
+             "command on PATH (python3), as --mgpu-ab takes it; write it with = (default: this one)")
     add(f"{prefix}model", metavar="NAME|DIR", default=None,
         help="Model for tests without a model mark: built-in name or directory with config.json "
              f"(default: {DEFAULT_MODEL})")
@@ -175,6 +176,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     add(f"{prefix}update-baselines", action="store_true", default=False,
         help="Record this run's results in the baselines: adds a recording to each entry, keeping the last "
              "ini mgpu_baseline_history (default 5); pytest-mgpu accept does the same from a finished run")
+    add(f"{prefix}allow-new", action="store_true", default=False,
+        help="Under CI (CI=true), let a session pass in which every gated result is NEW (no baseline for "
+             "this hardware): by default such a run fails, because the gate checked nothing")
     add(f"{prefix}no-confirm", dest=_dest(prefix, "confirm"), action="store_false", default=True,
         help="Do not re-measure before a FAIL is final (default: confirm)")
     add(f"{prefix}report-md", metavar="PATH", default=None,

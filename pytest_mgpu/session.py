@@ -323,6 +323,7 @@ class MgpuSession:
                 self.errors.append(f"ERROR at engine teardown: {exc}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.check_something_measured(session)
+        self.check_gate_checked_something(session)
         s = self.settings
         if s.json_path or s.report_md or s.benchmark_json or self.results:
             from .outputs import write_outputs
@@ -379,6 +380,23 @@ class MgpuSession:
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    def check_gate_checked_something(self, session: pytest.Session) -> None:
+        """A gate whose every result is NEW checked nothing: under CI that fails, elsewhere it warns.
+
+        A mistyped baseline directory or a new GPU type makes every result NEW, and a green CI job
+        would then have gated nothing. ``--mgpu-allow-new`` lets a first run on new hardware pass.
+        """
+        if self.ab is not None or self.settings.update_baselines or self.config.option.collectonly:
+            return
+        from .verdicts import Verdict  # lazy: loaded with the gate, only once results exist
+
+        if not self.comparisons or any(c.verdict is not Verdict.NEW for c in self.comparisons):
+            return
+        fails = running_in_ci() and not self.settings.allow_new
+        self.errors.extend(nothing_checked_lines(self, fails=fails))
+        if fails and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def write_summary(self, tr: pytest.TerminalReporter) -> None:
         """Write the per-item table, the per-layout table and the gate summary to the terminal."""
         if not (self.results or self.comparisons or self.errors):
@@ -426,6 +444,51 @@ def is_mgpu_item(item: pytest.Item) -> bool:
     """Whether ``item`` uses one of the plugin's fixtures (and so was parametrised with a layout)."""
     fixturenames = getattr(item, "fixturenames", ())
     return getattr(item, "callspec", None) is not None and any(f in fixturenames for f in MGPU_FIXTURES)
+
+
+#: Values of the ``CI`` variable that mean "running in CI" (GitHub Actions and GitLab set ``true``).
+CI_TRUE = ("1", "true", "yes", "on")
+
+
+def running_in_ci() -> bool:
+    """Whether the ``CI`` environment variable is set to a true value."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
+
+
+def nothing_checked_lines(sess: MgpuSession, *, fails: bool) -> list[str]:
+    """The block that says the gate checked nothing, why, and how to record baselines."""
+    from .report import accept_command  # lazy: the report module, only for this message
+
+    s = sess.settings
+    n = len(sess.comparisons)
+    engines = sorted({c.engine or s.engine for c in sess.comparisons})
+    dirs = [Path(s.baseline_dir) / sess.fingerprint_for(e) for e in engines]
+    missing = [d for d in dirs if not d.is_dir()]
+    if missing:
+        why = "no baseline for this hardware: " + ", ".join(f"{d} does not exist" for d in missing)
+    else:
+        why = "no baseline entry for these tests in " + ", ".join(str(d) for d in dirs)
+    others = [fp for fp in _subdirs(Path(s.baseline_dir)) if fp not in {d.name for d in dirs}]
+    if others:
+        why += f" (baselines exist for: {', '.join(others)})"
+    what = f"the gate checked nothing: all {n} result{'s are' if n != 1 else ' is'} NEW"
+    if not fails:
+        allowed = " (allowed by --mgpu-allow-new)" if s.allow_new and running_in_ci() else ""
+        return [f"mgpu gate WARNING: {what}{allowed}; {why}"]
+    return [
+        f"mgpu gate FAILED: {what}",
+        f"  why: {why}",
+        f"  record this run's results as baselines (no re-run): {accept_command(sess)}",
+        f"  (or re-run with --mgpu-update-baselines), then commit {s.baseline_dir}",
+        "  CI=true: a run that checked nothing fails; a first run on new hardware may pass with --mgpu-allow-new",
+    ]
+
+
+def _subdirs(path: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in path.iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def configure(config: pytest.Config) -> MgpuSession:

@@ -1,0 +1,108 @@
+"""A new user's path (issue 18): a gate that checked nothing is never green in CI, a mistyped baseline
+directory or mark is caught, a FAIL says how to accept it, interpreters are found like ``--mgpu-ab``'s."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+#: The sim on the h100 profile, fast; wide tolerances: the verdict on the numbers is not the point here.
+SIM = ["--mgpu-engine", "sim", "--mgpu-sim-gpu", "h100-80gb", "-p", "no:cacheprovider", "--mgpu-repeats", "2"]
+LOOSE = [f"--mgpu-tolerance={m}=60%" for m in ("output_throughput_per_gpu", "ttft_p50", "tpot_p50", "ttft_p99", "tpot_p99")]
+FP = "sim-h100-80gb-x4"
+
+ONE = """
+import math, pytest
+
+@pytest.mark.layout(tp=1)
+def test_serve(mgpu_bench):
+    mgpu_bench.run(input_len=32, output_len=8, num_requests=16, request_rate=math.inf, warmup_requests=1)
+"""
+assert math.inf  # the test source above uses it
+
+
+# --- a gate that checked nothing -----------------------------------------------------------------
+def test_all_new_fails_under_ci_and_says_how_to_record(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_perf=ONE)
+    monkeypatch.setenv("CI", "true")
+    result = pytester.runpytest(*SIM)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "mgpu gate FAILED: the gate checked nothing: all 1 result is NEW",
+        f"  why: no baseline for this hardware: */baselines/{FP} does not exist",
+        "  record this run's results as baselines (no re-run): pytest-mgpu accept *",
+        "*--mgpu-allow-new*",
+    ])
+
+
+def test_all_new_passes_under_ci_with_allow_new_and_outside_ci_with_a_warning(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_perf=ONE)
+    monkeypatch.setenv("CI", "true")
+    allowed = pytester.runpytest(*SIM, "--mgpu-allow-new")
+    assert allowed.ret == pytest.ExitCode.OK
+    allowed.stdout.fnmatch_lines(["mgpu gate WARNING: the gate checked nothing: all 1 result is NEW (allowed by --mgpu-allow-new)*"])
+    monkeypatch.delenv("CI")
+    local = pytester.runpytest(*SIM)
+    assert local.ret == pytest.ExitCode.OK
+    local.stdout.fnmatch_lines([f"mgpu gate WARNING: the gate checked nothing: all 1 result is NEW; no baseline*{FP}*"])
+    assert "mgpu gate FAILED" not in local.stdout.str()
+
+
+def test_a_gate_that_compared_passes_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_perf=ONE)
+    assert pytester.runpytest(*SIM, "--mgpu-update-baselines").ret == pytest.ExitCode.OK
+    monkeypatch.setenv("CI", "true")
+    result = pytester.runpytest(*SIM, *LOOSE)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "checked nothing" not in result.stdout.str()
+
+
+def test_allow_new_is_documented_in_the_mgpu_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["multi-GPU inference performance testing:", "*--mgpu-allow-new*"])
+
+
+# --- a baseline directory named explicitly -------------------------------------------------------
+def test_a_named_baseline_dir_that_does_not_exist_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_perf=ONE)
+    result = pytester.runpytest(*SIM, "--mgpu-baseline-dir=baselnes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--mgpu-baseline-dir baselnes: no such directory (*baselnes)*--mgpu-update-baselines*"])
+
+
+def test_a_named_baseline_dir_may_be_created_when_recording(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_perf=ONE)
+    result = pytester.runpytest(*SIM, "--mgpu-baseline-dir=perf-baselines", "--mgpu-update-baselines")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert (pytester.path / "perf-baselines" / FP / "test_perf.py.json").is_file()
+
+
+# --- interpreters -------------------------------------------------------------------------------
+def test_engine_python_is_looked_up_on_path_like_ab(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    name = Path(sys.executable).name
+    result = pytester.runpytest(f"--mgpu-engine-python={name}", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    missing = pytester.runpytest("--mgpu-engine-python=no-such-python3", "-p", "no:cacheprovider")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*--mgpu-engine-python 'no-such-python3' is not an executable interpreter (not found on PATH*"])
+
+
+@pytest.mark.parametrize("option", ["--mgpu-engine-python", "--mgpu-ab"])
+def test_a_directory_for_an_interpreter_suggests_its_bin_python(pytester: pytest.Pytester, option: str) -> None:
+    (pytester.path / ".venv-vllm").mkdir()
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(f"{option}=.venv-vllm", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option} '.venv-vllm' is a directory, not an interpreter; pass its python, "
+                                 f"e.g. {option}=.venv-vllm/bin/python*"])

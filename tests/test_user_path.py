@@ -106,3 +106,40 @@ def test_a_directory_for_an_interpreter_suggests_its_bin_python(pytester: pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{option} '.venv-vllm' is a directory, not an interpreter; pass its python, "
                                  f"e.g. {option}=.venv-vllm/bin/python*"])
+
+
+# --- marker typos -------------------------------------------------------------------------------
+def test_a_mark_close_to_the_plugins_is_a_collection_error_naming_the_right_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_typo="""
+        import pytest
+
+        @pytest.mark.layuot(tp=2)
+        def test_typo(mgpu_layout):
+            pass
+
+        @pytest.mark.perf_tolerence(tpot_p50="8%")
+        def test_tolerance_typo(mgpu_layout):
+            pass
+
+        @pytest.mark.slow
+        def test_unrelated_mark(mgpu_layout):
+            pass
+
+        def test_plain():
+            pass
+    """)
+    result = pytester.runpytest("--mgpu-engine", "sim", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines([
+        "*test_typo.py::test_typo: unknown mark @pytest.mark.layuot: did you mean @pytest.mark.layout?*",
+        "*test_typo.py::test_tolerance_typo: unknown mark @pytest.mark.perf_tolerence: "
+        "did you mean @pytest.mark.perf_tolerance?*",
+    ])
+    assert "test_unrelated_mark: unknown mark" not in result.stdout.str()
+
+
+def test_a_registered_mark_close_to_the_plugins_is_not_a_typo(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nmarkers =\n    layouts: the project's own mark\n")
+    pytester.makepyfile("import pytest\n\n@pytest.mark.layouts\ndef test_x(mgpu_layout):\n    pass\n")
+    result = pytester.runpytest("--mgpu-engine", "sim", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

@@ -58,6 +58,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     cfg = item_gate_config(sess, item)
     store = BaselineStore(s.baseline_dir)
     failures: list[str] = []
+    compared: list[Comparison] = []
     for r in results:
         r.gate_settings = cfg.to_dict()
         broken = None
@@ -77,6 +78,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             _remeasure(item, r)
             c = confirm(c, compare(r, base, cfg, fingerprint=fp))
         sess.comparisons.append(c)
+        compared.append(c)
         sess.result_comparisons[(r.module, r.entry_id)] = c
         if r.repeats and r.valid:
             for m in JUNIT_METRICS:
@@ -104,4 +106,18 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             for eid, why in written.new_level.items()
         )
     if failures:
+        intended = {c.verdict for c in compared if c.verdict is not Verdict.INVALID and fails(c.verdict, cfg.strict)}
+        failing = sorted(intended, key=lambda v: -v.severity)
+        if failing and not s.update_baselines:
+            failures.append(accept_hint(sess, failing))
         pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+def accept_hint(sess: MgpuSession, verdicts: list[Verdict]) -> str:
+    """What to do when the change is intended: accept this run's own results file (no re-run)."""
+    from .report import accept_command  # lazy: the summary's module, only for a failing item
+
+    return (
+        "if this change is intended, record this run's results as the new baseline once the session ends "
+        f"(no re-run; docs/gate.md, History):\n  {accept_command(sess, verdicts)}"
+    )

@@ -194,6 +194,9 @@ def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
                      f"(keeping the last {s.baseline_history} recordings of each)")
         lines.extend(sess.update_notes)
     else:
+        if Verdict.FAIL in verdicts:
+            lines.append("if the FAIL results are intended changes, record them as the new baselines (no re-run):")
+            lines.append("  " + accept_command(sess, [Verdict.FAIL]))
         wanted = [v for v in (Verdict.NEW, Verdict.MISMATCH, Verdict.IMPROVED) if v in verdicts]
         if wanted:
             words = ", ".join(VERDICT_WORDS[v] for v in wanted)

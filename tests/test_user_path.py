@@ -143,3 +143,27 @@ def test_a_registered_mark_close_to_the_plugins_is_not_a_typo(pytester: pytest.P
     pytester.makepyfile("import pytest\n\n@pytest.mark.layouts\ndef test_x(mgpu_layout):\n    pass\n")
     result = pytester.runpytest("--mgpu-engine", "sim", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+# --- a FAIL says how to accept an intended change ------------------------------------------------
+def test_a_fail_names_the_accept_command_for_this_runs_results(pytester: pytest.Pytester) -> None:
+    from pytest_mgpu.cli import main as cli
+
+    pytester.makepyfile(test_perf=ONE)
+    assert pytester.runpytest(*SIM, "--mgpu-update-baselines").ret == pytest.ExitCode.OK
+    slow = [*SIM, "--mgpu-engine-opt", "speed=0.4", "--mgpu-no-confirm"]
+    result = pytester.runpytest(*slow)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*FAIL: test_serve*",
+        "if this change is intended, record this run's results as the new baseline once the session ends*",
+        "  pytest-mgpu accept .mgpu/last-results.json --only fail",
+    ])
+    result.stdout.fnmatch_lines([
+        "if the FAIL results are intended changes, record them as the new baselines (no re-run):",
+        "  pytest-mgpu accept .mgpu/last-results.json --only fail",
+    ])
+    # The command does what it says: after it, the same run passes.
+    assert cli(["accept", ".mgpu/last-results.json", "--only", "fail"]) == 0
+    again = pytester.runpytest(*slow, *LOOSE)
+    again.assert_outcomes(passed=1)

@@ -11,20 +11,22 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from .layout import Layout
-from .progress import progress_of
-from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
+from .keys import ITEM_RESULTS_KEY, SPEC_KEY
 
 if TYPE_CHECKING:  # pragma: no cover - imported inside the fixtures
     from .ab import AbBench, AbEngines
     from .bench import Bench
     from .engines import RunningEngine
+    from .layout import Layout
     from .results import BenchResult
+    from .session import MgpuSession
 
 
 @pytest.fixture
 def mgpu_layout(request: pytest.FixtureRequest) -> Layout:
     """This item's layout, from its ``layout`` mark (``tp1-pp1`` without one)."""
+    from .layout import Layout
+
     return getattr(request, "param", Layout())
 
 
@@ -38,6 +40,8 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     :class:`~pytest_mgpu.ab.AbEngines`: both sides' versions, and an engine only inside ``mgpu_bench.run``.
     """
     from .errors import EngineError, EngineUnavailable
+    from .progress import progress_of
+    from .session import session_of
 
     sess = session_of(request.config)
     spec = request.node.stash.get(SPEC_KEY, None)
@@ -98,6 +102,8 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
     and records it for the gate, the reports and ``--mgpu-update-baselines``. In A/B mode it is an
     :class:`~pytest_mgpu.ab.AbBench`: ``run()`` measures the old and the new engine in rounds."""
     from .bench import Bench
+    from .progress import progress_of
+    from .session import session_of
 
     sess = session_of(request.config)
     item = request.node

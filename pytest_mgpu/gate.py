@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from .baseline import BaselineStore
@@ -113,7 +115,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
         pytest.fail("\n\n".join(failures), pytrace=False)
 
 
-def accept_hint(sess: MgpuSession, verdicts: list[Verdict]) -> str:
+def accept_hint(sess: MgpuSession, verdicts: Sequence[Verdict]) -> str:
     """What to do when the change is intended: accept this run's own results file (no re-run)."""
     from .report import accept_command  # lazy: the summary's module, only for a failing item
 

@@ -10,13 +10,15 @@ import argparse
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .errors import LayoutError, MarkerError
 from .layout import Layout, parse_layout
-from .verdicts import Tolerance, check_metric
+
+if TYPE_CHECKING:  # pragma: no cover - the gate's module is imported when a perf_tolerance mark is parsed
+    from .verdicts import Tolerance
 
 #: Signature-first marker docs, so that ``pytest --markers`` is the documentation.
 MARKERS = (
@@ -172,6 +174,8 @@ def _is_scalar(v: Any) -> bool:
 
 def tolerances_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, Tolerance]:
     """Parsed ``perf_tolerance`` keywords (closest mark wins per metric); bad ones name the test."""
+    from .verdicts import Tolerance, check_metric  # lazy: markers are registered in every pytest run
+
     raw: dict[str, Any] = {}
     for mark in reversed(list(marks)):
         if mark.args:

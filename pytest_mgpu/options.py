@@ -16,17 +16,20 @@ from typing import Any
 import pytest
 
 from .engines import ADAPTERS
-from .verdicts import (
-    DEFAULT_DRIFT,
-    DEFAULT_GATED,
-    DEFAULT_NOISE_FLOOR,
-    DEFAULT_NOISE_K,
-    DEFAULT_TAIL_TOLERANCE,
-    DEFAULT_TOLERANCE,
-    STRICT_HELP,
-    Tolerance,
-    parse_metric_list,
-    parse_metric_tolerance,
+
+# The gate's defaults as the options show them. They are the numbers of :mod:`.verdicts` (a test
+# checks that they agree), written here because this module is imported in every pytest run of a
+# project that has the plugin installed, and the gate's module is not (issue 18: plugin overhead).
+DEFAULT_GATED: tuple[str, ...] = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
+DEFAULT_TOLERANCE = 0.05
+DEFAULT_TAIL_TOLERANCE = 0.10
+DEFAULT_NOISE_K = 2.5
+DEFAULT_NOISE_FLOOR = 0.005
+DEFAULT_DRIFT = 0.0
+STRICT_HELP = (
+    "Also fail on WARN (beyond tolerance but within noise, not reproduced on a re-measurement, or a "
+    "warn-only metric), MISMATCH (the baseline is for another model, workload, layout, engine or engine "
+    "options) and NEW (no baseline). INVALID and FAIL always fail"
 )
 
 DEFAULT_ENGINE = "vllm"
@@ -95,7 +98,23 @@ def parse_noise_k(text: str) -> float:
 
 def parse_noise_floor(text: str) -> float:
     """A percentage or fraction for ``--mgpu-noise-floor`` (``0.5%`` or ``0.005``)."""
+    from .verdicts import Tolerance  # lazy, as the two below: only when the option is given
+
     return Tolerance.parse(text).fraction
+
+
+def parse_metric_tolerance(text: str) -> Any:
+    """``METRIC=PCT`` for ``--mgpu-tolerance`` (:func:`pytest_mgpu.verdicts.parse_metric_tolerance`)."""
+    from .verdicts import parse_metric_tolerance as parse
+
+    return parse(text)
+
+
+def parse_metric_list(text: str) -> list[str]:
+    """``METRIC[,METRIC]`` for ``--mgpu-gate`` (:func:`pytest_mgpu.verdicts.parse_metric_list`)."""
+    from .verdicts import parse_metric_list as parse
+
+    return parse(text)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -277,10 +296,35 @@ def add_ini(addini: Callable[..., None]) -> None:
            type="args", default=[])
 
 
+#: Each ``--mgpu-*`` option's dest and each ``mgpu_*`` ini key, with its default (set by :func:`register`).
+OPTION_DEFAULTS: dict[str, Any] = {}
+INI_DEFAULTS: dict[str, Any] = {}
+
+
 def register(parser: pytest.Parser) -> None:
     """Register everything with pytest: the options in the ``mgpu`` group, then the ini keys."""
     group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
-    add_options(group.addoption)
-    add_ab_options(group.addoption)
-    add_gate_options(group.addoption)
-    add_ini(parser.addini)
+
+    def addoption(*names: str, **kwargs: Any) -> None:
+        group.addoption(*names, **kwargs)
+        OPTION_DEFAULTS[kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")] = kwargs.get("default")
+
+    def addini(name: str, *args: Any, **kwargs: Any) -> None:
+        parser.addini(name, *args, **kwargs)
+        INI_DEFAULTS[name] = kwargs.get("default")
+
+    add_options(addoption)
+    add_ab_options(addoption)
+    add_gate_options(addoption)
+    add_ini(addini)
+
+
+def given(config: pytest.Config) -> bool:
+    """Whether any ``--mgpu-*`` option or ``mgpu_*`` ini key differs from its default.
+
+    Then the plugin checks the options at configure (a bad value is a usage error before
+    collection); otherwise it waits for the first mgpu test, and a project without any pays nothing.
+    """
+    if any(config.getoption(dest, default) != default for dest, default in OPTION_DEFAULTS.items()):
+        return True
+    return any(config.getini(name) != default for name, default in INI_DEFAULTS.items())

@@ -30,6 +30,12 @@ import pytest
 
 from .ab_settings import AbSettings, ab_settings
 from .cluster import ray_address
+from .keys import ITEM_RESULTS_KEY as ITEM_RESULTS_KEY
+from .keys import MGPU_FIXTURES as MGPU_FIXTURES
+from .keys import SESSION_KEY as SESSION_KEY
+from .keys import SPEC_KEY as SPEC_KEY
+from .keys import is_mgpu_function as is_mgpu_function
+from .keys import is_mgpu_item as is_mgpu_item
 from .markers import TestMarks, register_markers
 from .settings import Settings, build_settings, choose_engine, engine_names, engine_optional, gate_config
 
@@ -38,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at
     from .cluster import ClusterInventory, ClusterSpec
     from .cluster.ray_client import RayCluster
     from .engine_manager import EngineManager
-    from .engines import EngineSpec
     from .gpus import GpuInventory
     from .models import Model
     from .results import BenchResult
@@ -421,31 +426,6 @@ class MgpuSession:
             self.prev_sigterm = None
 
 
-#: The session, in ``config.stash``.
-SESSION_KEY = pytest.StashKey[MgpuSession]()
-#: An mgpu item's engine spec, set at collection.
-SPEC_KEY: pytest.StashKey[EngineSpec] = pytest.StashKey()
-#: The results an item's ``mgpu_bench`` measured, for its gate.
-ITEM_RESULTS_KEY: pytest.StashKey[list[BenchResult]] = pytest.StashKey()
-
-
-#: Fixtures that make a test an mgpu test.
-MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
-
-
-def is_mgpu_function(metafunc: pytest.Metafunc) -> bool:
-    """Whether a test function uses the plugin's fixtures or ``layout`` marks (cheap: no import)."""
-    return any(f in metafunc.fixturenames for f in MGPU_FIXTURES) or (
-        metafunc.definition.get_closest_marker("layout") is not None
-    )
-
-
-def is_mgpu_item(item: pytest.Item) -> bool:
-    """Whether ``item`` uses one of the plugin's fixtures (and so was parametrised with a layout)."""
-    fixturenames = getattr(item, "fixturenames", ())
-    return getattr(item, "callspec", None) is not None and any(f in fixturenames for f in MGPU_FIXTURES)
-
-
 #: Values of the ``CI`` variable that mean "running in CI" (GitHub Actions and GitLab set ``true``).
 CI_TRUE = ("1", "true", "yes", "on")
 
@@ -498,8 +478,14 @@ def configure(config: pytest.Config) -> MgpuSession:
 
 
 def session_of(config: pytest.Config) -> MgpuSession:
-    """The session of ``config`` (set by :func:`configure`)."""
-    return config.stash[SESSION_KEY]
+    """The session of ``config``, built on first use.
+
+    The plugin builds it at configure when an mgpu option is given (a bad value is a usage error
+    before collection), else when collection meets the first mgpu test: a project without mgpu
+    tests never imports this module.
+    """
+    sess = config.stash.get(SESSION_KEY, None)
+    return sess if sess is not None else MgpuSession.configure(config)
 
 
 def unconfigure(config: pytest.Config) -> None:

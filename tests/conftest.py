@@ -12,6 +12,15 @@ import os
 import numpy  # noqa: F401  # pytester's in-process runs restore sys.modules, and numpy cannot load twice
 import pytest
 
+# The plugin imports these only once a session has mgpu work. pytester's in-process runs drop the
+# modules a run imported, but the package keeps them as attributes, so a later run would mix two
+# copies (two Verdict enums); imported here, every run shares one copy, as in a real session.
+import pytest_mgpu.ab
+import pytest_mgpu.collection
+import pytest_mgpu.gate
+import pytest_mgpu.report
+import pytest_mgpu.session  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 try:

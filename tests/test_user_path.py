@@ -167,3 +167,46 @@ def test_a_fail_names_the_accept_command_for_this_runs_results(pytester: pytest.
     assert cli(["accept", ".mgpu/last-results.json", "--only", "fail"]) == 0
     again = pytester.runpytest(*slow, *LOOSE)
     again.assert_outcomes(passed=1)
+
+
+# --- what a project without mgpu tests pays --------------------------------------------------------
+MODULES_CONFTEST = """
+import sys
+
+def pytest_unconfigure(config):
+    print("\\nMODULES " + " ".join(sorted(m for m in sys.modules if m.startswith("pytest_mgpu"))))
+"""
+#: All the plugin imports in a project without mgpu tests: hooks, option registry, marker texts, keys.
+LOAD_MODULES = {"pytest_mgpu", "pytest_mgpu.plugin", "pytest_mgpu.fixtures", "pytest_mgpu.options", "pytest_mgpu.keys",
+                "pytest_mgpu.markers", "pytest_mgpu.layout", "pytest_mgpu.errors", "pytest_mgpu.engines"}
+
+
+def _modules(result: pytest.RunResult) -> set[str]:
+    (line,) = [line for line in result.stdout.lines if line.startswith("MODULES")]
+    return set(line.split()[1:])
+
+
+def test_a_project_without_mgpu_tests_imports_only_the_registry(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(MODULES_CONFTEST)
+    pytester.makepyfile("\n".join(f"def test_{i}():\n    pass\n" for i in range(3)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=3)
+    assert _modules(result) <= LOAD_MODULES, sorted(_modules(result) - LOAD_MODULES)
+    # An mgpu option given: checked at configure (the session and settings load), still no gate.
+    given = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "--mgpu-repeats=2")
+    given.assert_outcomes(passed=3)
+    assert "pytest_mgpu.session" in _modules(given)
+
+
+def test_a_bad_option_is_still_a_usage_error_without_mgpu_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--mgpu-tolerance=tpot_p50=abc")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_the_options_show_the_gates_defaults() -> None:
+    from pytest_mgpu import options, verdicts
+
+    for name in ("DEFAULT_GATED", "DEFAULT_TOLERANCE", "DEFAULT_TAIL_TOLERANCE", "DEFAULT_NOISE_K",
+                 "DEFAULT_NOISE_FLOOR", "DEFAULT_DRIFT", "STRICT_HELP"):
+        assert getattr(options, name) == getattr(verdicts, name), name

@@ -171,7 +171,8 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Seconds one measured run may take before open requests count as failed (default: 1800)")
     add(f"{prefix}progress", choices=("auto", "live", "lines", "off"), default="auto",
         help="Progress while engines start and workloads run: live (one line updated in place), lines "
-             "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q)")
+             "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q, "
+             "where a repeat gets its line only when it took 10 s or more, or with -v)")
     add(f"{prefix}ray-address", metavar="HOST:PORT", default=None,
         help="Run every engine on this Ray cluster through Ray (vLLM's Ray executor; layout(nodes=N) spans "
              "N nodes); GPU inventory and memory checks come from the cluster (default: RAY_ADDRESS; "

@@ -210,3 +210,60 @@ def test_the_options_show_the_gates_defaults() -> None:
     for name in ("DEFAULT_GATED", "DEFAULT_TOLERANCE", "DEFAULT_TAIL_TOLERANCE", "DEFAULT_NOISE_K",
                  "DEFAULT_NOISE_FLOOR", "DEFAULT_DRIFT", "STRICT_HELP"):
         assert getattr(options, name) == getattr(verdicts, name), name
+
+
+# --- quiet when all is well ---------------------------------------------------------------------
+THREE = """
+import math, pytest
+
+@pytest.mark.layout(tp=1)
+@pytest.mark.layout(tp=2)
+@pytest.mark.layout(tp=4)
+def test_serve(mgpu_bench):
+    mgpu_bench.run(input_len=32, output_len=8, num_requests=16, request_rate=math.inf, warmup_requests=1)
+"""
+PASS_LINE = "test_serve[[]tp?-pp1[]]::in32-out8-n16-qpsinf-text  PASS  output_throughput_per_gpu *%, ttft_p50 *%, tpot_p50 *%"
+
+
+def _recorded(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_perf=THREE)
+    assert pytester.runpytest(*SIM, "--mgpu-update-baselines").ret == pytest.ExitCode.OK
+
+
+def test_an_all_pass_run_prints_one_line_per_item_and_the_seed_table(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _recorded(pytester)
+    monkeypatch.setenv("CI", "true")
+    result = pytester.runpytest(*SIM, *LOOSE, "--mgpu-repeats=3")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines([PASS_LINE, PASS_LINE, PASS_LINE, "", "mgpu gate: 3 passed"])
+    result.stdout.fnmatch_lines(["*the seed's table: llama-2-7b, in32-out8-n16-qpsinf-text*"])
+    assert "  metric  " not in out  # no per-metric table for a PASS
+    assert "result  " not in out  # no per-item table either: the PASS lines say it
+    assert "repeat 1/3" not in out  # a quick repeat gets no line of its own in a CI log
+    # The test file's name once, not again after every engine's progress lines (3 engines here).
+    assert len([line for line in result.stdout.lines if line.startswith("test_perf.py")]) == 1, out
+    verbose = pytester.runpytest(*SIM, *LOOSE, "-v")
+    verbose.stdout.fnmatch_lines(["  metric * baseline * now * delta % * verdict", "  output_throughput_per_gpu* PASS"])
+
+
+def test_quiet_is_short_and_its_progress_lines_start_on_their_own_line(pytester: pytest.Pytester) -> None:
+    _recorded(pytester)
+    result = pytester.runpytest(*SIM, *LOOSE, "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["mgpu gate: 3 passed"])
+    assert "PASS" not in result.stdout.str() and "seed's table" not in result.stdout.str()
+    progress = [line for line in result.stdout.lines if "[mgpu]" in line]
+    assert progress and all(line.startswith("[mgpu] ") for line in progress), progress
+
+
+def test_a_live_line_keeps_the_repeat_count_at_80_columns() -> None:
+    from pytest_mgpu.progress import KEEP, fit
+
+    text = f"test_capped_all_at_once[tp1-pp2-mem16] in128-out128-n256-qpsinf-text {KEEP}repeat 2/3: 200/256 requests"
+    assert fit(text, 80 - 36) == "repeat 2/3: 200/256 requests"  # the names go first
+    assert fit(text, 70) == "test_capped_all_at_once[tp1-pp2-mem16] repeat 2/3: 200/256 requests"
+    assert fit(text, 200) == text.replace(KEEP, "")
+    assert fit(text, 20) == "repeat 2/3: 200/256…"

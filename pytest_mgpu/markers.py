@@ -7,7 +7,6 @@ carries in its stash (:data:`MARKS_KEY`) for the engine spec and the gate.
 from __future__ import annotations
 
 import argparse
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,6 +100,8 @@ def mark_typos(node: pytest.Item, nodeid: str) -> list[str]:
     pytest only warns about an unknown mark, and the test would run without the mark it meant:
     ``@pytest.mark.layuot(tp=2)`` measures TP=1 and records it as NEW.
     """
+    import difflib  # lazy: only for a test that is an mgpu test
+
     known = registered_marks(node.config)
     problems = []
     for name in dict.fromkeys(m.name for m in node.iter_markers()):

@@ -98,7 +98,8 @@ def build_settings(config: pytest.Config) -> Settings:
     python = sys.executable
     if opt("mgpu_engine_python"):
         python = resolve_python(
-            opt("mgpu_engine_python"), "--mgpu-engine-python", "--mgpu-engine-python=.venv-vllm/bin/python"
+            opt("mgpu_engine_python"), "--mgpu-engine-python",
+            "--mgpu-engine-python=.venv-vllm/bin/python or --mgpu-engine-python=python3",
         )
         check_rootdir_not_from_python(config, opt("mgpu_engine_python"))
 
@@ -177,7 +178,7 @@ def resolve_python(value: str, option: str, example: str) -> str:
         where = "" if os.sep in value else " (not found on PATH either)"
         raise pytest.UsageError(
             f"{option} {value!r} is not an executable interpreter{where}; pass a path or a command on PATH, "
-            f"e.g. {example} or {option}=python3"
+            f"e.g. {example}"
         )
     return resolved
 

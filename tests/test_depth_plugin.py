@@ -10,7 +10,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 TESTS = Path(__file__).resolve().parent
-SIM = ["--mgpu-engine", "sim", "-p", "no:cacheprovider", "--mgpu-repeats", "1"]
+SIM = ["--mgpu-engine", "sim", "-p", "no:cacheprovider", "--mgpu-repeats", "1", "-v"]  # -v: the telemetry and roofline tables
 
 #: The sim has no real GPUs: give each measurement a sampler over a fake NVML card.
 FAKE_NVML_CONFTEST = f"""

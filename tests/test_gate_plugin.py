@@ -126,7 +126,7 @@ def test_model_is_part_of_identity(pytester: pytest.Pytester) -> None:
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines(["*MISMATCH test_serve*baseline is for model tiny-llama*(--mgpu-strict fails on MISMATCH too)"])
     # The same model again is compared as before.
-    same = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama")
+    same = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "-v")  # -v: a PASS's context line
     assert "MISMATCH" not in same.stdout.str() and "noise from the repeats" in same.stdout.str()
 
 
@@ -155,7 +155,7 @@ class TestSlow:
         "TestFast::test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text",
         "TestSlow::test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text",
     ]
-    again = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama")
+    again = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "-v")  # -v: a PASS's metric table
     again.assert_outcomes(passed=2)
     # Each class is compared with its own numbers: the two baselines are far apart, as the engines (16x).
     rows = gate_rows(again.stdout.str())
@@ -293,7 +293,7 @@ def test_history_accept_and_show(pytester: pytest.Pytester, capsys: pytest.Captu
         pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
     (entry,) = baseline_doc(pytester)["entries"].values()
     assert len(entry["recordings"]) == 2  # the ini's N
-    r = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", f"--mgpu-json={js}")
+    r = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", f"--mgpu-json={js}", "-v")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["*; noise from 2 baseline recordings"])
     # show prints the history and the numbers the gate uses.

@@ -152,8 +152,8 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     assert text.endswith("\n") and "test_serve[tp2-pp1]::in64-out16-n48-qps48-text" in json.loads(text)["entries"]
     r.stdout.fnmatch_lines(["recorded 1 baseline entry under */baselines/sim-v100-16gb-x4 (keeping the last 5 *"])
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-    # 3. same engine -> PASS
-    r = pytester.runpytest(*args)
+    # 3. same engine -> PASS (-v: the per-metric table of a PASS too)
+    r = pytester.runpytest(*args, "-v")
     r.assert_outcomes(passed=1)
     # Gated metrics PASS (or IMPROVED: the real-time sim runs faster when the host gets quieter than
     # it was while recording); a p99 (warn-only) metric may WARN on a busy machine, which never fails.

@@ -117,7 +117,7 @@ def test_render_replays_cursor_moves() -> None:
 def test_not_a_terminal_prints_one_line_per_phase(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_perf=PERF_TEST)
     junit = pytester.path / "junit.xml"
-    result = pytester.runpytest(*SIM, "-rA", f"--junitxml={junit}")
+    result = pytester.runpytest(*SIM, "-rA", f"--junitxml={junit}", "--mgpu-progress=lines")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "\x1b[" not in out

@@ -53,3 +53,11 @@ def test_the_hiding_works() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr
+
+
+def test_running_the_tests_without_the_test_extra_says_how_to_install_it() -> None:
+    """Plain ``pytest`` at the root without hypothesis: one usage error naming the extra, not 14 import errors."""
+    proc = run_without_hypothesis("--collect-only", "-q", "tests/test_repo_root.py")  # collect only: no recursion
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "pip install -e '.[test]'" in proc.stderr
+    assert "ModuleNotFoundError" not in proc.stdout + proc.stderr

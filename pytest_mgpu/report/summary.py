@@ -181,13 +181,23 @@ def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
     return shlex.join(args)
 
 
+def _verdict_of(sess: MgpuSession, r: BenchResult) -> Verdict | None:
+    """The gate's verdict on ``r`` (None where it was not gated, e.g. in an A/B)."""
+    c = sess.result_comparisons.get((r.module, r.entry_id))
+    return c.verdict if c is not None else None
+
+
 def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
     """Gate section of the summary: table, counts, and the command to act on it."""
     comparisons: list[Comparison] = sess.comparisons
     if not comparisons:
         return []
-    lines = render_table(comparisons).splitlines()
-    lines.append("")
+    verbosity = sess.config.get_verbosity()
+    # Quiet when all is well: a PASS is one line (none under -q); -v shows every metric of every result.
+    shown = comparisons if verbosity >= 0 else [c for c in comparisons if c.verdict is not Verdict.PASS]
+    lines = render_table(shown, brief=frozenset() if verbosity >= 1 else frozenset({Verdict.PASS})).splitlines()
+    if lines:
+        lines.append("")
     lines.append(f"mgpu gate: {summary_line(comparisons)}")
     verdicts = {c.verdict for c in comparisons}
     s = sess.settings
@@ -197,6 +207,9 @@ def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
                      f"(keeping the last {s.baseline_history} recordings of each)")
         lines.extend(sess.update_notes)
     else:
+        if Verdict.FAIL in verdicts:
+            lines.append("if the FAIL results are intended changes, record them as the new baselines (no re-run):")
+            lines.append("  " + accept_command(sess, [Verdict.FAIL]))
         unproven = [(c.entry_id, why) for c in comparisons if (why := unproven_improvement(c))]
         if unproven:  # `--only improved` would take them too: no improvement is offered
             verdicts.discard(Verdict.IMPROVED)
@@ -217,17 +230,29 @@ def summary_lines(sess: MgpuSession, args: Sequence[str]) -> Iterator[Line]:
     if not (sess.results or sess.comparisons or sess.errors):
         return
     yield "=", "mgpu results"
+    verbosity = sess.config.get_verbosity()
     if sess.results:
-        for line in format_table(ITEM_HEADERS, item_rows(sess.results)):
-            yield None, line
+        # By default the per-item table lists only the results that did not PASS (a PASS is one line
+        # in the gate section); -v lists all, -q none.
+        listed = sess.results if verbosity >= 1 else [] if verbosity < 0 else [
+            r for r in sess.results if _verdict_of(sess, r) is not Verdict.PASS]
+        if listed:
+            for line in format_table(ITEM_HEADERS, item_rows(listed)):
+                yield None, line
         for r in sess.results:
             if not r.valid:
                 yield None, f"INVALID {r.entry_id}: {r.invalid}"
         rows = seed_rows(sess.results)
-        if rows:
+        if rows and verbosity >= 0:
             yield from seed_table_lines(rows)
             yield from side_by_side_lines(rows)
-        yield from analysis_lines(sess.results, sess.baseline_telemetry)
+        section = ""
+        for sep, line in analysis_lines(sess.results, sess.baseline_telemetry):
+            # Sweeps (asked for by the test) unless -q; the telemetry and roofline tables with -v;
+            # their warnings always.
+            section = line if sep else section
+            if verbosity >= 1 or line.startswith("WARNING") or (verbosity >= 0 and section.startswith("sweep ")):
+                yield sep, line
     lines = gate_lines(sess, args)
     if lines:
         yield "-", "mgpu gate"

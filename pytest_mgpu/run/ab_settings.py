@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ..judge.ab_verdicts import AbConfig
-from .settings import parse_kv
+from .settings import parse_kv, resolve_python
 
 if TYPE_CHECKING:  # pragma: no cover - only the type
     from ..engines import EngineSpec
@@ -68,12 +66,10 @@ def ab_settings(config: pytest.Config) -> AbSettings | None:
         if given:
             raise pytest.UsageError(f"{', '.join(given)} only apply to an A/B; add --mgpu-ab OLD_PYTHON")
         return None
-    resolved = python if os.sep in python else shutil.which(python)
-    if resolved is None or not os.access(resolved, os.X_OK) or os.path.isdir(resolved):
-        raise pytest.UsageError(
-            f"--mgpu-ab {python!r} is not an executable interpreter; pass the old engine's python, e.g. "
-            f"--mgpu-ab=.venv-old/bin/python, or --mgpu-ab=python3 --mgpu-ab-env PYTHONPATH=/opt/old-site"
-        )
+    resolved = resolve_python(
+        python, "--mgpu-ab",
+        "--mgpu-ab=.venv-old/bin/python, or --mgpu-ab=python3 --mgpu-ab-env PYTHONPATH=/opt/old-site",
+    )
     base = AbConfig()
     lo = base.min_rounds if min_rounds is None else min_rounds
     hi = max(base.max_rounds, lo) if max_rounds is None else max_rounds

@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from ..errors import EngineError, EngineUnavailable, restart_warning
-from ..layout import Layout
-from ..report.regime import roofline_for_engine
-from .progress import progress_of
-from .session import ITEM_RESULTS_KEY, SPEC_KEY, MgpuSession, session_of
+from .keys import ITEM_RESULTS_KEY, SPEC_KEY
 
 if TYPE_CHECKING:  # pragma: no cover - imported inside the fixtures
     from ..engines import RunningEngine
     from ..judge.results import BenchResult
+    from ..layout import Layout
     from .ab import AbBench, AbEngines
     from .bench import Bench
+    from .session import MgpuSession
 
 
 @pytest.fixture
 def mgpu_layout(request: pytest.FixtureRequest) -> Layout:
     """This item's layout, from its ``layout`` mark (``tp1-pp1`` without one)."""
+    from ..layout import Layout
+
     return getattr(request, "param", Layout())
 
 
@@ -40,6 +40,10 @@ def mgpu_engine(request: pytest.FixtureRequest, mgpu_layout: Layout) -> Iterator
     start errors the test with the last lines of its log. In A/B mode (``--mgpu-ab``) it is an
     :class:`~pytest_mgpu.run.ab.AbEngines`: both sides' versions, and an engine only inside ``mgpu_bench.run``.
     """
+    from ..errors import EngineError, EngineUnavailable, restart_warning
+    from .progress import progress_of
+    from .session import session_of
+
     sess = session_of(request.config)
     spec = request.node.stash.get(SPEC_KEY, None)
     if spec is None:  # pragma: no cover - every fixture user gets a spec at collection
@@ -95,6 +99,8 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
     and records it for the gate, the reports and ``--mgpu-update-baselines``. In A/B mode it is an
     :class:`~pytest_mgpu.run.ab.AbBench`: ``run()`` measures the old and the new engine in rounds."""
     from .bench import Bench  # lazy: numpy
+    from .progress import progress_of
+    from .session import session_of
 
     sess = session_of(request.config)
     item = request.node
@@ -130,6 +136,8 @@ def mgpu_bench(request: pytest.FixtureRequest, mgpu_engine: RunningEngine | AbEn
 
 def roofline_of(sess: MgpuSession, engine: RunningEngine) -> dict[str, Any] | None:
     """The engine layout's decode floor (computed once per engine), as a dict; None where unknown."""
+    from ..report.regime import roofline_for_engine  # lazy: numpy
+
     key = (engine.pid, engine.base_url)
     if key not in sess.rooflines:
         rl = roofline_for_engine(engine, sess.inventory)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from ..errors import BaselineError
@@ -62,6 +64,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
     cfg = item_gate_config(sess, item)
     store = BaselineStore(s.baseline_dir)
     failures: list[str] = []
+    compared: list[Comparison] = []
     for r in results:
         r.gate_settings = cfg.to_dict()
         broken = None
@@ -83,6 +86,7 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
         if base is not None:
             c = with_drift(c, check_drift(r, base, cfg, sess.config.getoption("mgpu_anchor_drift", "fail")))
         sess.comparisons.append(c)
+        compared.append(c)
         sess.result_comparisons[(r.module, r.entry_id)] = c
         if r.repeats and r.valid:
             for m in JUNIT_METRICS:
@@ -110,4 +114,18 @@ def gate_item(sess: MgpuSession, item: pytest.Item) -> None:
             for eid, why in written.new_level.items()
         )
     if failures:
+        intended = {c.verdict for c in compared if c.verdict is not Verdict.INVALID and fails(c.verdict, cfg.strict)}
+        failing = sorted(intended, key=lambda v: -v.severity)
+        if failing and not s.update_baselines:
+            failures.append(accept_hint(sess, failing))
         pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+def accept_hint(sess: MgpuSession, verdicts: Sequence[Verdict]) -> str:
+    """What to do when the change is intended: accept this run's own results file (no re-run)."""
+    from ..report.summary import accept_command  # lazy: the summary's module, only for a failing item
+
+    return (
+        "if this change is intended, record this run's results as the new baseline once the session ends "
+        f"(no re-run; docs/gate.md, History):\n  {accept_command(sess, verdicts)}"
+    )

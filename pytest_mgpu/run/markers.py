@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..errors import LayoutError, MarkerError
-from ..judge.verdicts import Tolerance, check_metric
 from ..layout import Layout, parse_layout
+
+if TYPE_CHECKING:  # pragma: no cover - the gate's module is imported when a perf_tolerance mark is parsed
+    from ..judge.verdicts import Tolerance
 
 #: Signature-first marker docs, so that ``pytest --markers`` is the documentation.
 MARKERS = (
@@ -61,7 +63,7 @@ class TestMarks:
         Every bad mark is reported: MarkerError names the test, one line per problem.
         """
         nid = nodeid or node.nodeid
-        problems: list[str] = []
+        problems: list[str] = mark_typos(node, nid)
 
         def parse(fn: Any, *args: Any) -> Any:
             try:
@@ -79,6 +81,39 @@ class TestMarks:
         return cls(
             layouts=tuple(layouts), model=model, engine_opts=tuple(sorted(opts.items())), tolerances=tolerances
         )
+
+
+#: The plugin's own marks, which :func:`mark_typos` matches unknown marks against.
+PLUGIN_MARKS = tuple(line.split(":", 1)[0].split("(", 1)[0] for line in MARKERS)
+#: How close (difflib's ratio) an unknown mark must be to one of :data:`PLUGIN_MARKS` to be a typo of it.
+TYPO_CUTOFF = 0.75
+
+
+def registered_marks(config: pytest.Config) -> set[str]:
+    """Names of every mark registered (pytest's, the plugins', the project's ``markers`` ini lines)."""
+    return {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+
+
+def mark_typos(node: pytest.Item, nodeid: str) -> list[str]:
+    """One problem per unregistered mark on ``node`` that is close to one of the plugin's marks.
+
+    pytest only warns about an unknown mark, and the test would run without the mark it meant:
+    ``@pytest.mark.layuot(tp=2)`` measures TP=1 and records it as NEW.
+    """
+    import difflib  # lazy: only for a test that is an mgpu test
+
+    known = registered_marks(node.config)
+    problems = []
+    for name in dict.fromkeys(m.name for m in node.iter_markers()):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, PLUGIN_MARKS, n=1, cutoff=TYPO_CUTOFF)
+        if close:
+            problems.append(
+                f"{nodeid}: unknown mark @pytest.mark.{name}: did you mean @pytest.mark.{close[0]}? "
+                f"(an unknown mark is ignored: the test would run without it)"
+            )
+    return problems
 
 
 #: The parsed marks of an mgpu item, set at collection.
@@ -140,6 +175,8 @@ def _is_scalar(v: Any) -> bool:
 
 def tolerances_from_marks(marks: Iterable[pytest.Mark], nodeid: str) -> dict[str, Tolerance]:
     """Parsed ``perf_tolerance`` keywords (closest mark wins per metric); bad ones name the test."""
+    from ..judge.verdicts import Tolerance, check_metric  # lazy: markers are registered in every pytest run
+
     raw: dict[str, Any] = {}
     for mark in reversed(list(marks)):
         if mark.args:

@@ -16,17 +16,20 @@ from typing import Any
 import pytest
 
 from ..engines import ADAPTERS
-from ..judge.verdicts import (
-    DEFAULT_DRIFT,
-    DEFAULT_GATED,
-    DEFAULT_NOISE_FLOOR,
-    DEFAULT_NOISE_K,
-    DEFAULT_TAIL_TOLERANCE,
-    DEFAULT_TOLERANCE,
-    STRICT_HELP,
-    Tolerance,
-    parse_metric_list,
-    parse_metric_tolerance,
+
+# The gate's defaults as the options show them. They are the numbers of :mod:`.verdicts` (a test
+# checks that they agree), written here because this module is imported in every pytest run of a
+# project that has the plugin installed, and the gate's module is not (issue 18: plugin overhead).
+DEFAULT_GATED: tuple[str, ...] = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
+DEFAULT_TOLERANCE = 0.05
+DEFAULT_TAIL_TOLERANCE = 0.10
+DEFAULT_NOISE_K = 2.5
+DEFAULT_NOISE_FLOOR = 0.005
+DEFAULT_DRIFT = 0.0
+STRICT_HELP = (
+    "Also fail on WARN (beyond tolerance but within noise, not reproduced on a re-measurement, or a "
+    "warn-only metric), MISMATCH (the baseline is for another model, workload, layout, engine or engine "
+    "options) and NEW (no baseline). INVALID and FAIL always fail"
 )
 
 DEFAULT_ENGINE = "vllm"
@@ -95,6 +98,8 @@ def parse_noise_k(text: str) -> float:
 
 def parse_noise_floor(text: str) -> float:
     """A percentage or fraction for ``--mgpu-noise-floor`` (``0.5%`` or ``0.005``)."""
+    from ..judge.verdicts import Tolerance  # lazy, as the two below: only when the option is given
+
     return Tolerance.parse(text).fraction
 
 
@@ -109,6 +114,20 @@ def parse_shard(text: str) -> tuple[int, int]:
             f"Shard {text!r} is out of range: shards are numbered 1..N, e.g. 1/{max(b, 2)}"
         )
     return a, b
+
+
+def parse_metric_tolerance(text: str) -> Any:
+    """``METRIC=PCT`` for ``--mgpu-tolerance`` (:func:`pytest_mgpu.judge.verdicts.parse_metric_tolerance`)."""
+    from ..judge.verdicts import parse_metric_tolerance as parse
+
+    return parse(text)
+
+
+def parse_metric_list(text: str) -> list[str]:
+    """``METRIC[,METRIC]`` for ``--mgpu-gate`` (:func:`pytest_mgpu.judge.verdicts.parse_metric_list`)."""
+    from ..judge.verdicts import parse_metric_list as parse
+
+    return parse(text)
 
 
 def _h(text: str) -> str:
@@ -135,8 +154,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
              "ENGINE: gives it to that engine only (with several engines)")
     add(f"{prefix}engine-env", metavar="KEY=VALUE", action="append", default=[],
         help="Environment variable for the engine process, repeatable (e.g. NCCL_P2P_DISABLE=1)")
-    add(f"{prefix}engine-python", metavar="PATH", default=None,
-        help="Interpreter that launches the engine, e.g. a venv with vLLM (default: this one)")
+    add(f"{prefix}engine-python", metavar="PYTHON", default=None,
+        help="Interpreter that launches the engine: a path (a venv with vLLM: .venv-vllm/bin/python) or a "
+             "command on PATH (python3), as --mgpu-ab takes it; write it with = (default: this one)")
     add(f"{prefix}model", metavar="NAME|DIR", default=None,
         help="Model for tests without a model mark: built-in name or directory with config.json "
              f"(default: {DEFAULT_MODEL})")
@@ -157,7 +177,8 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
         help="Seconds one measured run may take before open requests count as failed (default: 1800)")
     add(f"{prefix}progress", choices=("auto", "live", "lines", "off"), default="auto",
         help="Progress while engines start and workloads run: live (one line updated in place), lines "
-             "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q)")
+             "(one line per phase), off (default: auto, live on a terminal, lines otherwise and under -q, "
+             "where a repeat gets its line only when it took 10 s or more, or with -v)")
     add(f"{prefix}ray-address", metavar="HOST:PORT", default=None,
         help="Run every engine on this Ray cluster through Ray (vLLM's Ray executor; layout(nodes=N) spans "
              "N nodes); GPU inventory and memory checks come from the cluster (default: RAY_ADDRESS; "
@@ -181,6 +202,9 @@ def add_options(addoption: AddOption, prefix: str = "--mgpu-") -> None:
     add(f"{prefix}update-baselines", action="store_true", default=False,
         help="Record this run's results in the baselines: adds a recording to each entry, keeping the last "
              "ini mgpu_baseline_history (default 5); pytest-mgpu accept does the same from a finished run")
+    add(f"{prefix}allow-new", action="store_true", default=False,
+        help="Under CI (CI=true), let a session pass in which every gated result is NEW (no baseline for "
+             "this hardware): by default such a run fails, because the gate checked nothing")
     add(f"{prefix}no-confirm", dest=_dest(prefix, "confirm"), action="store_false", default=True,
         help="Do not re-measure before a FAIL or an IMPROVED is final (default: confirm)")
     add(f"{prefix}report-md", metavar="PATH", default=None,
@@ -290,11 +314,36 @@ def add_ini(addini: Callable[..., None]) -> None:
            type="args", default=[])
 
 
+#: Each ``--mgpu-*`` option's dest and each ``mgpu_*`` ini key, with its default (set by :func:`register`).
+OPTION_DEFAULTS: dict[str, Any] = {}
+INI_DEFAULTS: dict[str, Any] = {}
+
+
 def register(parser: pytest.Parser) -> None:
     """Register everything with pytest: the options in the ``mgpu`` group, then the ini keys."""
     group = parser.getgroup("mgpu", "multi-GPU inference performance testing")
-    add_options(group.addoption)
-    add_ab_options(group.addoption)
-    add_gate_options(group.addoption)
-    add_drift_option(group.addoption)
-    add_ini(parser.addini)
+
+    def addoption(*names: str, **kwargs: Any) -> None:
+        group.addoption(*names, **kwargs)
+        OPTION_DEFAULTS[kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")] = kwargs.get("default")
+
+    def addini(name: str, *args: Any, **kwargs: Any) -> None:
+        parser.addini(name, *args, **kwargs)
+        INI_DEFAULTS[name] = kwargs.get("default")
+
+    add_options(addoption)
+    add_ab_options(addoption)
+    add_gate_options(addoption)
+    add_drift_option(addoption)
+    add_ini(addini)
+
+
+def given(config: pytest.Config) -> bool:
+    """Whether any ``--mgpu-*`` option or ``mgpu_*`` ini key differs from its default.
+
+    Then the plugin checks the options at configure (a bad value is a usage error before
+    collection); otherwise it waits for the first mgpu test, and a project without any pays nothing.
+    """
+    if any(config.getoption(dest, default) != default for dest, default in OPTION_DEFAULTS.items()):
+        return True
+    return any(config.getini(name) != default for name, default in INI_DEFAULTS.items())

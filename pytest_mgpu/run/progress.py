@@ -2,7 +2,9 @@
 
 On a terminal one status line is updated in place after the current test's name and erased when
 the phase ends (``live``); elsewhere, and under ``-q``, one line is printed per phase (``lines``):
-when an engine starts and when it is ready, and when each repeat of a workload ends.
+when an engine starts and when it is ready, and when each repeat of a workload ends. ``auto``
+off a terminal (a CI log) and without ``-v`` prints a repeat's line only when the repeat took
+:data:`SLOW_REPEAT_S` or more, so that a quick, all-pass run stays short.
 ``--mgpu-progress`` picks (``auto``, ``live``, ``lines``, ``off``).
 
 Progress is written to the terminal with pytest's capture suspended, as live logging does, and
@@ -20,6 +22,8 @@ from typing import Any
 import pytest
 
 MODES = ("auto", "live", "lines", "off")
+#: ``auto`` off a terminal (a CI log) prints a line per repeat only for a repeat this slow (seconds), or with -v.
+SLOW_REPEAT_S = 10.0
 #: Live updates are redrawn at most this often (seconds).
 MIN_REDRAW_S = 0.2
 #: The engine log's last line is read from at most this many bytes at its end.
@@ -69,6 +73,23 @@ def _write_raw(tw: Any, text: str) -> None:
         tw._file.flush()
 
 
+#: Separates what a live line may drop (names the terminal already shows) from what it must keep.
+KEEP = "\x00"
+
+
+def fit(text: str, room: int) -> str:
+    """``text`` in ``room`` columns. Where it holds :data:`KEEP`, the part before it (names) goes
+    first, word by word from its end, so that a narrow terminal still shows the counts after it."""
+    names, sep, keep = text.partition(KEEP)
+    if not sep:
+        return text if len(text) <= room else text[: room - 1] + "…"
+    words = names.split()
+    while words and len(" ".join(words)) + 1 + len(keep) > room:
+        words.pop()
+    line = " ".join([*words, keep])
+    return line if len(line) <= room else line[: room - 1] + "…"
+
+
 class Progress:
     """Writes progress to pytest's terminal: live (in place) or one line per phase, never captured."""
 
@@ -76,9 +97,12 @@ class Progress:
         self.config = config
         tr = config.pluginmanager.get_plugin("terminalreporter")
         self.tr = tr
+        #: ``auto`` chose ``lines`` without -v: engine starts always, a repeat only when it was slow.
+        self.brief = False
         if mode == "auto":
             quiet = config.get_verbosity() < 0
             mode = "live" if tr is not None and _isatty(tr) and not quiet else "lines"
+            self.brief = mode == "lines" and config.get_verbosity() < 1
         self.mode = mode if tr is not None else "off"
         self._col: int | None = None  # where the live text starts on the current line
         self._last_draw = 0.0
@@ -97,10 +121,18 @@ class Progress:
         """One line of its own (``lines`` mode)."""
         if self.mode != "lines" or self.tr is None:
             return
+        tw = self.tr._tw
         with self._uncaptured():
-            self.tr.ensure_newline()
-            self.tr.write_line(f"[mgpu] {text}")
-            self.tr.flush()
+            # Without -v not tr.ensure_newline(): it makes pytest write the test file's name again
+            # before the next dot (once per item in a CI log), and under -q it does nothing, gluing
+            # the line to the dots; a newline of our own does neither. With -v pytest must write the
+            # test's name again beside its PASSED, which ensure_newline() asks for.
+            if self.config.get_verbosity() >= 1:
+                self.tr.ensure_newline()
+            elif tw.width_of_current_line:
+                tw.line()
+            tw.line(f"[mgpu] {text}")
+            tw.flush()
 
     def show(self, text: str, force: bool = False) -> None:
         """Draw ``text`` in place after the current line's content (``live`` mode)."""
@@ -113,7 +145,7 @@ class Progress:
         if self._col is None:
             self._col = tw.width_of_current_line
         room = max(20, tw.fullwidth - self._col - 2)
-        text = text if len(text) <= room else text[: room - 1] + "…"
+        text = fit(text, room)
         with self._uncaptured():
             # Back to the start of the line, forward past pytest's own text, clear the rest, draw.
             _write_raw(tw, f"\r\x1b[{self._col}C\x1b[K " + text if self._col else f"\r\x1b[K {text}")
@@ -165,21 +197,23 @@ class Progress:
         state = [0, 0, 0, 0.0]
         t0 = time.monotonic()
 
-        def text() -> str:
+        def text(sep: str = " ") -> str:
             done, total, tokens, secs = state
             rate = f", {tokens / secs:,.0f} tok/s" if secs > 0 else ""
             unit = " (modelled)" if clock == "model" and rate else ""
-            return f"{test} {workload} repeat {i}/{n}: {done}/{total} requests{rate}{unit}"
+            return f"{test} {workload}{sep}repeat {i}/{n}: {done}/{total} requests{rate}{unit}"
 
         def report(done: int, total: int, tokens: int, seconds: float) -> None:
             state[:] = [done, total, tokens, seconds]
-            self.show(text())
+            self.show(text(" " + KEEP))
 
         try:
             yield report
         finally:
             self.clear()
-            self.line(f"{text()}, {time.monotonic() - t0:.1f}s")
+            elapsed = time.monotonic() - t0
+            if not self.brief or elapsed >= SLOW_REPEAT_S:
+                self.line(f"{text()}, {elapsed:.1f}s")
 
 
 PROGRESS_KEY = pytest.StashKey[Progress]()

@@ -35,13 +35,18 @@ from ..gpus import GpuInventory, query_inventory
 from ..machine import collect_env
 from ..models import resolve_model as find_model
 from .ab_settings import AbSettings, ab_settings
+from .keys import ITEM_RESULTS_KEY as ITEM_RESULTS_KEY
+from .keys import MGPU_FIXTURES as MGPU_FIXTURES
+from .keys import SESSION_KEY as SESSION_KEY
+from .keys import SPEC_KEY as SPEC_KEY
+from .keys import is_mgpu_function as is_mgpu_function
+from .keys import is_mgpu_item as is_mgpu_item
 from .markers import TestMarks, register_markers
 from .settings import Settings, build_settings, choose_engine, engine_names, engine_optional, gate_config
 
 if TYPE_CHECKING:  # pragma: no cover - imported when the session starts, not at plugin load
     from ..cluster import ClusterInventory
     from ..cluster.ray_client import RayCluster
-    from ..engines import EngineSpec
     from ..engines.cluster_spec import ClusterSpec
     from ..judge.ab_results import AbResult
     from ..judge.results import BenchResult
@@ -328,6 +333,7 @@ class MgpuSession:
         empty_shard = self.shard is not None and not self.shard["items"]
         if empty_shard and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK  # a shard with no items passes: a CI matrix must not fail on it
+        self.check_gate_checked_something(session)
         s = self.settings
         if s.json_path or s.report_md or s.benchmark_json or self.results:
             from ..report.outputs import write_outputs  # lazy: the report imports the results, and numpy
@@ -383,6 +389,23 @@ class MgpuSession:
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    def check_gate_checked_something(self, session: pytest.Session) -> None:
+        """A gate whose every result is NEW checked nothing: under CI that fails, elsewhere it warns.
+
+        A mistyped baseline directory or a new GPU type makes every result NEW, and a green CI job
+        would then have gated nothing. ``--mgpu-allow-new`` lets a first run on new hardware pass.
+        """
+        if self.ab is not None or self.settings.update_baselines or self.config.option.collectonly:
+            return
+        from ..judge.verdicts import Verdict  # lazy: loaded with the gate, only once results exist
+
+        if not self.comparisons or any(c.verdict is not Verdict.NEW for c in self.comparisons):
+            return
+        fails = running_in_ci() and not self.settings.allow_new
+        self.errors.extend(nothing_checked_lines(self, fails=fails))
+        if fails and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def write_summary(self, tr: pytest.TerminalReporter) -> None:
         """Write the per-item table, the per-layout table and the gate summary to the terminal."""
         if not (self.results or self.comparisons or self.errors):
@@ -407,16 +430,13 @@ class MgpuSession:
             self.prev_sigterm = None
 
 
-#: The session, in ``config.stash``.
-SESSION_KEY = pytest.StashKey[MgpuSession]()
-#: An mgpu item's engine spec, set at collection.
-SPEC_KEY: pytest.StashKey[EngineSpec] = pytest.StashKey()
-#: The results an item's ``mgpu_bench`` measured, for its gate.
-ITEM_RESULTS_KEY: pytest.StashKey[list[BenchResult]] = pytest.StashKey()
+#: Values of the ``CI`` variable that mean "running in CI" (GitHub Actions and GitLab set ``true``).
+CI_TRUE = ("1", "true", "yes", "on")
 
 
-#: Fixtures that make a test an mgpu test.
-MGPU_FIXTURES = ("mgpu_layout", "mgpu_engine", "mgpu_bench")
+def running_in_ci() -> bool:
+    """Whether the ``CI`` environment variable is set to a true value."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
 
 
 def skip_reason(report: pytest.TestReport) -> str:
@@ -444,17 +464,48 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{host}-{uuid.uuid4().hex[:8]}"
 
 
-def is_mgpu_function(metafunc: pytest.Metafunc) -> bool:
-    """Whether a test function uses the plugin's fixtures or ``layout`` marks (cheap: no import)."""
-    return any(f in metafunc.fixturenames for f in MGPU_FIXTURES) or (
-        metafunc.definition.get_closest_marker("layout") is not None
-    )
+def nothing_checked_lines(sess: MgpuSession, *, fails: bool) -> list[str]:
+    """The block that says the gate checked nothing, why, and how to record baselines."""
+    from ..report.summary import accept_command  # lazy: the report module, only for this message
+
+    s = sess.settings
+    n = len(sess.comparisons)
+    engines = sorted({c.engine or s.engine for c in sess.comparisons})
+    dirs = [Path(s.baseline_dir) / sess.fingerprint_for(e) for e in engines]
+    missing = [d for d in dirs if not d.is_dir()]
+    if missing:
+        why = "no baseline for this hardware: " + ", ".join(f"{d} does not exist" for d in missing)
+    else:
+        why = "no baseline entry for these tests in " + ", ".join(str(d) for d in dirs)
+    others = [fp for fp in _subdirs(Path(s.baseline_dir)) if fp not in {d.name for d in dirs}]
+    if others:
+        why += f" (baselines exist for: {', '.join(others)})"
+    what = f"the gate checked nothing: all {n} result{'s are' if n != 1 else ' is'} NEW"
+    if not fails:
+        allowed = " (allowed by --mgpu-allow-new)" if s.allow_new and running_in_ci() else ""
+        return [f"mgpu gate WARNING: {what}{allowed}; {why}"]
+    return [
+        f"mgpu gate FAILED: {what}",
+        f"  why: {why}",
+        f"  record this run's results as baselines (no re-run): {accept_command(sess)}",
+        f"  (or re-run with --mgpu-update-baselines), then commit {_rel(Path(s.baseline_dir))}",
+        "  CI=true: a run that checked nothing fails; a first run on new hardware may pass with --mgpu-allow-new",
+    ]
 
 
-def is_mgpu_item(item: pytest.Item) -> bool:
-    """Whether ``item`` uses one of the plugin's fixtures (and so was parametrised with a layout)."""
-    fixturenames = getattr(item, "fixturenames", ())
-    return getattr(item, "callspec", None) is not None and any(f in fixturenames for f in MGPU_FIXTURES)
+def _rel(path: Path) -> str:
+    """``path`` relative to the working directory where it can be (as the accept command has it)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(path)
+
+
+def _subdirs(path: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in path.iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def configure(config: pytest.Config) -> MgpuSession:
@@ -464,8 +515,14 @@ def configure(config: pytest.Config) -> MgpuSession:
 
 
 def session_of(config: pytest.Config) -> MgpuSession:
-    """The session of ``config`` (set by :func:`configure`)."""
-    return config.stash[SESSION_KEY]
+    """The session of ``config``, built on first use.
+
+    The plugin builds it at configure when an mgpu option is given (a bad value is a usage error
+    before collection), else when collection meets the first mgpu test: a project without mgpu
+    tests never imports this module.
+    """
+    sess = config.stash.get(SESSION_KEY, None)
+    return sess if sess is not None else MgpuSession.configure(config)
 
 
 def unconfigure(config: pytest.Config) -> None:

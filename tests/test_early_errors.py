@@ -143,6 +143,7 @@ def test_engine_opts_the_sim_does_not_know_name_the_test(pytester: pytest.Pytest
         (["--mgpu-sim-gpu", "h300-1tb"], "--mgpu-sim-gpu 'h300-1tb' is not a sim GPU profile; choose one of: v100-16gb, *"),
         (["--mgpu-engine-opt", "spede=2"], "--mgpu-engine-opt: unknown sim option 'spede'; valid options: *speed*"),
         (["--mgpu-engine-opt", "max_num_seqs=1.5"], "--mgpu-engine-opt: sim option max_num_seqs='1.5' is not a valid int"),
+        (["--mgpu-engine-opt", "clock=fast"], "--mgpu-engine-opt: sim option clock='fast' must be model or wall"),
     ],
 )
 def test_bad_options_are_usage_errors_before_any_engine_starts(

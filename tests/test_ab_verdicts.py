@@ -202,3 +202,31 @@ def test_config_rejects_nonsense() -> None:
         AbConfig(min_rounds=5, max_rounds=4)
     with pytest.raises(ValueError, match="alpha"):
         AbConfig(alpha=0.7)
+
+
+# --- rules pinned against mutants (nox -s mutants) ---------------------------------------------
+
+
+def test_a_significant_change_below_fail_fraction_of_the_tolerance_is_no_regression() -> None:
+    """2% worse in every one of 10 rounds: the t-test alone rejects "not worse" (t ~ 9), but a FAIL also
+    needs the mean beyond fail_fraction (0.5) of the 5% tolerance, 2.44%: it is provably inside."""
+    delta = log_tolerance(TPOT, 0.05)
+    d = [0.02] * 10
+    lk = look(d, delta, CFG)
+    assert lk.t > t_quantile(1 - CFG.alpha, 9) and lk.mean < CFG.fail_fraction * delta
+    assert lk.state is LookState.INSIDE
+    m = decide_metric(TPOT, [100.0] * 10, [100.0 * math.exp(0.02)] * 10, 0.05, True, CFG, final=True)
+    assert m.verdict is Verdict.PASS and m.threshold_pct == pytest.approx(100 * (math.sqrt(1.05) - 1))
+    # Past the threshold the same rounds do fail: the threshold, not the t-test, decided above.
+    assert look([0.03] * 10, delta, CFG).state is LookState.REGRESSED
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("side", ["old", "new"])
+def test_a_round_without_a_finite_positive_value_makes_the_metric_invalid(bad: float, side: str) -> None:
+    good = [5.0, 5.1, 4.9, 5.0]
+    broken = [5.0, bad, 4.9, 5.0]
+    old, new = (broken, good) if side == "old" else (good, broken)
+    m = decide_metric(TPOT, old, new, 0.05, True, CFG, final=True)
+    assert m.verdict is Verdict.INVALID and m.state is LookState.INVALID
+    assert m.note == "a round measured a non-positive or non-finite value"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -336,3 +337,29 @@ def test_unknown_top_level_keys_are_kept(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     store.update(FP, MOD, [make_result("test_b")])
     assert json.loads(path.read_text())["x_team"] == {"owner": "perf"}
+
+
+def _update_many(root: str, worker: int, n: int, barrier: Any) -> None:
+    """One writer process: ``n`` updates of the same baseline file, each adding its own entry."""
+    store = BaselineStore(Path(root))
+    barrier.wait()  # every writer starts at once, so their read-modify-write cycles overlap
+    for i in range(n):
+        store.update(FP, MOD, [make_result(f"test_w{worker}_{i}")])
+
+
+def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
+    """Processes writing one baseline file at once (xdist workers, shards on one disk) each add entries;
+    the store's directory lock makes every read-modify-write whole, so none is lost."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers, n = 6, 8
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_update_many, args=(str(tmp_path), w, n, barrier)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * workers
+    entries = json.loads(BaselineStore(tmp_path).path(FP, MOD).read_text())["entries"]
+    assert len(entries) == workers * n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 
 import pytest
 from hypothesis import example, given
@@ -460,3 +461,59 @@ def test_results_round_trip_keeps_the_workload_and_identity() -> None:
     back = BenchResult.from_dict(d)
     assert back.workload == r.workload and back.identity == r.identity and back.engine_options == r.engine_options
     assert len(back.first_repeats) == 3
+
+
+# --- the noise band's terms, pinned (nox -s mutants) -------------------------------------------
+#: The band of one recording against one run of identical repeats: k x c(n) x floor x sqrt(2/n), with
+#: k = 2.5, the noise floor 0.5% and c(3) = 1.159 (median vs mean, docs/gate.md); written out here.
+C3 = 1.159
+
+
+def test_band_of_identical_repeats_is_k_times_the_floored_median_noise() -> None:
+    m = compare_metric("tpot_p50", [10.0] * 3, [10.2] * 3)
+    assert m.noise_log == pytest.approx(2.5 * C3 * 0.005 * math.sqrt(2 / 3), rel=1e-9)
+    assert m.noise_pct == pytest.approx(100 * (math.exp(2.5 * C3 * 0.005 * math.sqrt(2 / 3)) - 1), rel=1e-9)
+    # Eight repeats: the median's asymptotic factor sqrt(pi / 2).
+    m8 = compare_metric("tpot_p50", [10.0] * 8, [10.2] * 8)
+    assert m8.noise_log == pytest.approx(2.5 * math.sqrt(math.pi / 2) * 0.005 * math.sqrt(2 / 8), rel=1e-9)
+
+
+def test_band_uses_the_repeats_spread_above_the_floor() -> None:
+    base, now = [10.0, 10.4, 9.6], [10.0, 10.4, 9.6]
+    s = statistics.stdev(math.log(v / 10.0) for v in base)
+    m = compare_metric("tpot_p50", base, now)
+    assert m.noise_log == pytest.approx(2.5 * C3 * s * math.sqrt(2 / 3), rel=1e-9)
+
+
+def test_drift_enters_the_band_once_per_side() -> None:
+    cfg = GateConfig(drift=0.03)
+    m = compare_metric("tpot_p50", [10.0] * 3, [10.2] * 3, cfg)
+    assert m.noise_log == pytest.approx(2.5 * math.sqrt(2 * C3**2 * 0.005**2 / 3 + 2 * 0.03**2), rel=1e-9)
+
+
+def test_noise_k_and_floor_from_the_config() -> None:
+    cfg = GateConfig(noise_k=1.0, noise_floor=0.02)
+    m = compare_metric("tpot_p50", [10.0] * 3, [10.2] * 3, cfg)
+    assert m.noise_log == pytest.approx(1.0 * C3 * 0.02 * math.sqrt(2 / 3), rel=1e-9)
+
+
+def test_between_recording_spread_widens_the_band_and_centres_the_value() -> None:
+    """Two recordings with medians 10 and 11: the baseline is their geometric mean, and the band holds
+    their sample variance, once for the mean of two recordings and once for the run."""
+    history, latest = [[10.0] * 3], [11.0] * 3
+    m = compare_metric("tpot_p50", latest, [10.5] * 3, history=history)
+    var_between = statistics.variance([0.0, math.log(1.1)])
+    assert m.base == pytest.approx(10.0 * math.sqrt(1.1), rel=1e-12) and m.recordings == 2
+    assert m.noise_log == pytest.approx(2.5 * math.sqrt(var_between / 2 + var_between), rel=1e-9)
+
+
+def test_exactly_at_the_tolerance_is_within_it() -> None:
+    """16 -> 17 is exactly +6.25% (exact in binary): not beyond a 6.25% tolerance, so PASS, not FAIL."""
+    cfg = DEFAULT_CONFIG.with_overrides({"tpot_p50": "6.25%", "output_throughput_per_gpu": "6.25%"})
+    at = compare_metric("tpot_p50", [16.0] * 3, [17.0] * 3, cfg)
+    assert at.delta_pct == 6.25 and at.noise_log is not None and at.noise_log < math.log(17 / 16)
+    assert at.verdict is Verdict.PASS
+    assert compare_metric("tpot_p50", [16.0] * 3, [17.01] * 3, cfg).verdict is Verdict.FAIL
+    better = compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.0] * 3, cfg)
+    assert better.verdict is Verdict.PASS
+    assert compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.01] * 3, cfg).verdict is Verdict.IMPROVED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -230,3 +231,46 @@ def test_a_round_without_a_finite_positive_value_makes_the_metric_invalid(bad: f
     m = decide_metric(TPOT, old, new, 0.05, True, CFG, final=True)
     assert m.verdict is Verdict.INVALID and m.state is LookState.INVALID
     assert m.note == "a round measured a non-positive or non-finite value"
+
+
+def test_look_statistics_use_n_minus_1_degrees_of_freedom() -> None:
+    """Four rounds: mean, sd, se and the bounds with t(0.95, 3) = 2.353363; p from t_sf with 3 df."""
+    d = [0.01, 0.03, 0.02, 0.04]
+    lk = look(d, log_tolerance(TPOT, 0.05), CFG)
+    sd = statistics.stdev(d)
+    se = sd / 2
+    assert (lk.n, lk.mean, lk.sd, lk.se) == (4, pytest.approx(0.025), pytest.approx(sd), pytest.approx(se))
+    assert lk.t == pytest.approx(0.025 / se)
+    assert lk.upper == pytest.approx(0.025 + 2.353363 * se, rel=1e-6)
+    assert lk.lower == pytest.approx(0.025 - 2.353363 * se, rel=1e-6)
+    assert lk.p_worse == pytest.approx(t_sf(0.025 / se, 3), rel=1e-12)
+
+
+def test_the_t_test_critical_value_uses_n_minus_1_degrees_of_freedom() -> None:
+    """t = 4.9 over 4 rounds lies between t(0.995, 5) = 4.03 and t(0.995, 3) = 5.84: not yet a regression."""
+    lk = look([0.1, 0.15, 0.05, 0.1], log_tolerance(TPOT, 0.05), CFG)
+    assert 4.04 < lk.t < 5.84 and lk.mean > CFG.fail_fraction * log_tolerance(TPOT, 0.05)
+    assert lk.state is LookState.UNDECIDED
+
+
+def test_two_rounds_are_enough_to_look() -> None:
+    assert look([0.0, 0.001], log_tolerance(TPOT, 0.05), CFG).n == 2
+    with pytest.raises(ValueError, match="a look needs at least 2 rounds"):
+        look([0.0], log_tolerance(TPOT, 0.05), CFG)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_mean_exactly_at_the_threshold_is_no_regression_nor_improvement(sign: int) -> None:
+    """Four rounds at exactly fail_fraction x delta (exact: 4 x the value / 4): inside, in both directions."""
+    delta = log_tolerance(TPOT, 0.05)
+    thr = CFG.fail_fraction * delta
+    lk = look([sign * thr] * 4, delta, CFG)
+    assert lk.mean == sign * thr and abs(lk.t) > t_quantile(1 - CFG.alpha, 3)
+    assert lk.state is LookState.INSIDE
+
+
+def test_a_small_significant_improvement_is_not_improved() -> None:
+    """The mirror of the fail_fraction test: 2% better in 10 rounds is inside, 3% better is IMPROVED."""
+    delta = log_tolerance(TPOT, 0.05)
+    assert look([-0.02] * 10, delta, CFG).state is LookState.INSIDE
+    assert look([-0.03] * 10, delta, CFG).state is LookState.IMPROVED

@@ -517,3 +517,71 @@ def test_exactly_at_the_tolerance_is_within_it() -> None:
     better = compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.0] * 3, cfg)
     assert better.verdict is Verdict.PASS
     assert compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.01] * 3, cfg).verdict is Verdict.IMPROVED
+
+
+#: The median's noise relative to the mean's for n repeats (docs/gate.md), written out; n >= 8: sqrt(pi/2).
+MEDIAN_SE = {1: 1.0, 2: 1.0, 3: 1.159, 4: 1.092, 5: 1.197, 6: 1.136, 7: 1.214, 8: math.sqrt(math.pi / 2)}
+
+
+@pytest.mark.parametrize("n", sorted(MEDIAN_SE))
+def test_band_per_number_of_repeats(n: int) -> None:
+    m = compare_metric("tpot_p50", [10.0] * n, [10.2] * n)
+    assert m.noise_log == pytest.approx(2.5 * MEDIAN_SE[n] * 0.005 * math.sqrt(2 / n), rel=1e-9)
+    assert (m.now, m.base, m.n_base, m.n_now, m.recordings) == (10.2, 10.0, n, n, 1)
+
+
+def test_in_session_noise_counts_when_recordings_agree() -> None:
+    """Two recordings with the same median but noisy repeats: their in-session noise, not their (zero)
+    spread, makes the band."""
+    noisy = [10.0, 10.4, 9.6]
+    s = statistics.stdev(math.log(v / 10.0) for v in noisy)
+    m = compare_metric("tpot_p50", noisy, [10.0] * 3, history=[noisy])
+    var_in = C3**2 * s**2 / 3
+    var_now = C3**2 * 0.005**2 / 3
+    assert m.recordings == 2 and m.noise_log == pytest.approx(2.5 * math.sqrt(var_in / 2 + var_now), rel=1e-9)
+
+
+def test_baseline_stats_edge_cases() -> None:
+    from pytest_mgpu.verdicts import BaselineStats, baseline_stats
+
+    assert baseline_stats([]) == BaselineStats(None, 0, 0.0, 0.0, 0.005)
+    assert baseline_stats([[]], noise_floor=0.01) == BaselineStats(None, 0, 0.0, 0.0, 0.01)
+    one = baseline_stats([[10.0, 10.4, 9.6]])
+    s = statistics.stdev(math.log(v / 10.0) for v in [10.0, 10.4, 9.6])
+    assert one == BaselineStats(10.0, 1, pytest.approx(C3**2 * s**2 / 3), 0.0, pytest.approx(s))  # type: ignore[arg-type]
+    # Values below 1 (seconds, say) are ordinary: two recordings are combined as usual.
+    small = baseline_stats([[0.5] * 3, [0.55] * 3])
+    assert small.recordings == 2 and small.value == pytest.approx(math.sqrt(0.5 * 0.55))
+    assert small.latest_noise == 0.005 and small.var_between == pytest.approx(math.log(1.1) ** 2 / 2)
+    # A recording whose median is 0 cannot be averaged in logs: the latest alone is used.
+    zero = baseline_stats([[10.0] * 3, [0.0] * 3])
+    assert zero.value == 0.0 and zero.recordings == 1
+
+
+def test_log_std_uses_the_positive_finite_values_only() -> None:
+    from pytest_mgpu.verdicts import log_std
+
+    assert log_std([10.0]) == 0.0 and log_std([]) == 0.0
+    assert log_std([10.0, 11.0]) == pytest.approx(math.log(1.1) / math.sqrt(2), rel=1e-12)
+    assert log_std([0.0, -1.0, math.inf, 10.0, 11.0]) == pytest.approx(math.log(1.1) / math.sqrt(2), rel=1e-12)
+
+
+def test_no_value_zero_baseline_and_a_latest_recording_without_the_metric() -> None:
+    m = compare_metric("tpot_p50", [10.0] * 3, [])
+    assert m.verdict is Verdict.INVALID and m.why == "this run has no value for it (baseline 10)"
+    z = compare_metric("tpot_p50", [0.0] * 3, [10.0] * 3)
+    assert z.verdict is Verdict.INVALID and z.why.startswith("not positive (baseline 0, this run 10)")
+    zh = compare_metric("tpot_p50", [0.0] * 3, [10.0] * 3, history=[[10.0] * 3])
+    assert zh.verdict is Verdict.INVALID
+    # Only earlier recordings have the metric: the latest decides, so it is new.
+    assert compare_metric("tpot_p50", [], [10.0] * 3, history=[[10.0] * 3]).verdict is Verdict.NEW
+    new = compare_metric("tpot_p50", [], [10.0] * 3)
+    assert new.verdict is Verdict.NEW and new.recordings == 0
+
+
+def test_within_the_tolerance_either_way_is_pass() -> None:
+    """Beyond the (tiny) noise but inside the tolerance, better or worse: PASS, never IMPROVED or WARN."""
+    assert compare_metric("tpot_p50", [10.0] * 3, [9.8] * 3).verdict is Verdict.PASS
+    assert compare_metric("tpot_p50", [10.0] * 3, [10.2] * 3).verdict is Verdict.PASS
+    two_bad = compare_metric("tpot_p50", [10.0] * 3, [float("nan"), float("inf"), 10.0])
+    assert two_bad.why == "2 of 3 repeats of this run measured no finite value (nan, inf)"

@@ -274,3 +274,31 @@ def test_a_small_significant_improvement_is_not_improved() -> None:
     delta = log_tolerance(TPOT, 0.05)
     assert look([-0.02] * 10, delta, CFG).state is LookState.INSIDE
     assert look([-0.03] * 10, delta, CFG).state is LookState.IMPROVED
+
+
+def test_a_regression_is_confirmed_only_by_a_look_of_at_least_min_rounds() -> None:
+    """37% worse from the first round: at round 3 the look at rounds 1-2 would already say regressed (t = 80 >
+    t(0.995, 1) = 63.7), but it has fewer than min_rounds, so round 3 only asks for one more round."""
+    worse = [100.0 * math.exp(0.4)] * 3
+    assert look([0.4, 0.4], log_tolerance(TPOT, 0.05), CFG).state is LookState.REGRESSED
+    m = decide_metric(TPOT, [100.0] * 3, worse, 0.05, True, CFG, final=False)
+    assert m.verdict is Verdict.WARN and m.state is LookState.UNDECIDED
+    assert m.note == "regressed at this look; one more round to confirm"
+    assert decide_metric(TPOT, [100.0] * 4, worse + worse[:1], 0.05, True, CFG, final=False).verdict is Verdict.FAIL
+
+
+def test_threshold_per_direction() -> None:
+    """Half the tolerance in log terms: sqrt(1.05) - 1 for a latency, 1 - sqrt(0.95) for a throughput."""
+    lat = decide_metric(TPOT, [100.0] * 3, [100.0] * 3, 0.05, True, CFG, final=True)
+    tput = decide_metric(TPUT, [100.0] * 3, [100.0] * 3, 0.05, True, CFG, final=True)
+    assert lat.threshold_pct == pytest.approx(100 * (math.sqrt(1.05) - 1), rel=1e-12)
+    assert tput.threshold_pct == pytest.approx(100 * (1 - math.sqrt(0.95)), rel=1e-12)
+    assert (lat.tolerance_pct, lat.rounds, lat.old, lat.new) == (5.0, 3, 100.0, 100.0)
+
+
+def test_decide_without_metrics_or_rounds() -> None:
+    d = decide({}, {}, GATE, CFG)
+    assert (d.verdict, d.done, d.rounds, d.metrics, d.note) == (Verdict.WARN, False, 0, (), "no metric to compare")
+    # A metric only one side measured is left out, not an error.
+    one_side = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3, TPUT: [1.0] * 3}, GATE, CFG)
+    assert [m.metric for m in one_side.metrics] == [TPOT]

@@ -585,3 +585,23 @@ def test_within_the_tolerance_either_way_is_pass() -> None:
     assert compare_metric("tpot_p50", [10.0] * 3, [10.2] * 3).verdict is Verdict.PASS
     two_bad = compare_metric("tpot_p50", [10.0] * 3, [float("nan"), float("inf"), 10.0])
     assert two_bad.why == "2 of 3 repeats of this run measured no finite value (nan, inf)"
+
+
+class _Base:
+    """A baseline entry with two recordings of tpot_p50 (medians 10 and 11), as the store gives it."""
+
+    entry_id = "perf_tests/test_x.py::test_serve[tp2-pp1]"
+    engine_version = "0.1.0"
+    invalid = None
+
+    def samples(self, metric: str) -> list[float]:
+        return [11.0] * 3 if metric == "tpot_p50" else []
+
+    def history(self, metric: str) -> list[list[float]]:
+        return [[10.0] * 3] if metric == "tpot_p50" else []
+
+
+def test_compare_reads_the_baseline_history() -> None:
+    c = compare(make_result({"tpot_p50": 1.05}, jitter=(1.0, 1.0, 1.0)), _Base())
+    m = c.metric("tpot_p50")
+    assert m is not None and m.recordings == 2 and m.base == pytest.approx(10.0 * math.sqrt(1.1))

@@ -249,3 +249,11 @@ def test_merge_exits_by_the_one_failure_rule(tmp_path: Path, verdict: Verdict) -
     other = _write(tmp_path, "2.json", _doc("2/2", ["b"], verdict=verdict))
     assert cli(["merge", ok, other]) == int(fails(verdict))
     assert cli(["merge", ok, other, "--strict"]) == int(fails(verdict, strict=True))
+
+
+def test_assignment_is_longest_first_onto_the_least_loaded() -> None:
+    """The exact greedy: 7, 5, 4, 3, 1 on two shards is {7, 3} and {5, 4, 1} (shortest first would give 12 and 8);
+    equal costs go by name, whatever the order they come in."""
+    units = [("e", 1.0), ("c", 4.0), ("a", 7.0), ("d", 3.0), ("b", 5.0)]
+    assert assign(units, 2) == {"a": 1, "b": 2, "c": 2, "d": 1, "e": 2}
+    assert assign([("b", 1.0), ("a", 1.0)], 2) == assign([("a", 1.0), ("b", 1.0)], 2) == {"a": 1, "b": 2}

@@ -302,3 +302,40 @@ def test_decide_without_metrics_or_rounds() -> None:
     # A metric only one side measured is left out, not an error.
     one_side = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3, TPUT: [1.0] * 3}, GATE, CFG)
     assert [m.metric for m in one_side.metrics] == [TPOT]
+
+
+def test_config_bounds() -> None:
+    """The documented ranges, ends included where they are closed: fail_fraction in [0, 1], alpha and beta in
+    (0, 0.5), min_rounds >= 2, max_rounds >= min_rounds."""
+    AbConfig(fail_fraction=0.0)
+    AbConfig(fail_fraction=1.0)
+    AbConfig(min_rounds=2, max_rounds=2)
+    for bad in ({"fail_fraction": 1.5}, {"alpha": 0.0}, {"alpha": 0.5}, {"beta": 0.0}, {"beta": 0.5}, {"beta": 1.0},
+                {"min_rounds": 1}):
+        with pytest.raises(ValueError):
+            AbConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_values_below_one_are_ordinary() -> None:
+    """Seconds or fractions are positive values like any other: only non-positive or non-finite is invalid."""
+    m = decide_metric(TPOT, [0.5] * 4, [0.5] * 4, 0.05, True, CFG, final=True)
+    assert m.verdict is Verdict.PASS and m.state is LookState.INSIDE
+
+
+def test_paired_metric_fields() -> None:
+    old, new = _series(1.02, 5)
+    m = decide_metric(TPOT, old, new, 0.05, True, CFG, final=True)
+    d = [math.log(b / a) for a, b in zip(old, new)]
+    lk = look(d, log_tolerance(TPOT, 0.05), CFG)
+    assert m.old_values == tuple(old) and m.new_values == tuple(new)
+    assert m.p_worse == lk.p_worse and m.sd_pct == pytest.approx(lk.sd * 100)
+    assert m.ci_low_pct == pytest.approx(100 * (math.exp(lk.lower) - 1))
+    assert m.ci_high_pct == pytest.approx(100 * (math.exp(lk.upper) - 1))
+    early = decide_metric(TPOT, old[:2], new[:2], 0.05, True, CFG, final=False)
+    assert early.state is LookState.UNDECIDED and early.verdict is Verdict.WARN
+    assert early.note == "only 2 round(s); the first look is after 3"
+
+
+def test_decide_invalid_keeps_the_rounds() -> None:
+    d = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3}, GATE, CFG, invalid="round 3 new: 1 request failed")
+    assert (d.verdict, d.done, d.rounds, d.metrics) == (Verdict.INVALID, True, 3, ())

@@ -25,7 +25,7 @@ from pytest_mgpu.gpus import GpuInfo, GpuInventory
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.machine import collect_env
 from pytest_mgpu.results import BenchResult, RepeatResult
-from pytest_mgpu.verdicts import Verdict, compare
+from pytest_mgpu.verdicts import GateConfig, Verdict, compare
 from pytest_mgpu.workload import Workload
 
 FP = "sim-v100-16gb-x4"
@@ -363,3 +363,28 @@ def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0] * workers
     entries = json.loads(BaselineStore(tmp_path).path(FP, MOD).read_text())["entries"]
     assert len(entries) == workers * n
+
+
+def test_store_compare_uses_the_given_gate_config(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.update(FP, MOD, [make_result()])
+    slower = make_result(factors={"tpot_p50": 1.08})
+    assert store.compare(FP, slower).verdict is Verdict.FAIL
+    loose = GateConfig().with_overrides({"tpot_p50": "10%"})
+    assert store.compare(FP, slower, loose).verdict is Verdict.PASS
+
+
+def test_history_of_one_and_extra_metrics_are_recorded(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    r = make_result()
+    for rep in r.repeats:
+        rep.summary["itl_p50"] = 9.0
+    store.update(FP, MOD, [r], history=1, metrics=["itl_p50"])
+    store.update(FP, MOD, [r], history=1, metrics=["itl_p50"])
+    entry = store.get(FP, MOD, r.entry_id)
+    assert entry is not None and len(entry.recordings) == 1 and entry.samples("itl_p50") == [9.0] * 3
+    assert entry.nodeid == r.nodeid and entry.entry_id == r.entry_id
+    assert entry.samples("no_such_metric") == []
+    assert entry.stats("tpot_p50", noise_floor=0.02).latest_noise == 0.02
+    with pytest.raises(BaselineError):
+        store.update(FP, MOD, [r], history=0)

@@ -605,3 +605,66 @@ def test_compare_reads_the_baseline_history() -> None:
     c = compare(make_result({"tpot_p50": 1.05}, jitter=(1.0, 1.0, 1.0)), _Base())
     m = c.metric("tpot_p50")
     assert m is not None and m.recordings == 2 and m.base == pytest.approx(10.0 * math.sqrt(1.1))
+
+
+def test_comparison_fields_for_every_outcome() -> None:
+    """What the reports show beside a verdict: ids, both versions, the engine, options, which measurement."""
+    base = make_result(version="0.1.0")
+    invalid = compare(make_result(invalid="boom", version="0.2.0"), base, engine="sim")
+    new = compare(make_result(version="0.2.0"), None)
+    other = make_result(version="0.2.0")
+    other.model = "llama-2-7b"
+    mismatch = compare(other, base)
+    for c in (invalid, new, mismatch):
+        assert c.entry_id == base.entry_id and c.now_engine_version == "0.2.0" and c.engine == "sim"
+        assert c.options == {} and c.measurement == "first"
+    assert (invalid.base_engine_version, new.base_engine_version, mismatch.base_engine_version) == ("0.1.0", None, "0.1.0")
+    assert (invalid.verdict, new.verdict, mismatch.verdict) == (Verdict.INVALID, Verdict.NEW, Verdict.MISMATCH)
+    assert invalid.base_options == {} and new.base_options is None
+    assert new.metric("tpot_p50") is None and compare(base, base).metric("no_such_metric") is None
+
+
+def test_confirm_with_an_invalid_re_measurement_says_so() -> None:
+    first = compare(make_result({"tpot_p50": 1.3}), make_result())
+    second = compare(make_result(invalid="2 of 3 requests failed"), make_result())
+    c = confirm(first, second)
+    assert c.verdict is Verdict.INVALID and c.measurement == "re-measurement"
+    assert c.note.startswith("first measurement: regression: tpot_p50 +") and "re-measurement not compared" in c.note
+    gone = confirm(first, compare(make_result(), make_result()))
+    assert gone.verdict is Verdict.WARN and gone.note.startswith("did not reproduce: tpot_p50 failed")
+
+
+def test_verdict_counts() -> None:
+    from pytest_mgpu.verdicts import verdict_counts
+
+    cs = [compare(make_result(), make_result()), compare(make_result(), make_result()), compare(make_result(), None)]
+    assert verdict_counts(cs) == {Verdict.PASS: 2, Verdict.NEW: 1}
+
+
+def test_gate_config_defaults_from_an_empty_document() -> None:
+    assert GateConfig.from_dict({}) == GateConfig()
+    assert not GateConfig.from_dict({}).strict
+
+
+def test_tolerance_bounds() -> None:
+    assert Tolerance(0.0).fraction == 0.0 and Tolerance.parse("0%").fraction == 0.0
+    with pytest.raises(ValueError):
+        Tolerance(1.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="a bare number is a fraction below 1, write 1% for percent"):
+        Tolerance.parse("1")
+    with pytest.raises(argparse.ArgumentTypeError):
+        Tolerance.parse(True)  # type: ignore[arg-type]
+    assert Tolerance.parse(0.5).fraction == 0.5
+
+
+def test_options_changed_ignores_dashes_case_and_underscores() -> None:
+    base, now = make_result(), make_result()
+    base.engine_options, now.engine_options = {"--Max_Num_Seqs": "8"}, {"max-num-seqs": "8", "dtype": "fp8"}
+    c = compare(now, base)
+    assert c.options_changed == [("dtype", None, "fp8")]
+
+
+def test_log_std_of_values_below_one() -> None:
+    from pytest_mgpu.verdicts import log_std
+
+    assert log_std([0.5, 0.55]) == pytest.approx(math.log(1.1) / math.sqrt(2), rel=1e-12)

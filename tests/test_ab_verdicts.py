@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pytest_mgpu.judge.ab_verdicts import (
@@ -147,16 +148,32 @@ def test_decide_reports_invalid_runs() -> None:
     st.lists(st.floats(-0.3, 0.3), min_size=3, max_size=12),
     st.floats(0.01, 0.2),
 )
+@example(d=[0.2, 0.21, 0.19, 0.2], tol=0.05)  # regressed: every round 20% worse
+@example(d=[-0.2, -0.21, -0.19, -0.2], tol=0.05)  # improved
+@example(d=[0.0, 0.001, -0.001, 0.0], tol=0.05)  # provably inside
 def test_swapping_sides_mirrors_the_verdict(d: list[float], tol: float) -> None:
-    """A/B symmetry: old and new swapped turns a regression into an improvement and vice versa."""
+    """A/B symmetry: old and new swapped turns a regression into an improvement and vice versa.
+
+    Only these two mirror: "inside" is one-sided (provably not worse beyond the tolerance), so a
+    0-0-0-25% rise that is undecided becomes inside once swapped.
+    """
     old = [100.0] * len(d)
     new = [100.0 * math.exp(x) for x in d]
     ab = decide_metric(TPOT, old, new, tol, True, replace(CFG, confirm=False), final=True)
     ba = decide_metric(TPOT, new, old, tol, True, replace(CFG, confirm=False), final=True)
-    if ab.state is LookState.REGRESSED:
-        assert ba.state is LookState.IMPROVED
-    if ab.state is LookState.IMPROVED:
-        assert ba.state is LookState.REGRESSED
+    assert (ab.state is LookState.REGRESSED) == (ba.state is LookState.IMPROVED)
+    assert (ab.state is LookState.IMPROVED) == (ba.state is LookState.REGRESSED)
+
+
+@pytest.mark.parametrize(("d", "state"), [
+    ([0.2, 0.21, 0.19, 0.2], LookState.REGRESSED),
+    ([-0.2, -0.21, -0.19, -0.2], LookState.IMPROVED),
+    ([0.0, 0.001, -0.001, 0.0], LookState.INSIDE),
+])
+def test_mirror_examples_reach_every_state(d: list[float], state: LookState) -> None:
+    """The explicit examples above are what they say, so the symmetry test sees every state."""
+    new = [100.0 * math.exp(x) for x in d]
+    assert decide_metric(TPOT, [100.0] * len(d), new, 0.05, True, replace(CFG, confirm=False), final=True).state is state
 
 
 @given(st.lists(st.floats(-0.2, 0.2), min_size=3, max_size=10), st.floats(0.0, 0.5))
@@ -186,3 +203,139 @@ def test_config_rejects_nonsense() -> None:
         AbConfig(min_rounds=5, max_rounds=4)
     with pytest.raises(ValueError, match="alpha"):
         AbConfig(alpha=0.7)
+
+
+# --- rules pinned against mutants (nox -s mutants) ---------------------------------------------
+
+
+def test_a_significant_change_below_fail_fraction_of_the_tolerance_is_no_regression() -> None:
+    """2% worse in every one of 10 rounds: the t-test alone rejects "not worse" (t ~ 9), but a FAIL also
+    needs the mean beyond fail_fraction (0.5) of the 5% tolerance, 2.44%: it is provably inside."""
+    delta = log_tolerance(TPOT, 0.05)
+    d = [0.02] * 10
+    lk = look(d, delta, CFG)
+    assert lk.t > t_quantile(1 - CFG.alpha, 9) and lk.mean < CFG.fail_fraction * delta
+    assert lk.state is LookState.INSIDE
+    m = decide_metric(TPOT, [100.0] * 10, [100.0 * math.exp(0.02)] * 10, 0.05, True, CFG, final=True)
+    assert m.verdict is Verdict.PASS and m.threshold_pct == pytest.approx(100 * (math.sqrt(1.05) - 1))
+    # Past the threshold the same rounds do fail: the threshold, not the t-test, decided above.
+    assert look([0.03] * 10, delta, CFG).state is LookState.REGRESSED
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("side", ["old", "new"])
+def test_a_round_without_a_finite_positive_value_makes_the_metric_invalid(bad: float, side: str) -> None:
+    good = [5.0, 5.1, 4.9, 5.0]
+    broken = [5.0, bad, 4.9, 5.0]
+    old, new = (broken, good) if side == "old" else (good, broken)
+    m = decide_metric(TPOT, old, new, 0.05, True, CFG, final=True)
+    assert m.verdict is Verdict.INVALID and m.state is LookState.INVALID
+    assert m.note == "a round measured a non-positive or non-finite value"
+
+
+def test_look_statistics_use_n_minus_1_degrees_of_freedom() -> None:
+    """Four rounds: mean, sd, se and the bounds with t(0.95, 3) = 2.353363; p from t_sf with 3 df."""
+    d = [0.01, 0.03, 0.02, 0.04]
+    lk = look(d, log_tolerance(TPOT, 0.05), CFG)
+    sd = statistics.stdev(d)
+    se = sd / 2
+    assert (lk.n, lk.mean, lk.sd, lk.se) == (4, pytest.approx(0.025), pytest.approx(sd), pytest.approx(se))
+    assert lk.t == pytest.approx(0.025 / se)
+    assert lk.upper == pytest.approx(0.025 + 2.353363 * se, rel=1e-6)
+    assert lk.lower == pytest.approx(0.025 - 2.353363 * se, rel=1e-6)
+    assert lk.p_worse == pytest.approx(t_sf(0.025 / se, 3), rel=1e-12)
+
+
+def test_the_t_test_critical_value_uses_n_minus_1_degrees_of_freedom() -> None:
+    """t = 4.9 over 4 rounds lies between t(0.995, 5) = 4.03 and t(0.995, 3) = 5.84: not yet a regression."""
+    lk = look([0.1, 0.15, 0.05, 0.1], log_tolerance(TPOT, 0.05), CFG)
+    assert 4.04 < lk.t < 5.84 and lk.mean > CFG.fail_fraction * log_tolerance(TPOT, 0.05)
+    assert lk.state is LookState.UNDECIDED
+
+
+def test_two_rounds_are_enough_to_look() -> None:
+    assert look([0.0, 0.001], log_tolerance(TPOT, 0.05), CFG).n == 2
+    with pytest.raises(ValueError, match="a look needs at least 2 rounds"):
+        look([0.0], log_tolerance(TPOT, 0.05), CFG)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_mean_exactly_at_the_threshold_is_no_regression_nor_improvement(sign: int) -> None:
+    """Four rounds at exactly fail_fraction x delta (exact: 4 x the value / 4): inside, in both directions."""
+    delta = log_tolerance(TPOT, 0.05)
+    thr = CFG.fail_fraction * delta
+    lk = look([sign * thr] * 4, delta, CFG)
+    assert lk.mean == sign * thr and abs(lk.t) > t_quantile(1 - CFG.alpha, 3)
+    assert lk.state is LookState.INSIDE
+
+
+def test_a_small_significant_improvement_is_not_improved() -> None:
+    """The mirror of the fail_fraction test: 2% better in 10 rounds is inside, 3% better is IMPROVED."""
+    delta = log_tolerance(TPOT, 0.05)
+    assert look([-0.02] * 10, delta, CFG).state is LookState.INSIDE
+    assert look([-0.03] * 10, delta, CFG).state is LookState.IMPROVED
+
+
+def test_a_regression_is_confirmed_only_by_a_look_of_at_least_min_rounds() -> None:
+    """37% worse from the first round: at round 3 the look at rounds 1-2 would already say regressed (t = 80 >
+    t(0.995, 1) = 63.7), but it has fewer than min_rounds, so round 3 only asks for one more round."""
+    worse = [100.0 * math.exp(0.4)] * 3
+    assert look([0.4, 0.4], log_tolerance(TPOT, 0.05), CFG).state is LookState.REGRESSED
+    m = decide_metric(TPOT, [100.0] * 3, worse, 0.05, True, CFG, final=False)
+    assert m.verdict is Verdict.WARN and m.state is LookState.UNDECIDED
+    assert m.note == "regressed at this look; one more round to confirm"
+    assert decide_metric(TPOT, [100.0] * 4, worse + worse[:1], 0.05, True, CFG, final=False).verdict is Verdict.FAIL
+
+
+def test_threshold_per_direction() -> None:
+    """Half the tolerance in log terms: sqrt(1.05) - 1 for a latency, 1 - sqrt(0.95) for a throughput."""
+    lat = decide_metric(TPOT, [100.0] * 3, [100.0] * 3, 0.05, True, CFG, final=True)
+    tput = decide_metric(TPUT, [100.0] * 3, [100.0] * 3, 0.05, True, CFG, final=True)
+    assert lat.threshold_pct == pytest.approx(100 * (math.sqrt(1.05) - 1), rel=1e-12)
+    assert tput.threshold_pct == pytest.approx(100 * (1 - math.sqrt(0.95)), rel=1e-12)
+    assert (lat.tolerance_pct, lat.rounds, lat.old, lat.new) == (5.0, 3, 100.0, 100.0)
+
+
+def test_decide_without_metrics_or_rounds() -> None:
+    d = decide({}, {}, GATE, CFG)
+    assert (d.verdict, d.done, d.rounds, d.metrics, d.note) == (Verdict.WARN, False, 0, (), "no metric to compare")
+    # A metric only one side measured is left out, not an error.
+    one_side = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3, TPUT: [1.0] * 3}, GATE, CFG)
+    assert [m.metric for m in one_side.metrics] == [TPOT]
+
+
+def test_config_bounds() -> None:
+    """The documented ranges, ends included where they are closed: fail_fraction in [0, 1], alpha and beta in
+    (0, 0.5), min_rounds >= 2, max_rounds >= min_rounds."""
+    AbConfig(fail_fraction=0.0)
+    AbConfig(fail_fraction=1.0)
+    AbConfig(min_rounds=2, max_rounds=2)
+    for bad in ({"fail_fraction": 1.5}, {"alpha": 0.0}, {"alpha": 0.5}, {"beta": 0.0}, {"beta": 0.5}, {"beta": 1.0},
+                {"min_rounds": 1}):
+        with pytest.raises(ValueError):
+            AbConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_values_below_one_are_ordinary() -> None:
+    """Seconds or fractions are positive values like any other: only non-positive or non-finite is invalid."""
+    m = decide_metric(TPOT, [0.5] * 4, [0.5] * 4, 0.05, True, CFG, final=True)
+    assert m.verdict is Verdict.PASS and m.state is LookState.INSIDE
+
+
+def test_paired_metric_fields() -> None:
+    old, new = _series(1.02, 5)
+    m = decide_metric(TPOT, old, new, 0.05, True, CFG, final=True)
+    d = [math.log(b / a) for a, b in zip(old, new)]
+    lk = look(d, log_tolerance(TPOT, 0.05), CFG)
+    assert m.old_values == tuple(old) and m.new_values == tuple(new)
+    assert m.p_worse == lk.p_worse and m.sd_pct == pytest.approx(lk.sd * 100)
+    assert m.ci_low_pct == pytest.approx(100 * (math.exp(lk.lower) - 1))
+    assert m.ci_high_pct == pytest.approx(100 * (math.exp(lk.upper) - 1))
+    early = decide_metric(TPOT, old[:2], new[:2], 0.05, True, CFG, final=False)
+    assert early.state is LookState.UNDECIDED and early.verdict is Verdict.WARN
+    assert early.note == "only 2 round(s); the first look is after 3"
+
+
+def test_decide_invalid_keeps_the_rounds() -> None:
+    d = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3}, GATE, CFG, invalid="round 3 new: 1 request failed")
+    assert (d.verdict, d.done, d.rounds, d.metrics) == (Verdict.INVALID, True, 3, ())

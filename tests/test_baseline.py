@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -22,7 +23,7 @@ from pytest_mgpu.judge.baseline import (
     parse_baseline_data,
 )
 from pytest_mgpu.judge.results import BenchResult, RepeatResult
-from pytest_mgpu.judge.verdicts import Verdict, compare
+from pytest_mgpu.judge.verdicts import GateConfig, Verdict, compare
 from pytest_mgpu.layout import Layout
 from pytest_mgpu.machine import collect_env
 from pytest_mgpu.measure.workload import Workload
@@ -336,3 +337,54 @@ def test_unknown_top_level_keys_are_kept(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     store.update(FP, MOD, [make_result("test_b")])
     assert json.loads(path.read_text())["x_team"] == {"owner": "perf"}
+
+
+def _update_many(root: str, worker: int, n: int, barrier: Any) -> None:
+    """One writer process: ``n`` updates of the same baseline file, each adding its own entry."""
+    store = BaselineStore(Path(root))
+    barrier.wait()  # every writer starts at once, so their read-modify-write cycles overlap
+    for i in range(n):
+        store.update(FP, MOD, [make_result(f"test_w{worker}_{i}")])
+
+
+def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
+    """Processes writing one baseline file at once (xdist workers, shards on one disk) each add entries;
+    the store's directory lock makes every read-modify-write whole, so none is lost."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers, n = 6, 8
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_update_many, args=(str(tmp_path), w, n, barrier)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * workers
+    entries = json.loads(BaselineStore(tmp_path).path(FP, MOD).read_text())["entries"]
+    assert len(entries) == workers * n
+
+
+def test_store_compare_uses_the_given_gate_config(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.update(FP, MOD, [make_result()])
+    slower = make_result(factors={"tpot_p50": 1.08})
+    assert store.compare(FP, slower).verdict is Verdict.FAIL
+    loose = GateConfig().with_overrides({"tpot_p50": "10%"})
+    assert store.compare(FP, slower, loose).verdict is Verdict.PASS
+
+
+def test_history_of_one_and_extra_metrics_are_recorded(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    r = make_result()
+    for rep in r.repeats:
+        rep.summary["itl_p50"] = 9.0
+    store.update(FP, MOD, [r], history=1, metrics=["itl_p50"])
+    store.update(FP, MOD, [r], history=1, metrics=["itl_p50"])
+    entry = store.get(FP, MOD, r.entry_id)
+    assert entry is not None and len(entry.recordings) == 1 and entry.samples("itl_p50") == [9.0] * 3
+    assert entry.nodeid == r.nodeid and entry.entry_id == r.entry_id
+    assert entry.samples("no_such_metric") == []
+    assert entry.stats("tpot_p50", noise_floor=0.02).latest_noise == 0.02
+    with pytest.raises(BaselineError):
+        store.update(FP, MOD, [r], history=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -190,8 +191,9 @@ def test_request_body_matches_vllm_bench() -> None:
 class FakeServer:
     """A tiny OpenAI-completions SSE server whose behaviour each test picks."""
 
-    def __init__(self, mode: str = "ok", delay_s: float = 0.0, per_token_s: float = 0.0) -> None:
+    def __init__(self, mode: str = "ok", delay_s: float = 0.0, per_token_s: float = 0.0, sim_hang: str = "") -> None:
         self.mode = mode
+        self.sim_hang = sim_hang
         self.delay_s = delay_s
         self.per_token_s = per_token_s
         self.active = 0
@@ -209,6 +211,11 @@ class FakeServer:
             if self.mode == "500":
                 return web.Response(status=500, text="engine exploded: CUDA OOM")
             if self.mode == "hang":
+                await asyncio.sleep(3600)
+            if self.mode == "trickle":  # headers at once, then nothing: mid-stream silence
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await resp.prepare(request)
+                await resp.write(vllm_stream(body["max_tokens"], len(body["prompt"]))[0])
                 await asyncio.sleep(3600)
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
@@ -237,9 +244,23 @@ class FakeServer:
         finally:
             self.active -= 1
 
+    async def sim_run(self, request: web.Request) -> web.Response:
+        """The sim's ``POST /sim/run``: take the schedule on a modelled clock (or hang: ``sim_hang``)."""
+        if self.sim_hang == "announce":
+            await asyncio.sleep(3600)
+        return web.json_response({"clock": "model", "run": 1, "origin": 0.0, "time_scale": 50.0})
+
+    async def sim_close(self, request: web.Request) -> web.Response:
+        """The sim's ``POST /sim/run/close`` (or hang: ``sim_hang="close"``)."""
+        if self.sim_hang == "close":
+            await asyncio.sleep(3600)
+        return web.json_response({"closed": True})
+
     async def __aenter__(self) -> FakeServer:
         app = web.Application()
         app.router.add_post("/v1/completions", self.handle)
+        app.router.add_post("/sim/run", self.sim_run)
+        app.router.add_post("/sim/run/close", self.sim_close)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -337,6 +358,46 @@ def test_timeout_recorded_never_hangs() -> None:
     assert [r.error for r in out.records].count("timeout after 0.5s") == 2
     assert sum("never sent" in (r.error or "") for r in out.records) == 1
     assert all(r.end >= r.start > 0 for r in out.records)
+
+
+def within(seconds: float, fn: Callable[[FakeServer], Awaitable[Any]]) -> Callable[[FakeServer], Awaitable[Any]]:
+    """``fn`` under an outer limit, so that a client that overruns its deadline fails fast instead of hanging."""
+    return lambda s: asyncio.wait_for(fn(s), seconds)
+
+
+def timed(server: FakeServer, fn: Callable[[FakeServer], Awaitable[Any]]) -> tuple[Any, float]:
+    t = time.monotonic()
+    out = run_against(server, within(30.0, fn))
+    return out, time.monotonic() - t
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_timeout_bites_mid_stream(warmup: int) -> None:
+    """Headers and a first chunk arrive, then silence: every request ends at the deadline, not later."""
+    w = wl(num_requests=3, warmup_requests=warmup)
+    out, took = timed(FakeServer("trickle"), lambda s: run_requests(s.base_url, "m", w, timeout_s=1.0))
+    assert out.timed_out
+    assert [r.error for r in out.warmup + out.records] == ["timeout after 1s"] * warmup + (
+        ["timeout after 1s (request never sent)"] * 3 if warmup else ["timeout after 1s"] * 3)
+    assert all(len(r.chunk_times) == 1 for r in (out.warmup if warmup else out.records))  # what came is kept
+    assert took < 1.0 + 1.0
+
+
+@pytest.mark.parametrize("hang", ["announce", "close"])
+def test_timeout_bites_when_the_sim_hangs_on_its_schedule(hang: str) -> None:
+    """A hung sim answers neither ``/sim/run`` nor ``/sim/run/close``: the run still ends by its deadline
+    (plus :data:`~pytest_mgpu.measure.client.CLOSE_GRACE_S` for the close), every request failed with the timeout."""
+    from pytest_mgpu.measure.client import CLOSE_GRACE_S
+
+    w = wl(num_requests=3)
+    mode = "hang" if hang == "close" else "ok"
+    out, took = timed(FakeServer(mode, sim_hang=hang),
+                      lambda s: run_requests(s.base_url, "m", w, timeout_s=1.0, sim_clock=True))
+    assert out.timed_out
+    never = " (request never sent)" if hang == "announce" else ""
+    assert [r.error for r in out.records] == [f"timeout after 1s{never}"] * 3
+    assert invalid_reason(out.records, 3, 5) is not None
+    assert took < 1.0 + CLOSE_GRACE_S + 1.0
 
 
 def test_max_concurrency_respected() -> None:

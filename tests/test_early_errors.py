@@ -143,6 +143,7 @@ def test_engine_opts_the_sim_does_not_know_name_the_test(pytester: pytest.Pytest
         (["--mgpu-sim-gpu", "h300-1tb"], "--mgpu-sim-gpu 'h300-1tb' is not a sim GPU profile; choose one of: v100-16gb, *"),
         (["--mgpu-engine-opt", "spede=2"], "--mgpu-engine-opt: unknown sim option 'spede'; valid options: *speed*"),
         (["--mgpu-engine-opt", "max_num_seqs=1.5"], "--mgpu-engine-opt: sim option max_num_seqs='1.5' is not a valid int"),
+        (["--mgpu-engine-opt", "clock=fast"], "--mgpu-engine-opt: sim option clock='fast' must be model or wall"),
     ],
 )
 def test_bad_options_are_usage_errors_before_any_engine_starts(
@@ -163,15 +164,18 @@ def test_bad_options_are_usage_errors_before_any_engine_starts(
 
 
 def test_unwritable_output_directory_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """An existing directory that refuses new files, for any user: CI runs as root."""
     ro = pytester.path / "ro"
     ro.mkdir()
     ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    if os.access(ro, os.W_OK):  # root ignores permission bits; the /proc case above covers it
-        pytest.skip("running as root: permission bits do not stop writes")
+    if os.access(ro, os.W_OK):  # root ignores permission bits; procfs refuses new files even to root
+        ro = Path("/proc/self")
+        assert ro.is_dir() and not os.access(ro, os.W_OK)
     pytester.makepyfile(test_x="def test_x(mgpu_layout):\n    pass\n")
     result = pytester.runpytest(*SIM, "--mgpu-json", str(ro / "out.json"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --mgpu-json */ro/out.json cannot be written*"])
+    result.stderr.fnmatch_lines([f"ERROR: --mgpu-json {ro}/out.json cannot be written: its directory {ro} "
+                                 f"cannot be created or written: {ro} is not writable*"])
 
 
 def test_sim_options_are_checked_when_the_sim_is_chosen_for_lack_of_gpus(pytester: pytest.Pytester) -> None:

@@ -20,9 +20,10 @@ pytest_plugins = ["pytester"]
 #: The sim on the h100 profile: a 16-request batch of tiny-llama or llama-2-7b runs in well under a second.
 SIM = ["--mgpu-engine", "sim", "--mgpu-sim-gpu", "h100-80gb", "-p", "no:cacheprovider", "--mgpu-repeats", "2"]
 FP = "sim-h100-80gb-x4"
-#: Wide tolerances for runs whose verdict on the numbers is not the point: the sim serves in real
-#: time, and on a busy machine its timings move by more than 5% from run to run.
-LOOSE = [f"--mgpu-tolerance={m}=60%" for m in ("output_throughput_per_gpu", "ttft_p50", "tpot_p50", "ttft_p99", "tpot_p99")]
+#: No widened tolerances: mgpu_bench times the sim by its modelled clock, and at the sim's default
+#: noise=0 its gated metrics repeat exactly (`python benchmarks/sim_noise.py --clock model`: observed
+#: sigma 0.0000 over 8 repeats, on the 2-core dev machine at load average 4.6), so an unchanged sim
+#: is PASS at the default 5%.
 
 #: One layout, no model mark: --mgpu-model decides.
 ONE = """
@@ -126,7 +127,7 @@ def test_model_is_part_of_identity(pytester: pytest.Pytester) -> None:
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines(["*MISMATCH test_serve*baseline is for model tiny-llama*(--mgpu-strict fails on MISMATCH too)"])
     # The same model again is compared as before.
-    same = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "-v")  # -v: a PASS's context line
+    same = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "-v")  # -v: a PASS's context line
     assert "MISMATCH" not in same.stdout.str() and "noise from the repeats" in same.stdout.str()
 
 
@@ -155,7 +156,7 @@ class TestSlow:
         "TestFast::test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text",
         "TestSlow::test_serve[tp1-pp1]::in32-out8-n16-qpsinf-text",
     ]
-    again = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "-v")  # -v: a PASS's metric table
+    again = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "-v")  # -v: a PASS's metric table
     again.assert_outcomes(passed=2)
     # Each class is compared with its own numbers: the two baselines are far apart, as the engines (16x).
     rows = gate_rows(again.stdout.str())
@@ -210,7 +211,7 @@ def test_serve(mgpu_bench):
 """)
     # One output token: TPOT and ITL are undefined (0); they are not recorded, and the rest is compared.
     pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
-    r = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama")
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama")
     r.assert_outcomes(passed=1)
     assert "INVALID" not in r.stdout.str()
     # A baseline that has a TPOT the run cannot produce: INVALID, naming the metric and the numbers.
@@ -290,10 +291,10 @@ def test_history_accept_and_show(pytester: pytest.Pytester, capsys: pytest.Captu
     pytester.makeini("[pytest]\nmgpu_baseline_history = 2\n")
     js = pytester.path / "r.json"
     for _ in range(3):
-        pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
+        pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", "--mgpu-update-baselines").assert_outcomes(passed=1)
     (entry,) = baseline_doc(pytester)["entries"].values()
     assert len(entry["recordings"]) == 2  # the ini's N
-    r = pytester.runpytest(*SIM, *LOOSE, "--mgpu-model", "tiny-llama", f"--mgpu-json={js}", "-v")
+    r = pytester.runpytest(*SIM, "--mgpu-model", "tiny-llama", f"--mgpu-json={js}", "-v")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["*; noise from 2 baseline recordings"])
     # show prints the history and the numbers the gate uses.
@@ -306,7 +307,7 @@ def test_history_accept_and_show(pytester: pytest.Pytester, capsys: pytest.Captu
     first_date = entry["recordings"][0]["env"]["date"]
     last = pytester.path / ".mgpu" / "last-results.json"
     comparison = json.loads(last.read_text())["results"][0]["comparison"]
-    assert comparison["verdict"] in ("PASS", "WARN", "IMPROVED") and comparison["metrics"][0]["noise_source"] == "2 recordings"
+    assert comparison["verdict"] == "PASS" and comparison["metrics"][0]["noise_source"] == "2 recordings"
     assert cli(["accept", str(last), "--baseline-dir", str(pytester.path / "baselines"), "--history", "2"]) == 0
     assert "recorded 1 entry" in capsys.readouterr().out
     (entry2,) = baseline_doc(pytester)["entries"].values()

@@ -75,3 +75,20 @@ def test_floor_pins_are_the_declared_floors(noxfile_module) -> None:
               for p in noxfile_module.FLOOR_PINS}
     assert pinned == declared
     assert project["requires-python"] == ">=3.10"
+
+
+def test_mainjob_check_flags_every_verdict_but_pass(noxfile_module) -> None:
+    """``nox -s mainjob`` fails on any non-PASS: IMPROVED and a metric's WARN too, which --mgpu-strict lets pass."""
+    def comp(verdict: str, *metrics: str) -> dict[str, object]:
+        return {"entry_id": "t::w", "verdict": verdict,
+                "metrics": [{"metric": f"m{i}", "verdict": v} for i, v in enumerate(metrics)]}
+
+    def doc(*comps: dict[str, object]) -> dict[str, object]:
+        return {"comparisons": list(comps), "results": [{"entry_id": "t::w", "comparison": c} for c in comps]}
+
+    check = noxfile_module.not_all_pass
+    assert check(doc(comp("PASS", "PASS", "PASS"))) == []
+    assert check(doc(comp("IMPROVED", "PASS", "IMPROVED"))) == ["t::w: IMPROVED; m1 IMPROVED"]
+    assert check(doc(comp("PASS", "WARN"))) == ["t::w: PASS; m0 WARN"]
+    assert check({"comparisons": [], "results": []}) == ["no result at all"]
+    assert check({"comparisons": [], "results": [{"entry_id": "t::w", "comparison": None}]}) == ["t::w: not gated"]

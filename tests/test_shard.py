@@ -56,7 +56,7 @@ def test_plain_b():
 
 def test_parse_shard() -> None:
     assert parse_shard("2/4") == (2, 4) and parse_shard(" 1/1 ") == (1, 1)
-    for bad in ("0/2", "3/2", "1/0", "a/b", "2", "1/2/3", "-1/2"):
+    for bad in ("0/2", "3/2", "1/0", "a/b", "a/2", "2", "1/2/3", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_shard(bad)
 
@@ -142,9 +142,9 @@ def test_sharded_run_merged_matches_the_unsharded_run(pytester: pytest.Pytester)
     pytester.makepyfile(test_suite=SUITE)
     pytester._monkeypatch.setenv("START_LOG", str(pytester.path / "record.txt"))
     pytester.runpytest(*SIM, "--mgpu-update-baselines").assert_outcomes(passed=8)
-    # Generous tolerances: the sim runs in real time on a busy machine; the verdicts must not flicker.
-    gate = ["--mgpu-tolerance", "output_throughput_per_gpu=60%", "--mgpu-tolerance", "ttft_p50=60%",
-            "--mgpu-tolerance", "tpot_p50=60%", "--mgpu-tolerance", "ttft_p99=60%", "--mgpu-tolerance", "tpot_p99=60%"]
+    # The default tolerances: the sim is timed by its modelled clock, and at noise=0 its numbers repeat
+    # exactly (benchmarks/sim_noise.py --clock model: sigma 0.0000), so every verdict is PASS.
+    gate: list[str] = []
     whole_log = pytester.path / "starts-whole.txt"
     pytester._monkeypatch.setenv("START_LOG", str(whole_log))
     whole_json = pytester.path / "whole.json"
@@ -212,6 +212,7 @@ def _write(tmp_path: Path, name: str, doc: dict) -> str:
 @pytest.mark.parametrize("docs, message", [
     ([_doc("1/2", ["a"]), _doc("2/2", ["a"])], "a is in two files"),
     ([_doc("1/3", ["a"]), _doc("2/3", ["b"])], "shard(s) 3/3 missing"),
+    ([_doc("2/2", ["b"])], "shard(s) 1/2 missing"),
     ([_doc("1/2", ["a"]), _doc("1/2", ["b"])], "shard 1/2 given twice"),
     ([_doc("1/2", ["a"]), _doc("2/3", ["b"])], "shards of different splits"),
     ([_doc("1/2", ["a"]), _doc("2/2", ["b"], fingerprint="other")], "come from different hardware"),
@@ -348,3 +349,21 @@ def test_a_shard_with_no_items_passes_and_merges(pytester: pytest.Pytester, caps
     assert cli(["merge", *files]) == 0
     assert "merged 6 file(s): 6 results" in capsys.readouterr().out
     assert cli(["merge", *[f for k, f in enumerate(files, 1) if k != empty[0]]]) == 2  # a shard file missing
+def test_assignment_is_longest_first_onto_the_least_loaded() -> None:
+    """The exact greedy: 7, 5, 4, 3, 1 on two shards is {7, 3} and {5, 4, 1} (shortest first, or by name,
+    would give another split); equal costs go by name, whatever the order they come in."""
+    units = [("a", 1.0), ("d", 4.0), ("c", 7.0), ("b", 3.0), ("e", 5.0)]
+    assert assign(units, 2) == {"c": 1, "e": 2, "d": 2, "b": 1, "a": 2}
+    assert assign([("b", 1.0), ("a", 1.0)], 2) == assign([("a", 1.0), ("b", 1.0)], 2) == {"a": 1, "b": 2}
+
+
+def test_merged_results_are_ordered_by_module_and_node_and_list_their_shards(tmp_path: Path) -> None:
+    a, b = _doc("1/2", ["z", "b"]), _doc("2/2", ["a"])
+    for doc, commit in ((a, "c1"), (b, "c2")):
+        doc["env"].update(commit=commit, date=f"d-{commit}")
+    a["results"][0]["module"] = "a.py"  # "z" sorts first by its module
+    merged = merge_shards([load_shard(_write(tmp_path, "a.json", a)), load_shard(_write(tmp_path, "b.json", b))])
+    assert [r["entry_id"] for r in merged["results"]] == ["z", "a", "b"]
+    assert merged["env"]["shards"] == [{"file": "a.json", "shard": "1/2", "commit": "c1", "date": "d-c1"},
+                                       {"file": "b.json", "shard": "2/2", "commit": "c2", "date": "d-c2"}]
+    assert "shard" not in merged["env"]

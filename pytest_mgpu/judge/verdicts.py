@@ -522,6 +522,10 @@ def compare_metric(
 
     if bm is None:
         return result(Verdict.NEW)
+    if len(n) < len(now_samples):  # a repeat without a number is a broken measurement, never dropped
+        bad = [v for v in now_samples if v is None or not math.isfinite(float(v))]
+        return result(Verdict.INVALID, f"{len(bad)} of {len(now_samples)} repeats of this run measured no finite "
+                                       f"value ({', '.join(map(str, bad))})")
     if nm is None:
         return result(Verdict.INVALID, f"this run has no value for it (baseline {bm:.6g})")
     if bm <= 0 or nm <= 0:

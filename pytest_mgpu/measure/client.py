@@ -28,9 +28,9 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import SSEParseError
 from .metrics import RequestRecord
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 _perf = time.perf_counter
+_T = TypeVar("_T")
 #: How often a run reports its progress (seconds).
 PROGRESS_INTERVAL_S = 0.25
 
@@ -387,19 +388,27 @@ async def _one_request(
     i: int,
     announced: float | None = None,
     stamps: _Stamps | None = None,
+    *,
+    deadline: float = math.inf,
+    timeout_s: float = math.inf,
 ) -> None:
+    """Send one request and read its stream into ``rec``; it ends by ``deadline`` whatever the server does.
+
+    The deadline covers the connect, the response headers and every chunk read: a request still
+    open then is cut and recorded as ``"timeout after Ns"`` (the run's ``timeout_s``).
+    """
     if sem is not None:
         await sem.acquire()  # before the timer starts, as vLLM's limited_request_func
     try:
         rec.start = _perf()
+        remaining = deadline - rec.start
         try:
-            async with session.post(url, data=body, headers=_HEADERS) as resp:
-                if resp.status != 200:
-                    text = (await resp.read()).decode("utf-8", "replace")
-                    rec.end = _perf()
-                    rec.error = f"HTTP {resp.status} {resp.reason or ''}: {text[:500]}".strip()
-                else:
-                    await _consume(resp.content, rec, stamps)
+            if remaining <= 0:
+                raise TimeoutError
+            await _bounded(_exchange(session, url, body, rec, stamps), remaining)
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+            rec.end = _perf()
+            rec.error = f"timeout after {timeout_s:g}s" + (" (request never sent)" if remaining <= 0 else "")
         except Exception as exc:
             rec.end = _perf()
             rec.error = f"{type(exc).__name__}: {exc}"[:1000]
@@ -409,6 +418,30 @@ async def _one_request(
     finally:
         if sem is not None:
             sem.release()
+
+
+async def _exchange(
+    session: aiohttp.ClientSession, url: str, body: bytes, rec: RequestRecord, stamps: _Stamps | None
+) -> None:
+    """POST ``body`` and read the answer into ``rec`` (no deadline of its own: :func:`_one_request` sets it)."""
+    async with session.post(url, data=body, headers=_HEADERS) as resp:
+        if resp.status != 200:
+            text = (await resp.read()).decode("utf-8", "replace")
+            rec.end = _perf()
+            rec.error = f"HTTP {resp.status} {resp.reason or ''}: {text[:500]}".strip()
+        else:
+            await _consume(resp.content, rec, stamps)
+
+
+async def _bounded(aw: Awaitable[_T], seconds: float) -> _T:
+    """``aw`` within ``seconds``, else :class:`TimeoutError` (``aw`` is cancelled and waited for).
+
+    asyncio.wait_for, not asyncio.timeout: the plugin supports Python 3.10 (pyproject.toml). Our
+    own deadline is the only one: aiohttp's timeouts are off (see :func:`run_requests`), because
+    aiohttp cancels the task it times out, and that cancellation could escape as
+    ``asyncio.CancelledError`` instead of a recorded timeout.
+    """
+    return await asyncio.wait_for(aw, max(seconds, 0.0))
 
 
 _HEADERS = {"Content-Type": "application/json"}
@@ -449,7 +482,8 @@ async def _run_batch(
             announced = None if time_scale is None else offsets[i]
             st = stamps[i] if stamps is not None else None
             tasks.append(asyncio.create_task(
-                _one_request(session, url, bodies[i], records[i], sem, finished, i, announced, st)))
+                _one_request(session, url, bodies[i], records[i], sem, finished, i, announced, st,
+                             deadline=deadline, timeout_s=timeout_s)))
         t_last = _perf()
         await asyncio.gather(*tasks)
 
@@ -475,8 +509,8 @@ async def _run_batch(
     try:
         if remaining <= 0:
             raise TimeoutError
-        # asyncio.wait_for, not asyncio.timeout: the plugin supports Python 3.10 (pyproject.toml).
-        await asyncio.wait_for(dispatch(), remaining)
+        # Each request ends by the deadline itself; this ends the schedule (requests never sent).
+        await _bounded(dispatch(), remaining)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         timed_out = True
         for task in tasks:
@@ -531,13 +565,32 @@ async def announce_run(
     return data if data.get("clock") == "model" else None
 
 
+#: Seconds :func:`close_run` waits for the sim's answer: it runs after the run, maybe past its deadline.
+CLOSE_GRACE_S = 2.0
+
+
 async def close_run(session: aiohttp.ClientSession, base_url: str, run_id: int) -> None:
-    """Tell the sim the run is over, so it never waits for a request that will not come."""
-    try:
+    """Tell the sim the run is over, so it never waits for a request that will not come.
+
+    Best effort, within :data:`CLOSE_GRACE_S`: a sim that crashed or hangs gets no more time.
+    """
+
+    async def close() -> None:
         async with session.post(base_url + "/sim/run/close", json={"run": run_id}) as resp:
             await resp.read()
-    except Exception:  # the server may be gone (a crash fault): nothing to close then
+
+    try:
+        await _bounded(close(), CLOSE_GRACE_S)
+    except (Exception, asyncio.TimeoutError):  # the server may be gone (a crash fault) or hung: nothing to close
         pass
+
+
+def _never_sent(records: list[RequestRecord], timeout_s: float) -> None:
+    """The deadline passed before these requests could be sent (the sim never took their schedule)."""
+    now = _perf()
+    for rec in records:
+        rec.start = rec.end = now
+        rec.error = f"timeout after {timeout_s:g}s (request never sent)"
 
 
 async def run_requests(
@@ -610,34 +663,46 @@ async def run_requests(
     scale: float | None = None
     sem = asyncio.Semaphore(workload.max_concurrency) if workload.max_concurrency else None
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False)
-    # Our own deadline governs; aiohttp's total timeout is only a backstop.
-    client_timeout = aiohttp.ClientTimeout(total=timeout_s + 60.0, sock_connect=min(timeout_s, 60.0))
+    # Our own deadline is the only one (_bounded): no aiohttp timeout, which would cancel our tasks.
     async with aiohttp.ClientSession(
-        connector=connector, timeout=client_timeout, read_bufsize=1 << 18, auto_decompress=False, trust_env=trust
+        connector=connector, timeout=aiohttp.ClientTimeout(), read_bufsize=1 << 18, auto_decompress=False,
+        trust_env=trust,
     ) as session:
-        warm_timed_out = False
-        if w:
-            warm_run = await announce_run(session, base, [0.0] * w, workload.max_concurrency) if sim_clock else None
+
+        async def announce(offs: Sequence[float]) -> dict[str, Any] | None:
+            return await _bounded(announce_run(session, base, offs, workload.max_concurrency), deadline - _perf())
+
+        warm_timed_out = timed_out = False
+        run: dict[str, Any] | None = None
+        cpu0 = time.process_time()
+        t0 = t_last = t_end = _perf()
+        try:
+            if w:
+                warm_run = await announce([0.0] * w) if sim_clock else None
+                try:
+                    *_, warm_timed_out = await _run_batch(
+                        session, url, encode(warm_prompts, warm_run), warm_recs, [0.0] * w, sem, deadline,
+                        timeout_s, time_scale=float(warm_run["time_scale"]) if warm_run else None,
+                    )
+                finally:
+                    if warm_run is not None:
+                        await close_run(session, base, warm_run["run"])
+            run = await announce(offsets) if sim_clock else None
+        except (TimeoutError, asyncio.TimeoutError):  # the sim never answered the schedule: nothing was sent
+            timed_out = True
+            _never_sent([r for r in warm_recs + recs if r.start == 0.0], timeout_s)
+        if not timed_out:
+            if run is not None:
+                scale = float(run["time_scale"])
+            cpu0 = time.process_time()
             try:
-                *_, warm_timed_out = await _run_batch(
-                    session, url, encode(warm_prompts, warm_run), warm_recs, [0.0] * w, sem, deadline, timeout_s,
-                    time_scale=float(warm_run["time_scale"]) if warm_run else None,
+                t0, t_last, t_end, timed_out = await _run_batch(
+                    session, url, encode(measured_prompts, run), recs, offsets, sem, deadline, timeout_s,
+                    time_scale=scale, progress=progress,
                 )
             finally:
-                if warm_run is not None:
-                    await close_run(session, base, warm_run["run"])
-        run = await announce_run(session, base, offsets, workload.max_concurrency) if sim_clock else None
-        if run is not None:
-            scale = float(run["time_scale"])
-        cpu0 = time.process_time()
-        try:
-            t0, t_last, t_end, timed_out = await _run_batch(
-                session, url, encode(measured_prompts, run), recs, offsets, sem, deadline, timeout_s,
-                time_scale=scale, progress=progress,
-            )
-        finally:
-            if run is not None:
-                await close_run(session, base, run["run"])
+                if run is not None:
+                    await close_run(session, base, run["run"])
     meta: dict[str, Any] = {
         "url": url,
         "request_rate": "inf" if math.isinf(workload.request_rate) else workload.request_rate,

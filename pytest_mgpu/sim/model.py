@@ -114,6 +114,9 @@ class SimOptions:
     jitter: float = 0.0
     seed: int = 0
     zero: bool = False
+    # How clients time it: "model" (announced schedules get modelled stamps) or "wall" (declined: timed
+    # like a real engine, by the client's own clock).
+    clock: str = "model"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     max_model_len: int = 0  # 0: the config's max_position_embeddings, capped to the KV cache
@@ -175,6 +178,8 @@ class SimOptions:
         get_profile(self.gpu)
         if not self.time_scale > 0:
             raise SimOptionError(f"sim option time_scale={self.time_scale} must be > 0 (1 = real time, inf = unpaced)")
+        if self.clock not in ("model", "wall"):
+            raise SimOptionError(f"sim option clock={self.clock!r} must be model or wall")
         if not self.speed > 0:
             raise SimOptionError(f"sim option speed={self.speed} must be > 0 (1.25 = 25% faster)")
         nonneg = ("noise", "jitter", "overhead_ms", "worker_overhead_ms", "start_delay", "host_lag_ms", "ray_timeout")

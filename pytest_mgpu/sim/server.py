@@ -569,7 +569,8 @@ class HttpConnection(asyncio.Protocol):
     def announce_run(self, body: bytes) -> bytes:
         """``POST /sim/run``: a client announces its arrival schedule (see :mod:`.clock`)."""
         srv = self.server
-        if srv.sched is None:  # zero-delay mode has no modelled time: clients time by the wall clock
+        # Zero-delay mode has no modelled time; clock=wall declines it: clients time by the wall clock.
+        if srv.sched is None or srv.opts.clock == "wall":
             return _response(200, json.dumps({"run": None, "clock": "wall"}).encode())
         try:
             offsets, concurrency = validate_schedule(json.loads(body))

@@ -647,7 +647,8 @@ class _Base:
 
 
 def test_compare_reads_the_baseline_history() -> None:
-    c = compare(make_result({"tpot_p50": 1.05}, jitter=(1.0, 1.0, 1.0)), _Base())
+    only_tpot = GateConfig(gated=frozenset({"tpot_p50"}), metrics=("tpot_p50",))  # the stub holds tpot_p50 alone
+    c = compare(make_result({"tpot_p50": 1.05}, jitter=(1.0, 1.0, 1.0)), _Base(), only_tpot)
     m = c.metric("tpot_p50")
     assert m is not None and m.recordings == 2 and m.base == pytest.approx(10.0 * math.sqrt(1.1))
 

@@ -63,6 +63,11 @@ def test_lifecycle(tmp_path: Path) -> None:
     store.update(FP, MOD, [make_result()])
     assert gate(store, make_result()) is Verdict.PASS
     assert gate(store, make_result(factors={"output_throughput_per_gpu": 0.8})) is Verdict.FAIL
+    # One recording: a gain is not judged an improvement (the spread between engine starts is unknown).
+    assert gate(store, make_result(factors={"output_throughput_per_gpu": 1.25})) is Verdict.PASS
+    second = make_result()  # another run of the unchanged engine: a second recording
+    second.env = {**second.env, "date": "2026-01-02T00:00:00+00:00"}
+    store.update(FP, MOD, [second])
     assert gate(store, make_result(factors={"output_throughput_per_gpu": 1.25})) is Verdict.IMPROVED
     assert gate(store, make_result(invalid="2 of 256 requests failed")) is Verdict.INVALID
     other = "nvidia-h100-80gb-hbm3-x2"

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import statistics
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -56,6 +57,23 @@ def make_result(
         module="perf_tests/test_x.py", workload=Workload(), layout=Layout(tp=2), engine="sim",
         engine_version=version, model="tiny", repeats=reps, env={"fingerprint": "sim-v100-16gb-x4"},
     )
+
+
+class TwoRecordings:
+    """A baseline entry of two recordings: ``latest``, and an earlier one ``spread`` x its values (1: the same).
+
+    Improvements are judged only against two or more recordings (issue 17).
+    """
+
+    def __init__(self, latest: BenchResult, spread: float = 1.0) -> None:
+        self._latest, self._spread = latest, spread
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._latest, name)
+
+    def history(self, metric: str) -> list[list[float]]:
+        """The earlier recording's samples."""
+        return [[v * self._spread for v in self._latest.samples(metric)]]
 
 
 # --- tolerances --------------------------------------------------------------------------------
@@ -124,9 +142,46 @@ def test_throughput_drop_fails_naming_metric_delta_tolerance() -> None:
 
 def test_latency_rise_fails_and_improvement_is_improved() -> None:
     assert compare(make_result({"tpot_p50": 1.2}), make_result()).verdict is Verdict.FAIL
-    better = compare(make_result({"output_throughput_per_gpu": 1.25}, version="0.2.0"), make_result())
+    better = compare(make_result({"output_throughput_per_gpu": 1.25}, version="0.2.0"), TwoRecordings(make_result()))
     assert better.verdict is Verdict.IMPROVED
     assert (better.base_engine_version, better.now_engine_version) == ("0.1.0", "0.2.0")
+
+
+def test_one_recording_does_not_judge_an_improvement() -> None:
+    """Issue 17: beyond tolerance and noise but against one recording, a gain is PASS, saying why; two: IMPROVED.
+
+    On an H100 (vLLM 0.26.0) the TTFT p50 of an unchanged engine was 17-19% below a recording made at
+    the engine's first, compiling start: one recording shows no spread between engine starts.
+    """
+    better = make_result({"ttft_p50": 0.8})
+    c = compare(better, make_result())
+    m = c.metric("ttft_p50")
+    assert c.verdict is Verdict.PASS and m is not None and m.verdict is Verdict.PASS
+    assert m.why.startswith("better by 20.0% (beyond this run's noise ") and m.why.endswith(
+        "not judged an improvement: the baseline has one recording, so the spread between engine starts is "
+        "unknown; record a second one (pytest-mgpu accept, or --mgpu-update-baselines) to judge improvements")
+    assert c.unjudged_improvements == [m] and m.to_dict()["why"] == m.why
+    assert c.note.startswith("ttft_p50 better by 20.0% (beyond this run's noise ") and "one recording" in c.note
+    assert "not judged an improvement" in c.to_dict()["note"]
+    assert f"  note: {c.note}" in render_table([c], brief=frozenset({Verdict.PASS})).splitlines()
+    # Two recordings with a small spread: the same gain is beyond the history's noise.
+    two = compare(better, TwoRecordings(make_result(), spread=1.01))
+    m2 = two.metric("ttft_p50")
+    assert two.verdict is Verdict.IMPROVED and m2 is not None and m2.verdict is Verdict.IMPROVED and m2.why == ""
+    assert "why" not in m2.to_dict() and "not judged" not in two.note and not two.unjudged_improvements
+    # A worse value is judged against one recording as before.
+    assert compare(make_result({"ttft_p50": 1.25}), make_result()).verdict is Verdict.FAIL
+
+
+def test_the_h100_reruns_are_not_improvements() -> None:
+    """The issue's per-repeat TTFT p50 (ms): the recording's compiling start, then two runs of the unchanged engine."""
+    recording, rerun1, rerun2 = [5324.0, 5040.0, 5161.0], [4247.0, 4167.0, 4190.0], [4249.0, 4264.0, 4269.0]
+    cfg = DEFAULT_CONFIG.with_overrides({"ttft_p50": "12%"})
+    for rerun in (rerun1, rerun2):
+        one = compare_metric("ttft_p50", recording, rerun, cfg)
+        assert one.verdict is Verdict.PASS and one.why and one.delta_pct is not None and one.delta_pct < -12
+    # With the first re-run recorded as a second recording, the second is within the history's noise.
+    assert compare_metric("ttft_p50", rerun1, rerun2, cfg, history=[recording]).verdict is Verdict.PASS
 
 
 def test_improved_needs_no_worse_metric() -> None:
@@ -208,7 +263,7 @@ def test_confirm() -> None:
 
 def test_confirm_improved() -> None:
     """Issue 17: an IMPROVED stands only if the same metric improves again; else the re-measurement's verdict, at best PASS."""
-    base = make_result()
+    base = TwoRecordings(make_result())
     better = compare(make_result({"output_throughput_per_gpu": 1.25}), base)
     assert better.verdict is Verdict.IMPROVED
     again = confirm(better, compare(make_result({"output_throughput_per_gpu": 1.24}), base))
@@ -230,7 +285,7 @@ factor_maps = st.dictionaries(st.sampled_from(sorted(BASE)), st.floats(0.5, 2.0)
 @given(factor_maps, factor_maps)
 def test_confirm_needs_the_same_metric_twice(f1: dict[str, float], f2: dict[str, float]) -> None:
     """Whatever two measurements show: a confirmed FAIL (or IMPROVED) has a metric that FAILed (or improved) in both."""
-    base = make_result()
+    base = TwoRecordings(make_result())
     first, second = compare(make_result(f1), base), compare(make_result(f2), base)
     c = confirm(first, second)
     if first.verdict not in (Verdict.FAIL, Verdict.IMPROVED):
@@ -561,7 +616,8 @@ def test_exactly_at_the_tolerance_is_within_it() -> None:
     assert compare_metric("tpot_p50", [16.0] * 3, [17.01] * 3, cfg).verdict is Verdict.FAIL
     better = compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.0] * 3, cfg)
     assert better.verdict is Verdict.PASS
-    assert compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.01] * 3, cfg).verdict is Verdict.IMPROVED
+    assert compare_metric("output_throughput_per_gpu", [16.0] * 3, [17.01] * 3, cfg,
+                          history=[[16.0] * 3]).verdict is Verdict.IMPROVED
 
 
 #: The median's noise relative to the mean's for n repeats (docs/gate.md), written out; n >= 8: sqrt(pi/2).

@@ -1,12 +1,16 @@
-"""IMPROVED that is noise (issue 17): an improvement is confirmed by a re-measurement, as a FAIL is,
-and offered for acceptance only beyond the noise of the baseline's history.
+"""IMPROVED that is noise (issue 17): an improvement is judged only against a baseline of two or more
+recordings, and confirmed by a re-measurement, as a FAIL is.
 
 On a single H100 the single-stream TTFT p50 of an unchanged engine came out 22.6% and 39% below
 its one recording; both runs were IMPROVED, and the end-of-session line offered
-``accept --only improved``, which would have stored a lucky number.
+``accept --only improved``, which would have stored a lucky number. Later (vLLM 0.26.0) the
+all-at-once and Poisson TTFT p50 came out 17-19% below a recording made at the engine's first,
+compiling start, in two re-runs, each confirmed by a re-measurement on the same start.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -39,7 +43,8 @@ def gate_verdicts(stdout: str) -> dict[str, str]:
 def test_improvement_that_does_not_reproduce_is_pass(pytester: pytest.Pytester) -> None:
     """A faster first measurement and an unchanged re-measurement: PASS, "improvement not confirmed", nothing offered."""
     pytester.makepyfile(test_perf=STEADY)
-    pytester.runpytest(*ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
+    for _ in range(2):  # two recordings: improvements are judged
+        pytester.runpytest(*ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
     r = pytester.runpytest(*ARGS, "--mgpu-engine-opt", "speed=1.5",
                            "--mgpu-engine-opt", f"speed_until={FIRST_MEASUREMENT}")
     r.assert_outcomes(passed=1)
@@ -51,38 +56,46 @@ def test_improvement_that_does_not_reproduce_is_pass(pytester: pytest.Pytester) 
     assert "pytest-mgpu accept" not in out
 
 
-def test_improvement_is_offered_only_beyond_the_history(pytester: pytest.Pytester) -> None:
-    """One recording: a confirmed IMPROVED is not offered (the spread between sessions is unknown); two: it is."""
+def test_improvement_needs_two_recordings(pytester: pytest.Pytester) -> None:
+    """One recording: a big gain is PASS, saying why (terminal and JSON), and not re-measured; two: IMPROVED."""
     pytester.makepyfile(test_perf=STEADY)
     pytester.runpytest(*ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
-    r = pytester.runpytest(*ARGS, "--mgpu-engine-opt", "speed=1.25")
+    r = pytester.runpytest(*ARGS, "--mgpu-engine-opt", "speed=1.25", "--mgpu-json=r.json")
     r.assert_outcomes(passed=1)
     out = r.stdout.str()
     r.stdout.fnmatch_lines([
-        "*improvement confirmed by a re-measurement; *tpot_p50 -*: IMPROVED*",
-        "mgpu gate: 1 improved*",
-        "improvements not offered for acceptance (not shown to be beyond the noise of the baseline's history*",
-        "  test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48-text: *tpot_p50 -*%*: beyond this run's noise, but the "
-        "baseline has one recording, so the spread between sessions is unknown",
+        "test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48-text  PASS  *tpot_p50 -*%",
+        "  note: *tpot_p50 better by *% (beyond this run's noise *%): not judged an improvement: the baseline "
+        "has one recording, so the spread between engine starts is unknown; record a second one "
+        "(pytest-mgpu accept, or --mgpu-update-baselines) to judge improvements*",
+        "mgpu gate: 1 passed*",
+        "better beyond the noise against a baseline of one recording, not judged an improvement; *",
+        "  pytest-mgpu accept * --only pass",
     ])
-    assert "pytest-mgpu accept" not in out
+    assert "IMPROVED" not in out and "re-measurement" not in out, out
+    (res,) = json.loads((pytester.path / "r.json").read_text())["results"]
+    tpot = next(m for m in res["comparison"]["metrics"] if m["metric"] == "tpot_p50")
+    assert tpot["verdict"] == "PASS" and "the baseline has one recording" in tpot["why"], tpot
+    assert "not judged an improvement" in res["comparison"]["note"]
     # A second recording of the unchanged engine: the history's spread is known, and a 25% gain is beyond it.
     pytester.runpytest(*ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
     r = pytester.runpytest(*ARGS, "--mgpu-engine-opt", "speed=1.25")
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines([
         "*noise from 2 baseline recordings*",
+        "*improvement confirmed by a re-measurement; *tpot_p50 -*: IMPROVED*",
         "mgpu gate: 1 improved*",
         "to record the improved results as baselines from this run (no re-run needed):",
         "  pytest-mgpu accept *",
     ])
-    assert "not offered" not in r.stdout.str()
+    assert "not judged an improvement" not in r.stdout.str()
 
 
 def test_no_confirm_leaves_an_improvement_unconfirmed(pytester: pytest.Pytester) -> None:
     """--mgpu-no-confirm: the first measurement decides, as for a FAIL (the option's help says both)."""
     pytester.makepyfile(test_perf=STEADY)
-    pytester.runpytest(*ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
+    for _ in range(2):  # two recordings: improvements are judged
+        pytester.runpytest(*ARGS, "--mgpu-update-baselines").assert_outcomes(passed=1)
     r = pytester.runpytest(*ARGS, "--mgpu-no-confirm", "--mgpu-engine-opt", "speed=1.5",
                            "--mgpu-engine-opt", f"speed_until={FIRST_MEASUREMENT}")
     r.assert_outcomes(passed=1)

@@ -176,12 +176,13 @@ def test_gate_lifecycle_new_update_pass_fail_improved_invalid(pytester: pytest.P
     )
     r.stdout.fnmatch_lines(["*confirmed by a re-measurement*"])
     assert path.read_text() == text  # a failing run never touches the baseline
-    # 5. 25% faster -> IMPROVED, confirmed; with one recording it is not offered for acceptance
-    # (tests/test_improved_plugin.py: with two it is)
+    # 5. 25% faster against one recording -> PASS, saying it is not judged an improvement (the spread
+    # between engine starts is unknown; tests/test_improved_plugin.py: with two recordings it is IMPROVED)
     r = pytester.runpytest(*args, "--mgpu-engine-opt", "speed=1.25")
     r.assert_outcomes(passed=1)
-    r.stdout.fnmatch_lines(["*IMPROVED*", "*improvement confirmed by a re-measurement*",
-                            "improvements not offered for acceptance*"])
+    r.stdout.fnmatch_lines(["*PASS*", "  note: *tpot_p50 better by *: not judged an improvement: the baseline has "
+                            "one recording*", "mgpu gate: 1 passed"])
+    assert "IMPROVED" not in r.stdout.str()
     # 6. a run that returns too few tokens -> INVALID, never FAIL
     r = pytester.runpytest(*args, "--mgpu-engine-opt", "short_tokens=8")
     r.assert_outcomes(failed=1)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..judge.baseline import DEFAULT_HISTORY, DEFAULT_ROOT
 from ..judge.results import BenchResult
-from ..judge.verdicts import Comparison, Verdict, unproven_improvement
+from ..judge.verdicts import Comparison, Verdict
 from ..layout import Layout
 from .analysis import analysis_lines
 from .outputs import run_results_path
@@ -210,12 +210,10 @@ def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
         if Verdict.FAIL in verdicts:
             lines.append("if the FAIL results are intended changes, record them as the new baselines (no re-run):")
             lines.append("  " + accept_command(sess, [Verdict.FAIL]))
-        unproven = [(c.entry_id, why) for c in comparisons if (why := unproven_improvement(c))]
-        if unproven:  # `--only improved` would take them too: no improvement is offered
-            verdicts.discard(Verdict.IMPROVED)
-            lines.append("improvements not offered for acceptance (not shown to be beyond the noise "
-                         "of the baseline's history; more recordings, --mgpu-update-baselines, show it):")
-            lines.extend(f"  {eid}: {why}" for eid, why in unproven)
+        if any(c.verdict is Verdict.PASS and c.unjudged_improvements for c in comparisons):
+            lines.append("better beyond the noise against a baseline of one recording, not judged an improvement; "
+                         "to record this run as a second recording (improvements are judged from two on):")
+            lines.append("  " + accept_command(sess, [Verdict.PASS]))
         wanted = [v for v in (Verdict.NEW, Verdict.MISMATCH, Verdict.IMPROVED) if v in verdicts]
         if wanted:
             words = ", ".join(VERDICT_WORDS[v] for v in wanted)

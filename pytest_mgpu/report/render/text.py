@@ -107,6 +107,10 @@ def render_table(comparisons: Sequence[Comparison], brief: frozenset[Verdict] = 
     for c in comparisons:
         if c.verdict in brief:
             lines.append(brief_line(c, width))
+            # A better value that one recording cannot judge, or an improvement the re-measurement
+            # did not confirm: the one line would hide what happened.
+            if c.note and (c.unjudged_improvements or c.measurement != "first"):
+                lines.append(f"  note: {c.note}")
             continue
         full = full or bool(c.metrics)
         lines.append(f"{c.entry_id}  {c.verdict}")

@@ -157,15 +157,16 @@ def test_a_fail_names_the_accept_command_for_this_runs_results(pytester: pytest.
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*FAIL: test_serve*",
-        "if this change is intended, record this run's results as the new baseline once the session ends*",
-        "  pytest-mgpu accept .mgpu/last-results.json --only fail",
+        "if this change is intended, record this run's results as the new baseline and anchor once the session ends*",
+        "  pytest-mgpu accept .mgpu/results-*.json --only fail --anchor",
     ])
     result.stdout.fnmatch_lines([
-        "if the FAIL results are intended changes, record them as the new baselines (no re-run):",
-        "  pytest-mgpu accept .mgpu/last-results.json --only fail",
+        "if the FAIL results are intended changes, record them as the new baselines and anchors (no re-run):",
+        "  pytest-mgpu accept .mgpu/results-*.json --only fail --anchor",
     ])
-    # The command does what it says: after it, the same run passes.
-    assert cli(["accept", ".mgpu/last-results.json", "--only", "fail"]) == 0
+    # The command does what it says: after it, the same run passes (the anchor moved with it, so no drift FAIL).
+    (command,) = {line.split("  pytest-mgpu ", 1)[1] for line in result.stdout.lines if "pytest-mgpu accept" in line}
+    assert cli(command.split()) == 0
     again = pytester.runpytest(*slow, *LOOSE)
     again.assert_outcomes(passed=1)
 

@@ -158,10 +158,12 @@ def side_by_side_lines(rows: Sequence[SeedRow]) -> Iterator[Line]:
             yield None, line
 
 
-def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
+def accept_command(sess: MgpuSession, only: Sequence[Verdict] = (), *, anchor: bool = False) -> str:
     """The exact ``pytest-mgpu accept`` command that records this session's results (no re-run).
 
     It names the run's own results file, never ``.mgpu/last-results.json``, which the next run replaces.
+    ``anchor``: the recordings become their entries' anchors, as an intended change must (else the
+    next run FAILs on slow drift against the old anchor).
     """
     s = sess.settings
 
@@ -178,6 +180,8 @@ def accept_command(sess: MgpuSession, only: Sequence[Verdict] = ()) -> str:
         args += ["--history", str(s.baseline_history)]
     if only:
         args += ["--only", ",".join(str(v).lower() for v in only)]
+    if anchor:
+        args.append("--anchor")
     return shlex.join(args)
 
 
@@ -208,8 +212,9 @@ def gate_lines(sess: MgpuSession, args: Sequence[str]) -> list[str]:
         lines.extend(sess.update_notes)
     else:
         if Verdict.FAIL in verdicts:
-            lines.append("if the FAIL results are intended changes, record them as the new baselines (no re-run):")
-            lines.append("  " + accept_command(sess, [Verdict.FAIL]))
+            lines.append("if the FAIL results are intended changes, record them as the new baselines and anchors "
+                         "(no re-run):")
+            lines.append("  " + accept_command(sess, [Verdict.FAIL], anchor=True))
         if any(c.verdict is Verdict.PASS and c.unjudged_improvements for c in comparisons):
             lines.append("better beyond the noise against a baseline of one recording, not judged an improvement; "
                          "to record this run as a second recording (improvements are judged from two on):")

@@ -126,6 +126,6 @@ def accept_hint(sess: MgpuSession, verdicts: Sequence[Verdict]) -> str:
     from ..report.summary import accept_command  # lazy: the summary's module, only for a failing item
 
     return (
-        "if this change is intended, record this run's results as the new baseline once the session ends "
-        f"(no re-run; docs/gate.md, History):\n  {accept_command(sess, verdicts)}"
+        "if this change is intended, record this run's results as the new baseline and anchor once the session "
+        f"ends (no re-run; docs/gate.md, History):\n  {accept_command(sess, verdicts, anchor=True)}"
     )

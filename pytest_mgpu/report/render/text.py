@@ -111,6 +111,9 @@ def render_table(comparisons: Sequence[Comparison], brief: frozenset[Verdict] = 
             # did not confirm: the one line would hide what happened.
             if c.note and (c.unjudged_improvements or c.measurement != "first"):
                 lines.append(f"  note: {c.note}")
+            since = drift_line(c)  # every comparison reports the change since its anchor, a PASS too
+            if since:
+                lines.append(f"  {since}")
             continue
         full = full or bool(c.metrics)
         lines.append(f"{c.entry_id}  {c.verdict}")

@@ -145,7 +145,7 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "pytest_mgpu")
     session.run("python", "scripts/import_cycles.py")
     session.run("actionlint", *sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml")))
-    session.run("shellcheck", "scripts/gpu_ab.sh")
+    session.run("shellcheck", "scripts/gpu_ab.sh", "scripts/gpu_gate.sh")
 
 
 @nox.session
@@ -209,7 +209,7 @@ def e2e_smoke(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run(
         "pytest", "tests/e2e/test_vllm_cpu_side_by_side.py", "-v", "-rs", *session.posargs,
-        env={"MGPU_VLLM_PYTHON": python},
+        env={"MGPU_VLLM_PYTHON": python, **REQUIRE_NO_SKIP},  # a missing vLLM must fail here, not skip
     )
 
 

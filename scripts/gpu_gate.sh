@@ -105,9 +105,9 @@ gate_step() {
   rc=${PIPESTATUS[0]}
   [[ -f $out/results-$step.json ]] && verdicts "$out/results-$step.json" | tee "$out/verdicts-$step.txt"
   if [[ $step == record* ]]; then
-    for f in $(find "$bases" -name '*.json'); do
+    while IFS= read -r f; do
       cp "$f" "$out/baseline-$step-$(basename "$(dirname "$(dirname "$f")")").json"
-    done
+    done < <(find "$bases" -name '*.json')
   fi
   grep -hE "KV cache size|Maximum concurrency|torch.compile takes|Graph capturing finished|init engine" \
     "$logs"/vllm-*.log > "$out/vllm-$step.txt" 2>/dev/null || true

@@ -369,9 +369,13 @@ def test_stopping_on_a_confirmed_fail_closes_the_other_metrics_as_final() -> Non
 #   and the loop has converged (|delta - 1| < 1e-15) long before 400 terms; `abs(delta - 1.0)` ->
 #   `abs(delta + 1.0)`/`- 2.0`/`<=` only run all 400 terms to the same limit; t_sf matches
 #   scipy.stats.t.sf to 1e-12 over t in [-30, 30], df in [1, 60] (test_t_sf_matches_scipy).
-# - betainc's `x >= 1.0` -> `x > 1.0` / `>= 2.0` / `return 2.0`, `x < (a+1)/(a+b+2)` -> `<=` or shifted
-#   constants, t_sf's `t2 < df` -> `<=` and `tail if t > 0` -> `t >= 0`: x = df/(df+t^2) lies in (0, 1]
-#   and x == 1 only at t == 0, where both branches give 0.5; the switch point between the direct and
-#   the symmetric continued fraction changes only which converging series is used.
-# - decide's `open_` / `if open_ and done` (-> `or`): the text of the decision's note only.
+# - betainc's `x >= 1.0` -> `x > 1.0` / `>= 2.0` / `return 2.0`: t_sf never calls it with x >= 1 (x is
+#   t^2/(df+t^2) < 1, or df/(df+t^2) < 1 when t^2 >= df > 0). `x < (a+1)/(a+b+2)` -> `<=` or other
+#   constants: the switch point only picks which of two converging continued fractions is summed.
+#   t_sf's `t2 < df` -> `<=` (the same two forms meet there) and `tail if t > 0` -> `t >= 0` (at t = 0
+#   the tail is 0.5 = 1 - 0.5).
+# - decide_metric `replace(pm, verdict=Verdict.WARN, state=...)` without the verdict: pm starts as WARN.
+# - decide's `if done and not cap` -> `or`, `open_` / `if open_ and done` (-> `or`): evaluating the
+#   metrics as final while the A/B goes on changes their notes, never `done` (computed before) or a
+#   verdict (undecided and unconfirmed are WARN either way); the text of the decision's note only.
 # The other survivors there only change message text.

@@ -681,6 +681,12 @@ class _Now:
         return [11.0] * 3 if metric == "tpot_p50" else []
 
 
+def test_a_re_measurement_says_so() -> None:
+    again = make_result()
+    again.first_repeats = list(make_result().repeats)
+    assert compare(again, make_result()).measurement == "re-measurement"
+
+
 def test_compare_needs_only_the_protocol() -> None:
     c = compare(_Now(), _Base())
     assert c.verdict is Verdict.PASS and c.engine is None and c.options is None and c.measurement == "first"
@@ -713,6 +719,8 @@ def test_tolerance_from_a_small_float() -> None:
 # - parse_metric_tolerance / parse_shard `partition` -> `rpartition`: a text with a second "=" or "/" is
 #   rejected either way (an unknown metric or tolerance; a non-number shard), only the message differs.
 # - shard.assign `loads = [0.0] * n` -> `[1.0] * n`: a constant added to every load moves no argmin.
+# - compare `getattr(base, "engine_options", None) if base is not None else None` -> `... or True`: with
+#   no base, getattr(None, ..., None) is None as well.
 # - compare `... if compared else Verdict.NEW` (a baseline lacking every compared metric): left to the
 #   change that makes a baseline lacking a gated metric an error (issue 24 item 6, another branch).
 # The other survivors there only change message text or the order of notes.

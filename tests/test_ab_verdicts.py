@@ -339,3 +339,43 @@ def test_paired_metric_fields() -> None:
 def test_decide_invalid_keeps_the_rounds() -> None:
     d = decide({TPOT: [1.0] * 3}, {TPOT: [1.0] * 3}, GATE, CFG, invalid="round 3 new: 1 request failed")
     assert (d.verdict, d.done, d.rounds, d.metrics) == (Verdict.INVALID, True, 3, ())
+
+
+def test_t_sf_at_the_infinities_and_zero() -> None:
+    assert t_sf(math.inf, 3) == 0.0 and t_sf(-math.inf, 3) == 1.0
+    assert t_sf(0.0, 3) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_stopping_on_a_confirmed_fail_closes_the_other_metrics_as_final() -> None:
+    """TPOT fails (confirmed) at round 4 while TTFT is still undecided: the A/B stops, and TTFT is reported
+    as inconclusive after 4 rounds, not as waiting for more."""
+    n = 4
+    old = {m: _series(1.0, n)[0] for m in GATE.metrics}
+    new = {m: _series(1.0, n)[1] for m in GATE.metrics}
+    new[TPOT] = _series(1.3, n)[1]
+    old["ttft_p50"], new["ttft_p50"] = _series(1.0, n, 0.04)[0], _series(1.04, n, 0.04)[1]
+    d = decide(old, new, GATE, CFG)
+    assert d.done and d.verdict is Verdict.FAIL
+    ttft = next(m for m in d.metrics if m.metric == "ttft_p50")
+    assert ttft.verdict is Verdict.WARN and ttft.note == "inconclusive after 4 rounds"
+    assert "ttft_p50: inconclusive after 4 rounds" in d.note and "output_throughput_per_gpu" not in d.note
+
+
+# Mutants of ab_verdicts.py that `nox -s mutants` leaves alive, and why no test kills them:
+# - look `t > crit` -> `>=`, `t < -crit` -> `<=`, `upper < delta` -> `<=`: differ only on an exact tie of
+#   a t statistic or a bound with a quantile computed by bisection.
+# - _betacf's `abs(d) > tiny` / `abs(c) > tiny` guards (-> `>=` or always true) and `range(1, 400)` ->
+#   `401`: the guards replace a value below 1e-300 that never occurs for the df and t the A/B uses,
+#   and the loop has converged (|delta - 1| < 1e-15) long before 400 terms; `abs(delta - 1.0)` ->
+#   `abs(delta + 1.0)`/`- 2.0`/`<=` only run all 400 terms to the same limit; t_sf matches
+#   scipy.stats.t.sf to 1e-12 over t in [-30, 30], df in [1, 60] (test_t_sf_matches_scipy).
+# - betainc's `x >= 1.0` -> `x > 1.0` / `>= 2.0` / `return 2.0`: t_sf never calls it with x >= 1 (x is
+#   t^2/(df+t^2) < 1, or df/(df+t^2) < 1 when t^2 >= df > 0). `x < (a+1)/(a+b+2)` -> `<=` or other
+#   constants: the switch point only picks which of two converging continued fractions is summed.
+#   t_sf's `t2 < df` -> `<=` (the same two forms meet there) and `tail if t > 0` -> `t >= 0` (at t = 0
+#   the tail is 0.5 = 1 - 0.5).
+# - decide_metric `replace(pm, verdict=Verdict.WARN, state=...)` without the verdict: pm starts as WARN.
+# - decide's `if done and not cap` -> `or`, `open_` / `if open_ and done` (-> `or`): evaluating the
+#   metrics as final while the A/B goes on changes their notes, never `done` (computed before) or a
+#   verdict (undecided and unconfirmed are WARN either way); the text of the decision's note only.
+# The other survivors there only change message text.

@@ -309,11 +309,36 @@ def test_a_decided_item_drops_out_of_later_rounds(pytester: pytest.Pytester) -> 
     assert [rd["shared_by"] for rd in burst["per_round"]] == [2, 2, 2] + [1] * (burst["rounds"] - 3)
 
 
+def test_sides_that_would_send_different_prompt_modes_fail_with_the_fix(pytester: pytest.Pytester) -> None:
+    """Old side without a tokenizer, new side with one: text against token ids is no comparison."""
+    pytester.makepyfile(conftest="""
+from pytest_mgpu.engines.sim import SimAdapter
+_tokenizer = SimAdapter.tokenizer
+
+def tokenizer(self, spec, work_dir):  # the old side (--mgpu-ab-opt speed=1.0) cannot tokenize
+    return None if spec.options_dict.get("speed") == "1.0" else _tokenizer(self, spec, work_dir)
+
+SimAdapter.tokenizer = tokenizer
+
+def pytest_unconfigure(config):
+    SimAdapter.tokenizer = _tokenizer
+""")
+    args = ("--mgpu-engine-opt", "speed=1.0001", "--mgpu-ab-opt", "speed=1.0")
+    r, _, _ = _ab(pytester, *args)
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["*A/B test_serve*the old side sent token-ids prompts and the new side text prompts*"
+                            "--mgpu-prompt token-ids*"])
+    assert "Traceback" not in r.stdout.str()
+    r, doc, _ = _ab(pytester, *args, "--mgpu-prompt", "token-ids")
+    r.assert_outcomes(passed=1)
+    assert doc["results"][0]["workload"]["prompt"] == "token-ids"
+
+
 def test_one_selected_item_runs_its_own_ab(pytester: pytest.Pytester) -> None:
     r, doc = _group_ab(pytester, "-k", "stream", "--mgpu-ab-min-rounds", "3", "--mgpu-ab-rounds", "3")
     r.assert_outcomes(passed=1)
     (res,) = doc["results"]
-    assert res["ab"]["cost"]["starts"] == 6 and doc["ab"]["groups"][0]["items"] == ["test_stream[tp1-pp1]::in64-out16-n4-qpsinf-c1"]
+    assert res["ab"]["cost"]["starts"] == 6 and doc["ab"]["groups"][0]["items"] == [res["entry_id"]]
     assert "shared by" not in r.stdout.str()
 
 

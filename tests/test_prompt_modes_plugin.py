@@ -75,10 +75,19 @@ def test_a_token_id_baseline_is_not_compared_with_a_text_run(pytester: pytest.Py
 
 
 def test_text_from_an_engine_without_tokenizer_names_the_fix(pytester: pytest.Pytester) -> None:
+    from pytest_mgpu.engines.sim import SimAdapter  # imported here, the inner runs patch this very class
+
+    tokenizer = SimAdapter.tokenizer
     pytester.makepyfile(
+        # The inner run shares this process (runpytest is in-process): put the sim's tokenizer back
+        # when it ends, or every later sim run in the suite would fall back to token-id prompts.
         conftest="""
 from pytest_mgpu.engines.sim import SimAdapter
+_tokenizer = SimAdapter.tokenizer
 SimAdapter.tokenizer = lambda self, spec, work_dir: None
+
+def pytest_unconfigure(config):
+    SimAdapter.tokenizer = _tokenizer
 """,
         test_perf=TEST,
     )
@@ -89,6 +98,12 @@ SimAdapter.tokenizer = lambda self, spec, work_dir: None
     r = pytester.runpytest(*SIM)
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["test_serve[[]tp1-pp1[]]::in48-out8-n16-qpsinf *ok"])
+    # Nothing of the patch outlives the inner runs: a later sim run in this process takes text again.
+    pytester.makepyfile(conftest="")
+    r = pytester.runpytest(*SIM)
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["test_serve[[]tp1-pp1[]]::in48-out8-n16-qpsinf-text *"])
+    assert SimAdapter.tokenizer is tokenizer
 
 
 def test_bad_prompt_option_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -100,7 +100,7 @@ def test_ab_on_the_wall_clock_passes_unchanged_and_fails_a_slower_new_side(pytes
     assert doc["results"][0]["ab"]["verdict"] == "PASS"
     r = pytester.runpytest(*ab, "--mgpu-engine-opt", "speed=0.5", "--mgpu-ab-opt", "speed=1.0", f"--mgpu-json={out}")
     r.assert_outcomes(failed=1)
-    r.stdout.fnmatch_lines(["FAIL: test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48* (sim * -> *, * rounds)"])
+    r.stdout.fnmatch_lines(["FAIL: test_serve[[]tp2-pp1[]]::in64-out16-n48-qps48-text (sim * -> *, * rounds)"])
     doc = json.loads(out.read_text())
     wall_records(doc)
     ab_doc = doc["results"][0]["ab"]

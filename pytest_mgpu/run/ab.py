@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from ..engines import EngineSpec, RunningEngine, get_adapter
-from ..errors import BaselineError, EngineError, EngineUnavailable
+from ..errors import BaselineError, EngineError, EngineUnavailable, PromptError
 from ..judge.ab_results import AbGroupCost, AbResult, AbRound, merge_rounds, per_round
 from ..judge.ab_verdicts import AbConfig, AbDecision, decide
 from ..judge.baseline import BaselineStore
@@ -354,7 +354,7 @@ class AbBench:
         skip = fail = None
         if isinstance(outcome, EngineUnavailable):
             skip = str(outcome)
-        elif isinstance(outcome, EngineError):
+        elif isinstance(outcome, (EngineError, PromptError)):
             fail = f"A/B {self.test_name}::{me.name}: {outcome}"
         elif isinstance(outcome, BaseException):
             raise outcome
@@ -418,13 +418,14 @@ class AbBench:
                 cost.rounds = n
                 for m in active:
                     got = measured[m.nodeid]
+                    m.name = checked_name(m, got[OLD], got[NEW])
                     rd = AbRound(n, order, got[OLD], got[NEW], dict(start_s), measure_s[m.nodeid], dict(stop_s),
                                  shared_by=len(active), position=rotation.index(m))
                     rounds[m.nodeid].append(rd)
                     decisions[m.nodeid] = d = self._decide(rounds[m.nodeid], m.gate)
                     m.progress(self._progress_line(m, rd, d))
                 active = [m for m in active if not decisions[m.nodeid].done]
-        except (EngineError, EngineUnavailable) as exc:
+        except (EngineError, EngineUnavailable, PromptError) as exc:
             error = exc
         finally:
             stopped, took = self._stop()  # only one engine on the GPUs, and none between A/Bs
@@ -433,6 +434,7 @@ class AbBench:
                 for rd in last:
                     rd.stop_s[stopped] = rd.stop_s.get(stopped, 0.0) + took
         cost.wall_s = time.monotonic() - t0
+        cost.items = [f"{m.test_name}::{m.name}" for m in members]  # the names the measurements gave
         # Each item's share of the group's wall time: in proportion to the seconds attributed to it.
         spent = {m.nodeid: _attributed(rounds[m.nodeid]) for m in members}
         total = math.fsum(spent.values())
@@ -471,6 +473,22 @@ class AbBench:
         state = f"{d.verdict}" if d.done else "continue"
         shared = f", shared by {rd.shared_by} items" if rd.shared_by > 1 else ""
         return f"A/B {item.test_name}::{item.name} round {rd.index} ({starts}{shared}): {'; '.join(parts)} -> {state}"
+
+
+def checked_name(item: Planned, old: BenchResult, new: BenchResult) -> str:
+    """The item's name in its results (``-text`` for text prompts); both sides must send the same prompts.
+
+    Each side's ``Bench.run`` picks the prompt mode from its engine (text where it can tokenize), as
+    the plain gate does; the planned name was built before any engine ran, so it is replaced by the
+    measured one. Sides that picked different modes measured different requests: a PromptError.
+    """
+    if old.workload.prompt != new.workload.prompt:
+        raise PromptError(
+            f"the old side sent {old.workload.prompt} prompts and the new side {new.workload.prompt} prompts "
+            f"(only one of the engines can tokenize text), so they cannot be compared; pass --mgpu-prompt "
+            f"token-ids (or run(prompt='token-ids'))"
+        )
+    return new.label or new.workload.name
 
 
 def _attributed(rounds: Sequence[AbRound]) -> float:

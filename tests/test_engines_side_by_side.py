@@ -117,6 +117,20 @@ def test_engine_python_as_a_separate_argument_must_not_move_the_rootdir(pytester
     good.stdout.fnmatch_lines([f"rootdir: {pytester.path}"])
 
 
+def test_engine_python_beside_a_test_path_must_not_move_the_rootdir(pytester: pytest.Pytester) -> None:
+    """The README's own command with the space form: ``pytest perf_tests/ --mgpu-engine-python /venv/bin/python``
+    in a project without a pytest configuration made the rootdir the common ancestor of both (``/``),
+    and baselines went under it, all NEW. The check returned early because the working directory lies
+    under that ancestor (found in a new user's walk-through)."""
+    pytester.makepyfile(test_perf=PERF_TEST)
+    bad = pytester.runpytest(*SIM, "--mgpu-engine", "sim", "test_perf.py", "--mgpu-engine-python", sys.executable, "--co")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines([f"*pytest chose the rootdir * from --mgpu-engine-python's path {sys.executable}*"])
+    pytester.makeini("[pytest]\n")  # a configuration file fixes the rootdir: the space form is harmless then
+    fine = pytester.runpytest(*SIM, "--mgpu-engine", "sim", "test_perf.py", "--mgpu-engine-python", sys.executable, "--co")
+    assert fine.ret == pytest.ExitCode.OK, fine.stderr.str()
+
+
 @needs_no_vllm
 def test_accept_records_each_engine_under_its_own_fingerprint(pytester: pytest.Pytester) -> None:
     """``pytest-mgpu accept`` of a side-by-side run: each result goes under its result's fingerprint."""

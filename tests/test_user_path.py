@@ -107,6 +107,12 @@ def test_a_directory_for_an_interpreter_suggests_its_bin_python(pytester: pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{option} '.venv-vllm' is a directory, not an interpreter; pass its python, "
                                  f"e.g. {option}=.venv-vllm/bin/python*"])
+    # Its bin/ folder names the python inside it, not bin/bin/python (a new user's walk-through).
+    (pytester.path / ".venv-vllm" / "bin").mkdir()
+    (pytester.path / ".venv-vllm" / "bin" / "python").write_text("")
+    inner = pytester.runpytest(f"{option}=.venv-vllm/bin", "-p", "no:cacheprovider")
+    assert inner.ret == pytest.ExitCode.USAGE_ERROR
+    inner.stderr.fnmatch_lines([f"*e.g. {option}=.venv-vllm/bin/python"])
 
 
 # --- marker typos -------------------------------------------------------------------------------
@@ -155,6 +161,8 @@ def test_a_fail_names_the_accept_command_for_this_runs_results(pytester: pytest.
     slow = [*SIM, "--mgpu-engine-opt", "speed=0.4", "--mgpu-no-confirm"]
     result = pytester.runpytest(*slow)
     result.assert_outcomes(failed=1)
+    # One recording is both the anchor and the level: its FAIL is said once, not again as "slow drift".
+    assert "slow drift" not in result.stdout.str()
     result.stdout.fnmatch_lines([
         "*FAIL: test_serve*",
         "if this change is intended, record this run's results as the new baseline and anchor once the session ends*",
@@ -285,3 +293,10 @@ def test_fit_never_overflows_and_keeps_the_counts_when_they_fit(names: list[str]
     assert len(line) <= max(room, 1)
     if len(keep) <= room:
         assert line.endswith(keep)
+
+
+def test_the_plugins_work_folder_ignores_itself_in_git(pytester: pytest.Pytester) -> None:
+    """After a first run, ``git status`` of a new repository showed ``.mgpu/`` (results, logs) as
+    something to commit, and the README's commit step did not say to ignore it (a new user's walk-through)."""
+    _recorded(pytester)
+    assert (pytester.path / ".mgpu" / ".gitignore").read_text().splitlines()[-1] == "*"

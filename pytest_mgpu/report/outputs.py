@@ -79,6 +79,18 @@ def run_results_path(sess: MgpuSession) -> Path:
     return Path(sess.config.rootpath) / LAST_RESULTS.parent / f"results-{sess.run_id}.json"
 
 
+def ignore_work_dir(work_dir: Path) -> None:
+    """Put a ``.gitignore`` of ``*`` in the plugin's own folder (as pytest does in ``.pytest_cache``):
+    results, logs and caches are never committed by accident; baselines live elsewhere."""
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        marker = work_dir / ".gitignore"
+        if not marker.exists():
+            marker.write_text("# Created by pytest-mgpu: its run files are not for commits.\n*\n")
+    except OSError:
+        pass  # a read-only checkout: the results file's own write reports the problem
+
+
 def write_outputs(sess: MgpuSession) -> list[str]:
     """Write whichever output files were asked for, each independently; return one error line per failure.
 
@@ -97,6 +109,8 @@ def write_outputs(sess: MgpuSession) -> list[str]:
     if s.benchmark_json is not None:
         jobs.append(("--mgpu-benchmark-json", s.benchmark_json, lambda: _json_text(to_benchmark_json(sess.results))))
     errors = []
+    if sess.results:
+        ignore_work_dir(last_results_path(sess).parent)
     for what, path, render in jobs:
         try:
             atomic_write_text(path, render())

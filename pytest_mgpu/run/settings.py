@@ -173,7 +173,9 @@ def resolve_python(value: str, option: str, example: str) -> str:
     if resolved is None and os.path.isdir(value):  # a bare directory name, e.g. "venv"
         resolved = value
     if resolved is not None and os.path.isdir(resolved):
-        hint = os.path.join(resolved, "bin", "python")
+        # A venv's root gets its bin/python; its bin/ folder (or a folder holding a python) gets that python.
+        inside = os.path.join(resolved, "python")
+        hint = inside if os.path.isfile(inside) else os.path.join(resolved, "bin", "python")
         raise pytest.UsageError(
             f"{option} {value!r} is a directory, not an interpreter; pass its python, e.g. {option}={hint}"
         )
@@ -241,7 +243,12 @@ def check_rootdir_not_from_python(config: pytest.Config, python: str) -> None:
     root = Path(config.rootpath).absolute()
     here = Path(config.invocation_params.dir).absolute()
     exe = Path(here, python).absolute()
-    if root == here or not exe.is_relative_to(root) or here.is_relative_to(root):
+    if root == here or not exe.is_relative_to(root):
+        return
+    # With no configuration file the rootdir is the common ancestor of the arguments: the python's path
+    # moved it (to ``/`` beside ``perf_tests/``, say) even though the working directory lies under it.
+    # With one, the path mattered only if the rootdir is not above the working directory.
+    if config.inipath is not None and here.is_relative_to(root):
         return
     raise pytest.UsageError(
         f"pytest chose the rootdir {root} from --mgpu-engine-python's path {python} (it takes every "

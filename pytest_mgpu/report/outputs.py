@@ -65,10 +65,6 @@ def _markdown(sess: MgpuSession) -> str:
     return render_markdown(sess.comparisons, title=f"pytest-mgpu: {sess.settings.engine} on {sess.fingerprint}")
 
 
-def _json_text(doc: Any) -> str:
-    return json_text(doc)
-
-
 def last_results_path(sess: MgpuSession) -> Path:
     """``<rootdir>/.mgpu/last-results.json``."""
     return Path(sess.config.rootpath) / LAST_RESULTS
@@ -99,15 +95,15 @@ def write_outputs(sess: MgpuSession) -> list[str]:
     s = sess.settings
     jobs: list[tuple[str, Path, Callable[[], str]]] = []
     if sess.results:
-        text = functools.cache(lambda: _json_text(results_document(sess, False)))  # one document, two files
+        text = functools.cache(lambda: json_text(results_document(sess, False)))  # one document, two files
         jobs.append(("this run's results", run_results_path(sess), text))
         jobs.append(("last results", last_results_path(sess), text))
     if s.json_path is not None:
-        jobs.append(("--mgpu-json", s.json_path, lambda: _json_text(results_document(sess, s.json_records))))
+        jobs.append(("--mgpu-json", s.json_path, lambda: json_text(results_document(sess, s.json_records))))
     if s.report_md is not None:
         jobs.append(("--mgpu-report-md", s.report_md, lambda: _markdown(sess)))
     if s.benchmark_json is not None:
-        jobs.append(("--mgpu-benchmark-json", s.benchmark_json, lambda: _json_text(to_benchmark_json(sess.results))))
+        jobs.append(("--mgpu-benchmark-json", s.benchmark_json, lambda: json_text(to_benchmark_json(sess.results))))
     errors = []
     if sess.results:
         ignore_work_dir(last_results_path(sess).parent)

@@ -158,6 +158,14 @@ def side_by_side_lines(rows: Sequence[SeedRow]) -> Iterator[Line]:
             yield None, line
 
 
+def relative(path: Path) -> str:
+    """``path`` relative to the working directory where it can be, as a command to paste wants it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(path)
+
+
 def accept_command(sess: MgpuSession, only: Sequence[Verdict] = (), *, anchor: bool = False) -> str:
     """The exact ``pytest-mgpu accept`` command that records this session's results (no re-run).
 
@@ -166,16 +174,9 @@ def accept_command(sess: MgpuSession, only: Sequence[Verdict] = (), *, anchor: b
     next run FAILs on slow drift against the old anchor).
     """
     s = sess.settings
-
-    def rel(p: Path) -> str:
-        try:
-            return os.path.relpath(p)
-        except ValueError:  # pragma: no cover - another drive on Windows
-            return str(p)
-
-    args = ["pytest-mgpu", "accept", rel(run_results_path(sess))]
+    args = ["pytest-mgpu", "accept", relative(run_results_path(sess))]
     if Path(s.baseline_dir).resolve() != (Path.cwd() / DEFAULT_ROOT).resolve():
-        args += ["--baseline-dir", rel(Path(s.baseline_dir))]
+        args += ["--baseline-dir", relative(Path(s.baseline_dir))]
     if s.baseline_history != DEFAULT_HISTORY:
         args += ["--history", str(s.baseline_history)]
     if only:

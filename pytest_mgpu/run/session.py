@@ -466,7 +466,7 @@ def new_run_id() -> str:
 
 def nothing_checked_lines(sess: MgpuSession, *, fails: bool) -> list[str]:
     """The block that says the gate checked nothing, why, and how to record baselines."""
-    from ..report.summary import accept_command  # lazy: the report module, only for this message
+    from ..report.summary import accept_command, relative  # lazy: the report module, only for this message
 
     s = sess.settings
     n = len(sess.comparisons)
@@ -488,17 +488,9 @@ def nothing_checked_lines(sess: MgpuSession, *, fails: bool) -> list[str]:
         f"mgpu gate FAILED: {what}",
         f"  why: {why}",
         f"  record this run's results as baselines (no re-run): {accept_command(sess)}",
-        f"  (or re-run with --mgpu-update-baselines), then commit {_rel(Path(s.baseline_dir))}",
+        f"  (or re-run with --mgpu-update-baselines), then commit {relative(Path(s.baseline_dir))}",
         "  CI=true: a run that checked nothing fails; a first run on new hardware may pass with --mgpu-allow-new",
     ]
-
-
-def _rel(path: Path) -> str:
-    """``path`` relative to the working directory where it can be (as the accept command has it)."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # pragma: no cover - another drive on Windows
-        return str(path)
 
 
 def _subdirs(path: Path) -> list[str]:

@@ -113,6 +113,7 @@ def test_vllm_cpu_through_plugin(pytester: pytest.Pytester, tmp_path: Path) -> N
     """TP=1, TP=2, PP=2 and engine reuse through the plugin; nothing is left running afterwards."""
     out = tmp_path / "e2e.json"
     shm_before = shm_segments()
+    (tmp_path / "baselines").mkdir()  # an explicit --mgpu-baseline-dir must exist
     pytester.makepyfile(test_inner=INNER.format(out=str(out)))
     t0 = time.monotonic()
     result = pytester.runpytest_subprocess(

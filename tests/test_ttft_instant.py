@@ -6,7 +6,7 @@ whose ``choices`` is non-empty, *even when its text is empty* (lines 227-236); S
 (line 216) and a usage chunk with ``"choices": []`` (line 244) are not tokens. docs/client.md has
 the details. The fake server below sends the response headers at t0, a ``: ping`` comment, a
 ``choices: []`` chunk, an empty-text chunk at t1 and the first text at t2, each a known delay
-apart, and stamps each write on this process's ``perf_counter`` clock, which the client uses too.
+apart, and stamps each write (just before it) on this process's ``perf_counter`` clock, which the client uses too.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ class FakeServer:
 
         async def send(name: str, data: bytes) -> None:
             await asyncio.sleep(GAP_S)
-            await resp.write(data)
+            # Stamped before the write: the client, on another thread, can read the bytes before this
+            # thread runs again, so a stamp after the write could come later than the client's own.
             self.stamps[name] = time.perf_counter()
+            await resp.write(data)
 
         chunk = {"id": "cmpl-1", "object": "text_completion", "model": "fake"}
         await send("ping", b": ping\n\n")

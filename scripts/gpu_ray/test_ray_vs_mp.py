@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.model(MODEL)]
 
 
 def test_batch(mgpu_bench, mgpu_engine):
+    """One all-at-once batch on the layout's engine (Ray or multiprocessing, by the options)."""
     r = mgpu_bench.run(input_len=128, output_len=64, num_requests=REQUESTS, request_rate=math.inf, warmup_requests=2)
     assert r.valid, r.invalid
     print(mgpu_engine.describe(), f"{r.median['output_throughput_per_gpu']:.1f} tok/s/GPU")

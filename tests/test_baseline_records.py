@@ -23,7 +23,7 @@ from pytest_mgpu.judge.baseline import (
     run_of,
     same_run,
 )
-from pytest_mgpu.judge.results import RepeatResult
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
 
 
 def rec(run: str | None = "r1", version: str = "0.26.0", tpot: float = 10.0, anchor: bool = False,
@@ -32,6 +32,17 @@ def rec(run: str | None = "r1", version: str = "0.26.0", tpot: float = 10.0, anc
     env = {"date": date, **({"run_id": run} if run else {})}
     return Recording(metrics={"tpot_p50": (tpot, tpot * 1.01)}, engine_version=version, env=env, repeats=2,
                      anchor=anchor)
+
+
+def measured(metric: str, *values: float, output_len: int | None = None) -> BenchResult:
+    """``make_result()`` with ``metric`` measured as ``values``, one per repeat (one value: every repeat)."""
+    r = make_result()
+    if output_len is not None:
+        r.workload = replace(r.workload, output_len=output_len)
+    vals = values * len(r.repeats) if len(values) == 1 else values
+    assert len(vals) == len(r.repeats), (metric, values)
+    r.repeats = [RepeatResult({**x.summary, metric: v}) for x, v in zip(r.repeats, vals)]
+    return r
 
 
 # --- one recording, every field -----------------------------------------------------------------
@@ -94,8 +105,7 @@ def test_the_range_of_a_measurement_includes_its_ends() -> None:
 # --- a recording from a result --------------------------------------------------------------------
 
 def test_a_recording_from_a_result_keeps_the_gates_extra_metrics_rounded() -> None:
-    r = make_result()
-    r.repeats = [RepeatResult({**x.summary, "e2el_p90": 123.4567891}) for x in r.repeats]
+    r = measured("e2el_p90", 123.4567891)
     r.gate_settings = {"metrics": ["e2el_p90"], "gated": ["tpot_p50"]}
     got = Recording.from_result(r)
     assert got.metrics["e2el_p90"] == (123.457, 123.457, 123.457)  # six significant digits
@@ -107,8 +117,7 @@ def test_a_recording_from_a_result_keeps_the_gates_extra_metrics_rounded() -> No
 
 
 def test_a_zero_in_an_ungated_metric_is_left_out_and_in_a_gated_one_refused() -> None:
-    r = make_result()
-    r.repeats = [RepeatResult({**x.summary, "ttft_p99": 0.0}) for x in r.repeats]
+    r = measured("ttft_p99", 0.0)
     assert "ttft_p99" not in Recording.from_result(r).metrics  # ungated by default: not recordable, skipped
     r.gate_settings = {"gated": ["ttft_p99"]}
     with pytest.raises(BaselineError) as exc:
@@ -118,8 +127,7 @@ def test_a_zero_in_an_ungated_metric_is_left_out_and_in_a_gated_one_refused() ->
 
 
 def test_a_value_outside_the_range_of_a_measurement_is_named() -> None:
-    r = make_result()
-    r.repeats = [RepeatResult({**x.summary, "ttft_p50": v}) for x, v in zip(r.repeats, (5.0, 1e-300, 1e-200))]
+    r = measured("ttft_p50", 5.0, 1e-300, 1e-200)
     with pytest.raises(BaselineError) as exc:
         Recording.from_result(r)
     assert str(exc.value) == (f"{r.entry_id}: ttft_p50 value 1e-300 is outside the range of a measurement "
@@ -243,8 +251,7 @@ def test_a_schema_1_entry_finds_its_test_in_the_node_id_or_the_entry_id() -> Non
 
 
 def test_an_entry_from_a_result_is_the_results() -> None:
-    r = make_result()
-    r.repeats = [RepeatResult({**x.summary, "e2el_p90": 100.0}) for x in r.repeats]
+    r = measured("e2el_p90", 100.0)
     e = BaselineEntry.from_result(r, ["e2el_p90"])
     assert (e.entry_id, e.identity, e.nodeid) == (r.entry_id, r.identity, r.nodeid)
     assert e.recordings == (Recording.from_result(r, ["e2el_p90"]),) and "e2el_p90" in e.recordings[0].metrics
@@ -252,8 +259,7 @@ def test_an_entry_from_a_result_is_the_results() -> None:
 
 def test_update_records_the_extra_metrics_it_is_given(tmp_path: Path) -> None:
     store = BaselineStore(tmp_path)
-    r = make_result()
-    r.repeats = [RepeatResult({**x.summary, "e2el_p90": 100.0}) for x in r.repeats]
+    r = measured("e2el_p90", 100.0)
     store.update(FP, MOD, [r], metrics=["e2el_p90"])
     assert "e2el_p90" in read_baseline_file(store.path(FP, MOD))[1][r.entry_id].recordings[0].metrics
 
@@ -262,9 +268,7 @@ def test_update_records_the_extra_metrics_it_is_given(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("metric", ["tpot_p50", "itl_p50"])
 def test_a_one_token_workloads_zero_tpot_is_left_out_even_when_gated(metric: str) -> None:
-    r = make_result()
-    r.workload = replace(r.workload, output_len=1)
-    r.repeats = [RepeatResult({**x.summary, metric: 0.0}) for x in r.repeats]
+    r = measured(metric, 0.0, output_len=1)
     r.gate_settings = {"gated": [metric]}
     assert metric not in Recording.from_result(r, [metric]).metrics
     r.workload = replace(r.workload, output_len=2)  # two tokens have a gap: a zero is corrupt
@@ -273,14 +277,10 @@ def test_a_one_token_workloads_zero_tpot_is_left_out_even_when_gated(metric: str
 
 
 def test_a_one_token_workloads_zero_ttft_or_partly_zero_tpot_is_corrupt() -> None:
-    r = make_result()
-    r.workload = replace(r.workload, output_len=1)
-    r.repeats = [RepeatResult({**x.summary, "ttft_p50": 0.0}) for x in r.repeats]
+    r = measured("ttft_p50", 0.0, output_len=1)
     with pytest.raises(BaselineError, match="the gated metric ttft_p50 has a value <= 0"):
         Recording.from_result(r)  # TTFT is defined for one token
-    r = make_result()
-    r.workload = replace(r.workload, output_len=1)
-    r.repeats = [RepeatResult({**x.summary, "tpot_p50": 0.0 if i else 1.0}) for i, x in enumerate(r.repeats)]
+    r = measured("tpot_p50", 1.0, 0.0, 0.0, output_len=1)
     with pytest.raises(BaselineError, match="the gated metric tpot_p50 has a value <= 0"):
         Recording.from_result(r)  # zero in some repeats only: not the one-token case
 
@@ -308,9 +308,7 @@ def test_a_recording_keeps_the_runs_gpu_telemetry() -> None:
 
 
 def test_small_positive_values_are_recorded_and_the_range_ends_are_measurements() -> None:
-    r = make_result()
-    r.repeats = [RepeatResult({**x.summary, "tpot_p50": v}) for x, v in zip(r.repeats, (0.5, SAMPLE_RANGE[0],
-                                                                                       SAMPLE_RANGE[1]))]
+    r = measured("tpot_p50", 0.5, SAMPLE_RANGE[0], SAMPLE_RANGE[1])
     assert Recording.from_result(r).metrics["tpot_p50"] == (0.5, SAMPLE_RANGE[0], SAMPLE_RANGE[1])
 
 

@@ -11,7 +11,7 @@ import pytest
 from test_compare import TwoRecordings, make_result  # type: ignore[import-not-found]
 
 from pytest_mgpu.errors import BaselineError
-from pytest_mgpu.judge.results import RepeatResult
+from pytest_mgpu.judge.results import BenchResult, RepeatResult
 from pytest_mgpu.judge.verdicts import (
     GateConfig,
     Verdict,
@@ -51,7 +51,13 @@ def test_a_metric_tolerance_splits_at_the_first_equals_sign() -> None:
         parse_metric_tolerance("ttft_p50=5%=3%")  # the last "=" would give the metric "ttft_p50=5%"
 
 
-def _without(metric: str, factors: dict[str, float] | None = None) -> object:
+def measured(r: BenchResult, metric: str, value: float) -> BenchResult:
+    """``r`` with ``metric`` measured as ``value`` in every repeat."""
+    r.repeats = [RepeatResult({**x.summary, metric: value}) for x in r.repeats]
+    return r
+
+
+def _without(metric: str, factors: dict[str, float] | None = None) -> BenchResult:
     r = make_result(factors)
     r.repeats = [RepeatResult({k: v for k, v in x.summary.items() if k != metric}) for x in r.repeats]
     return r
@@ -59,7 +65,7 @@ def _without(metric: str, factors: dict[str, float] | None = None) -> object:
 
 def test_a_regressions_note_comes_before_what_the_baseline_lacks() -> None:
     base = _without("tpot_p99")
-    c = compare(make_result({"output_throughput_per_gpu": 0.8}, jitter=STEADY), base)  # type: ignore[arg-type]
+    c = compare(make_result({"output_throughput_per_gpu": 0.8}, jitter=STEADY), base)
     assert c.verdict is Verdict.FAIL
     fail = c.metric("output_throughput_per_gpu")
     assert c.note == f"regression: {fail.describe()}; baseline lacks tpot_p99"  # type: ignore[union-attr]
@@ -67,9 +73,8 @@ def test_a_regressions_note_comes_before_what_the_baseline_lacks() -> None:
 
 def test_a_not_comparable_note_comes_first() -> None:
     base = _without("tpot_p99")
-    now = make_result(jitter=STEADY)
-    now.repeats = [RepeatResult({**x.summary, "tpot_p50": float("nan")}) for x in now.repeats]
-    c = compare(now, base)  # type: ignore[arg-type]
+    now = measured(make_result(jitter=STEADY), "tpot_p50", float("nan"))
+    c = compare(now, base)
     assert c.verdict is Verdict.INVALID
     assert c.note == f"not comparable: {c.metric('tpot_p50').describe()}; baseline lacks tpot_p99"  # type: ignore[union-attr]
 
@@ -77,7 +82,7 @@ def test_a_not_comparable_note_comes_first() -> None:
 def test_a_within_noise_note_comes_first() -> None:
     base = _without("tpot_p99")
     wide = (1.0, 1.3, 0.7)
-    c = compare(make_result({"tpot_p50": 1.1}, jitter=wide), base)  # type: ignore[arg-type]
+    c = compare(make_result({"tpot_p50": 1.1}, jitter=wide), base)
     assert c.verdict is Verdict.WARN
     m = c.metric("tpot_p50")
     assert c.note == f"beyond tolerance but within noise: {m.describe()}; baseline lacks tpot_p99"  # type: ignore[union-attr]
@@ -93,13 +98,12 @@ def test_a_gated_metric_the_run_has_at_zero_may_be_missing_from_the_baseline() -
     """A gated metric the run measured as 0 (TPOT of one-token outputs) cannot be recorded, so its
     absence from the baseline is no error: it is NEW."""
     base = _without("tpot_p50")
-    now = make_result()
-    now.repeats = [RepeatResult({**x.summary, "tpot_p50": 0.0}) for x in now.repeats]
-    c = compare(now, base)  # type: ignore[arg-type]
+    now = measured(make_result(), "tpot_p50", 0.0)
+    c = compare(now, base)
     assert c.metric("tpot_p50").verdict is Verdict.NEW  # type: ignore[union-attr]
-    now.repeats = [RepeatResult({**x.summary, "tpot_p50": 0.5}) for x in now.repeats]
+    now = measured(now, "tpot_p50", 0.5)
     with pytest.raises(BaselineError, match="lacks the gated metric tpot_p50"):
-        compare(now, base)  # type: ignore[arg-type]
+        compare(now, base)
 
 
 # --- the notes of a re-measurement ------------------------------------------------------------------

@@ -43,17 +43,67 @@ from pytest_mgpu.measure.client import run_workload  # noqa: E402
 from pytest_mgpu.measure.workload import Workload  # noqa: E402
 
 
-class Server:
-    """The fake server: known delays, every read and write stamped on this process's clock."""
+class ThreadedServer:
+    """An aiohttp server for ``POST /v1/completions`` on a thread of this process, so that its stamps and
+    the client's share one ``perf_counter`` clock. Subclasses answer in :meth:`_handle`.
 
-    def __init__(self, first_ms: float, empty_ms: float, tokens: int) -> None:
-        self.first_s, self.empty_s, self.tokens = first_ms / 1e3, empty_ms / 1e3, tokens
-        self.read: list[float] = []
-        self.first_write: list[float] = []  # the first chunk with non-empty choices (empty text or not)
+    Also the base of the fake server in ``tests/test_ttft_instant.py``.
+    """
+
+    def __init__(self) -> None:
         self.port = 0
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._handle)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    def start(self) -> str:
+        """Start serving; return the base URL."""
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake server did not start within 10 s")
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> ThreadedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Server(ThreadedServer):
+    """The fake server: known delays, every read and write stamped on this process's clock."""
+
+    def __init__(self, first_ms: float, empty_ms: float, tokens: int) -> None:
+        super().__init__()
+        self.first_s, self.empty_s, self.tokens = first_ms / 1e3, empty_ms / 1e3, tokens
+        self.read: list[float] = []
+        self.first_write: list[float] = []  # the first chunk with non-empty choices (empty text or not)
 
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
@@ -84,27 +134,6 @@ class Server:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-    def _run(self) -> None:
-        from aiohttp import web
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        app = web.Application()
-        app.router.add_post("/v1/completions", self._handle)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        loop.run_forever()
-
-    def start(self) -> str:
-        """Start serving; return the base URL."""
-        self._thread.start()
-        self._ready.wait(10)
-        return f"http://127.0.0.1:{self.port}"
 
 
 def load_vllm_request_func(src: Path | None) -> Any:

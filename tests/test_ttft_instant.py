@@ -12,11 +12,12 @@ apart, and stamps each write (just before it) on this process's ``perf_counter``
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,18 +27,25 @@ from pytest_mgpu.measure.workload import Workload
 GAP_S = 0.15  # between the server's writes: far above scheduling noise, so an instant cannot be mistaken
 
 
-class FakeServer:
+def _threaded_server() -> type:
+    """``ThreadedServer`` from benchmarks/ttft_instants.py, which measures the same instants against vLLM's client."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ttft_instants.py"
+    spec = importlib.util.spec_from_file_location("ttft_instants", path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ThreadedServer
+
+
+class FakeServer(_threaded_server()):  # type: ignore[misc]
     """An OpenAI completions server on a thread of its own, writing at known instants."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.stamps: dict[str, float] = {}
         self.auth: list[str | None] = []  # each request's Authorization header
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    async def _handle(self, request):  # type: ignore[no-untyped-def]
+    async def _handle(self, request: Any) -> Any:
         from aiohttp import web
 
         await request.read()
@@ -66,32 +74,6 @@ class FakeServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
-
-    def _run(self) -> None:
-        from aiohttp import web
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        app = web.Application()
-        app.router.add_post("/v1/completions", self._handle)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> FakeServer:
-        self._thread.start()
-        assert self._ready.wait(10), "fake server did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture
